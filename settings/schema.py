@@ -1,0 +1,219 @@
+"""The settings schema: one dataclass per section, one field per key.
+
+Each field carries its description and bounds in ``metadata`` (see :func:`key`).
+:func:`load` merges defaults, the TOML file and ``FALCON_*`` environment
+variables, converts and validates every value, and raises :class:`ConfigError`
+naming the key (and the environment variable or file it came from).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/falcon/falcon.toml")
+ENV_PREFIX = "FALCON_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, of the wrong type, or out of bounds.
+    The message names the key and the source (file or environment variable)."""
+
+
+def key(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
+        choices: tuple[str, ...] | None = None) -> Any:
+    """Declare one setting: its default, a description and optional bounds."""
+    return field(default=default,
+                 metadata={"doc": doc, "min": min, "max": max, "choices": choices})
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    run_dir: str = key("/run/falcon", "Runtime directory: the daemon socket, pid files.")
+    state_dir: str = key("/var/lib/falcon", "State directory: WAL, generated configs.")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    socket: str = key("", "Unix socket the daemon listens on; empty means <run_dir>/daemon.sock.")
+    model_repository: str = key("/var/lib/falcon/models",
+                                "Model repository: <repo>/<model>/<version>/model.onnx "
+                                "and <repo>/<model>/config.toml.")
+    shm_prefix: str = key("falcon", "Prefix of the POSIX shared-memory segment names.")
+    inference_threads: int = key(2, "Threads running ONNX Runtime sessions.", min=1, max=64)
+    intra_op_threads: int = key(0, "ONNX Runtime intra-op threads per session (0 = ORT default).",
+                                min=0, max=64)
+    max_inflight: int = key(256, "Requests admitted at once; beyond it the daemon answers "
+                                 "'overloaded' (edge: 503).", min=1, max=100000)
+    max_frame_bytes: int = key(64 << 20, "Largest wire frame accepted, in bytes.",
+                               min=1024, max=1 << 31)
+    drain_timeout_s: float = key(10.0, "On SIGTERM, how long in-flight requests may finish.",
+                                 min=0, max=600)
+    keep_segments: bool = key(False, "Leave shared-memory segments in place on a clean stop, "
+                                     "so the next start re-attaches instead of loading.")
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    bind: str = key("127.0.0.1:8000", "host:port (or unix:/path) gunicorn listens on.")
+    workers: int = key(2, "gunicorn worker processes.", min=1, max=256)
+    threads: int = key(8, "Threads per gunicorn worker (gthread).", min=1, max=1024)
+    deadline_ms: int = key(2000, "Default request deadline; a client may lower it with the "
+                                 "'X-Request-Timeout-Ms' header.", min=10, max=600000)
+    max_body_bytes: int = key(16 << 20, "Largest request body accepted (413 beyond).",
+                              min=1024, max=1 << 30)
+    max_batch_rows: int = key(1024, "Upper bound on rows per request for every model "
+                                    "(a model's max_batch_size can only lower it).",
+                              min=1, max=1 << 20)
+    metadata_ttl_s: float = key(2.0, "How long a worker caches model metadata.", min=0, max=3600)
+    graceful_timeout_s: int = key(30, "gunicorn graceful timeout on stop/reload.", min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class HAProxySettings:
+    bind: str = key("127.0.0.1:8080", "Public address HAProxy listens on.")
+    stats_bind: str = key("127.0.0.1:8404", "HAProxy stats and Prometheus exporter address.")
+    binary: str = key("haproxy", "HAProxy executable.")
+    config: str = key("", "HAProxy config file; empty means the project's ops/haproxy/haproxy.cfg.")
+    max_body_bytes: int = key(16 << 20, "Body limit HAProxy enforces (413 beyond).",
+                              min=1024, max=1 << 30)
+
+
+@dataclass(frozen=True)
+class Settings:
+    paths: PathSettings = field(default_factory=PathSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    edge: EdgeSettings = field(default_factory=EdgeSettings)
+    haproxy: HAProxySettings = field(default_factory=HAProxySettings)
+
+    @property
+    def daemon_socket(self) -> str:
+        return self.daemon.socket or os.path.join(self.paths.run_dir, "daemon.sock")
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared key, for documentation and ``falconctl config --describe``."""
+
+    section: str
+    name: str
+    type: type
+    default: Any
+    doc: str
+
+    @property
+    def env(self) -> str:
+        return f"{ENV_PREFIX}{self.section}_{self.name}".upper()
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.default_factory for f in dataclasses.fields(Settings)}  # type: ignore[misc]
+
+
+def _declared() -> list[Setting]:
+    out = []
+    for section, cls in _sections().items():
+        for f in dataclasses.fields(cls):
+            out.append(Setting(section, f.name, _type_of(cls, f), f.default, f.metadata["doc"]))
+    return out
+
+
+def _type_of(cls: type, f: dataclasses.Field) -> type:
+    hints = {"str": str, "int": int, "float": float, "bool": bool}
+    return hints[f.type] if isinstance(f.type, str) else f.type  # type: ignore[return-value]
+
+
+SETTINGS: list[Setting] = _declared()
+
+
+def _convert(raw: Any, typ: type, where: str) -> Any:
+    """Convert a TOML value or an environment string to ``typ``."""
+    if isinstance(raw, str) and typ is not str:
+        text = raw.strip().lower()
+        if typ is bool:
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ConfigError(f"{where}: expected a boolean (true/false), got {raw!r}")
+        try:
+            return typ(text)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {typ.__name__}, got {raw!r}") from None
+    if typ is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, typ) or (typ is int and isinstance(raw, bool)):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {type(raw).__name__} {raw!r}")
+    return raw
+
+
+def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    if meta.get("min") is not None and value < meta["min"]:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {meta['min']}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {meta['max']}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
+
+
+def _read_file(path: Path | None) -> tuple[dict[str, Any], str]:
+    if path is None:
+        env_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        path = Path(env_path) if env_path else DEFAULT_CONFIG_PATH
+        if not env_path and not path.exists():
+            return {}, ""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh), str(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _reject_unknown(data: Mapping[str, Any], source: str) -> None:
+    sections = _sections()
+    for section, body in data.items():
+        if section not in sections:
+            raise ConfigError(f"{source}: unknown section [{section}] "
+                              f"(known: {', '.join(sections)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        known = {f.name for f in dataclasses.fields(sections[section])}
+        for name in body:
+            if name not in known:
+                raise ConfigError(f"{source}: unknown key {section}.{name}")
+
+
+def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build the effective settings.
+
+    Raises :class:`ConfigError` naming the key on any unknown key, wrong type or
+    out-of-bounds value; nothing is partially applied.
+    """
+    env = os.environ if env is None else env
+    data, source = _read_file(Path(path) if path is not None else None)
+    _reject_unknown(data, source)
+    sections: dict[str, Any] = {}
+    for section, cls in _sections().items():
+        values = {}
+        for f in dataclasses.fields(cls):
+            s = Setting(section, f.name, _type_of(cls, f), f.default, f.metadata["doc"])
+            value, where = f.default, f"{section}.{f.name}"
+            if f.name in data.get(section, {}):
+                value = _convert(data[section][f.name], s.type, f"{source}: {where}")
+            if s.env in env:
+                value = _convert(env[s.env], s.type, f"{where} (from ${s.env})")
+                where = f"{where} (from ${s.env})"
+            _check_bounds(value, f.metadata, where)
+            values[f.name] = value
+        sections[section] = cls(**values)
+    return Settings(**sections)

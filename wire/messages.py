@@ -1,0 +1,120 @@
+"""Messages of the edge <-> daemon protocol (the payloads of :mod:`wire.frames`).
+
+Request (kind ``REQUEST``)::
+
+    {"id": int,              # chosen by the client, unique among its in-flight requests
+     "op": str,              # one of OPS
+     "deadline_ms": int,     # time budget left when sent; the daemon drops the
+                             # request (DeadlineExceeded) if it cannot start in time
+     ...op arguments}
+
+    op "ping"      -> {"ready": bool, "draining": bool, "models": int}
+    op "models"    -> {"models": [{"name", "versions": [str], "default_version": str}]}
+    op "metadata"  {"model", "version"?} -> model metadata (see daemon.registry)
+    op "infer"     {"model", "version"?, "inputs": [tensor], "outputs": [str] | None}
+                   -> {"model", "version", "outputs": [tensor], "queue_us", "compute_us"}
+
+Tensor::
+
+    {"name": str, "dtype": "<f4" (numpy little-endian type string),
+     "shape": [int, ...], "data": bin (raw little-endian bytes, C order)}
+
+Response (kind ``RESPONSE``), one per request, in any order::
+
+    {"id": int, "ok": true,  "result": {...}}
+    {"id": int, "ok": false, "error": {"type": str, "message": str, "retryable": bool}}
+
+Errors are plain data, never pickled (MLServer issue #881). ``type`` is one of
+:data:`ERROR_TYPES`; ``retryable`` says whether the *same* request may succeed
+if sent again later (overloaded, draining) as opposed to never (bad input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+OPS = ("ping", "models", "metadata", "infer")
+
+# dtypes a tensor may carry on the wire (ONNX's numeric + bool types).
+DTYPES = frozenset(
+    np.dtype(t).newbyteorder("<").str
+    for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+              "uint32", "uint64", "float16", "float32", "float64")
+)
+
+NOT_FOUND = "NotFound"
+INVALID_INPUT = "InvalidInput"
+OVERLOADED = "Overloaded"
+DRAINING = "Draining"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+INFERENCE_FAILED = "InferenceFailed"
+PROTOCOL_ERROR = "ProtocolError"
+INTERNAL = "Internal"
+ERROR_TYPES = (NOT_FOUND, INVALID_INPUT, OVERLOADED, DRAINING, DEADLINE_EXCEEDED,
+               INFERENCE_FAILED, PROTOCOL_ERROR, INTERNAL)
+RETRYABLE = frozenset({OVERLOADED, DRAINING})
+
+
+class MessageError(ValueError):
+    """A message is well-framed but its content is malformed (missing field,
+    wrong type, a tensor whose bytes do not match its dtype and shape)."""
+
+
+@dataclass
+class RemoteError(Exception):
+    """An error the daemon answered with, as data."""
+
+    type: str
+    message: str
+    retryable: bool
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}"
+
+
+def error(type_: str, message: str) -> dict[str, Any]:
+    return {"type": type_, "message": message, "retryable": type_ in RETRYABLE}
+
+
+def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    arr = np.ascontiguousarray(array)
+    dtype = _le(arr.dtype)
+    arr = arr.astype(dtype, copy=False)
+    return {"name": name, "dtype": dtype, "shape": list(arr.shape), "data": arr.tobytes()}
+
+
+def _le(dtype: np.dtype) -> str:
+    text = dtype.newbyteorder("<").str
+    if text not in DTYPES:
+        raise MessageError(f"dtype {dtype} cannot travel on the wire")
+    return text
+
+
+def decode_tensor(obj: Any, where: str = "tensor") -> tuple[str, np.ndarray]:
+    """Return ``(name, array)``; the array is a read-only view over the message bytes."""
+    if not isinstance(obj, dict):
+        raise MessageError(f"{where}: expected a map")
+    name, dtype, shape, data = (obj.get(k) for k in ("name", "dtype", "shape", "data"))
+    if not isinstance(name, str):
+        raise MessageError(f"{where}.name: expected a string")
+    if dtype not in DTYPES:
+        raise MessageError(f"{where}.dtype: unsupported dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise MessageError(f"{where}.shape: expected a list of non-negative integers")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageError(f"{where}.data: expected raw bytes")
+    dt = np.dtype(dtype)
+    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if len(data) != expected:
+        raise MessageError(f"{where}.data: {len(data)} bytes, shape {shape} of {dtype} "
+                           f"needs {expected}")
+    return name, np.frombuffer(data, dtype=dt).reshape(shape)
+
+
+def decode_tensors(objs: Any, where: str) -> list[tuple[str, np.ndarray]]:
+    if not isinstance(objs, list):
+        raise MessageError(f"{where}: expected a list of tensors")
+    return [decode_tensor(o, f"{where}[{i}]") for i, o in enumerate(objs)]

@@ -1,0 +1,231 @@
+"""Load one model version into shared memory and build its ONNX Runtime session.
+
+Cold load (no intact segment): parse the ONNX file, move every initializer
+into one ``shm`` segment (as arrays) together with the *weight-stripped* graph
+(as a blob), then build the session from the segment. Re-attach (a previous
+daemon left an intact segment): build the session from the segment alone; the
+ONNX file is not read at all, only ``stat``-ed to name the segment.
+
+How the session runs on the shared buffers without a private copy:
+
+- in the stripped graph each moved initializer becomes an EXTERNAL tensor
+  whose location is an empty placeholder file (ORT validates that the file
+  exists but never reads it, because of the next point);
+- each initializer is handed to ``SessionOptions.add_initializer`` as an
+  ``OrtValue`` over the read-only shared array. The OrtValues must outlive the
+  session (ORT keeps raw pointers; dropping them segfaults), so
+  :class:`LoadedVersion` holds them;
+- ``session.disable_prepacking=1`` unless the model's config says
+  ``prepack = true``: prepacking makes a private packed copy of MatMul/Gemm
+  weights (faster at large batches, but memory per process). See
+  ``bench/prepack.py`` for the measurement behind the default.
+
+The segment name is derived from the file's identity (path, size, mtime,
+inode), so a replaced model file gets a new segment, never a stale one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, numpy_helper
+
+import shm
+from daemon.repository import VersionEntry
+
+log = logging.getLogger(__name__)
+
+PLACEHOLDER = "falcon-placeholder.bin"
+GRAPH_BLOB = "graph"
+
+ORT_TO_NUMPY = {
+    "tensor(bool)": "|b1", "tensor(int8)": "|i1", "tensor(uint8)": "|u1",
+    "tensor(int16)": "<i2", "tensor(uint16)": "<u2", "tensor(int32)": "<i4",
+    "tensor(uint32)": "<u4", "tensor(int64)": "<i8", "tensor(uint64)": "<u8",
+    "tensor(float16)": "<f2", "tensor(float)": "<f4", "tensor(double)": "<f8",
+}
+
+
+class LoadError(Exception):
+    """A model version could not be loaded: unreadable or invalid ONNX, an input
+    or output of an unsupported type, or ONNX Runtime refused the graph. The
+    serving versions are untouched."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str            # numpy type string, e.g. "<f4"
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class LoadedVersion:
+    """A servable model version. Holds the session, the segment and the
+    OrtValues the session points into; :meth:`close` releases them."""
+
+    entry: VersionEntry
+    session: ort.InferenceSession
+    segment: shm.Segment
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    attached: bool            # True: re-attached to an existing segment
+    load_seconds: float
+    _ortvalues: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def model(self) -> str:
+        return self.entry.model
+
+    @property
+    def version(self) -> str:
+        return self.entry.version
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.segment.nbytes
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.model, "version": self.version, "platform": "onnxruntime_onnx",
+                "inputs": [t.to_wire() for t in self.inputs],
+                "outputs": [t.to_wire() for t in self.outputs],
+                "config": self.entry.config.to_wire(), "weight_bytes": self.weight_bytes}
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+        return self.session.run(output_names, feeds)
+
+    def close(self, unlink: bool) -> None:
+        """Drop the session, then the OrtValues, then the mapping (that order:
+        the session points into the OrtValues, which point into the mapping)."""
+        self.session = None  # type: ignore[assignment]
+        self._ortvalues.clear()
+        if unlink:
+            self.segment.unlink()
+        self.segment.close()
+
+
+def segment_name(prefix: str, entry: VersionEntry) -> str:
+    st = entry.path.stat()
+    ident = f"{entry.path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    return f"{prefix}.{entry.model}.{entry.version}.{hashlib.sha1(ident.encode()).hexdigest()[:16]}"
+
+
+def load(entry: VersionEntry, *, prefix: str, placeholder_dir: Path,
+         intra_op_threads: int = 0) -> LoadedVersion:
+    """Attach to an intact segment or publish a new one, then build the session.
+
+    Raises :class:`LoadError`; a corrupt segment is unlinked and rebuilt.
+    """
+    started = time.perf_counter()
+    name = segment_name(prefix, entry)
+    segment, attached = _attach_or_publish(name, entry)
+    try:
+        session, ortvalues = _session(segment, entry, placeholder_dir, intra_op_threads)
+        inputs = [_spec(a, "input") for a in session.get_inputs()]
+        outputs = [_spec(a, "output") for a in session.get_outputs()]
+    except BaseException:
+        segment.close()
+        if not attached:
+            segment.unlink()
+        raise
+    _trim_heap()
+    return LoadedVersion(entry, session, segment, inputs, outputs, attached,
+                         time.perf_counter() - started, ortvalues)
+
+
+def _attach_or_publish(name: str, entry: VersionEntry) -> tuple[shm.Segment, bool]:
+    try:
+        return shm.attach(name), True
+    except shm.SegmentNotFound:
+        pass
+    except shm.SegmentCorrupt as exc:
+        log.warning("segment %s is corrupt (%s): rebuilding it", name, exc)
+        shm.unlink(name)
+    graph, arrays = _strip(entry.path)
+    try:
+        segment = shm.publish(name, arrays, {GRAPH_BLOB: graph},
+                              meta={"model": entry.model, "version": entry.version,
+                                    "source": str(entry.path)})
+    except shm.SegmentExists:  # published concurrently by another process: use theirs
+        return shm.attach(name), True
+    return segment, False
+
+
+def _strip(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The graph without its weights, and the weights as arrays."""
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ValidationError...
+        raise LoadError(f"{path}: not a readable ONNX model: {exc}") from None
+    arrays: dict[str, np.ndarray] = {}
+    for tensor in model.graph.initializer:
+        if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+            continue
+        arrays[tensor.name] = numpy_helper.to_array(tensor)
+        for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",
+                  "uint64_data", "string_data"):
+            tensor.ClearField(f)
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.EXTERNAL
+        loc = tensor.external_data.add()
+        loc.key, loc.value = "location", PLACEHOLDER
+    return model.SerializeToString(), arrays
+
+
+def _session(segment: shm.Segment, entry: VersionEntry, placeholder_dir: Path,
+             intra_op_threads: int) -> tuple[ort.InferenceSession, list[Any]]:
+    placeholder_dir.mkdir(parents=True, exist_ok=True)
+    (placeholder_dir / PLACEHOLDER).touch()
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                str(placeholder_dir))
+    if not entry.config.prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    threads = entry.config.intra_op_threads or intra_op_threads
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    ortvalues = []
+    for name, array in segment.arrays.items():
+        value = ort.OrtValue.ortvalue_from_numpy(array)
+        ortvalues.append(value)
+        so.add_initializer(name, value)
+    try:
+        session = ort.InferenceSession(bytes(segment.blobs[GRAPH_BLOB]), so,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
+        raise LoadError(f"{entry.path}: ONNX Runtime refused the model: {exc}") from None
+    return session, ortvalues
+
+
+def _spec(arg: Any, what: str) -> TensorSpec:
+    dtype = ORT_TO_NUMPY.get(arg.type)
+    if dtype is None:
+        raise LoadError(f"{what} {arg.name!r} has unsupported type {arg.type} "
+                        "(numeric and bool tensors only)")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
+    return TensorSpec(arg.name, dtype, shape)
+
+
+def _trim_heap() -> None:
+    """Give the transient parse buffers back to the OS (glibc keeps freed heap)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def placeholder_dir_for(run_dir: str) -> Path:
+    return Path(run_dir) / "onnx-placeholder"

@@ -1,0 +1,131 @@
+"""The model repository on disk.
+
+Layout::
+
+    <repo>/
+      <model>/
+        config.toml          # per-model configuration (ModelConfig)
+        <version>/           # a positive integer
+          model.onnx
+
+A model directory without ``config.toml`` gets the defaults. A version
+directory without ``model.onnx`` is skipped with a warning (a copy may be in
+progress). Names are restricted to ``[A-Za-z0-9_.-]`` so they are safe in
+segment names, URLs and metric labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_FILE = "model.onnx"
+CONFIG_FILE = "config.toml"
+
+
+class RepositoryError(Exception):
+    """The repository or a model's config is malformed; the message names the
+    file and the key."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Per-model settings from ``<repo>/<model>/config.toml``."""
+
+    max_batch_size: int = 256
+    prepack: bool = False
+    intra_op_threads: int = 0
+    labels: tuple[str, ...] = ()
+    label_output: str = ""
+    probabilities_output: str = ""
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"max_batch_size": self.max_batch_size, "labels": list(self.labels),
+                "label_output": self.label_output,
+                "probabilities_output": self.probabilities_output,
+                "description": self.description, "prepack": self.prepack}
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "max_batch_size": int, "prepack": bool, "intra_op_threads": int, "labels": list,
+    "label_output": str, "probabilities_output": str, "description": str,
+}
+
+
+def parse_config(path: Path) -> ModelConfig:
+    """Read and validate one model config; raises :class:`RepositoryError`."""
+    if not path.exists():
+        return ModelConfig()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RepositoryError(f"{path}: {exc}") from None
+    values: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        typ = _TYPES.get(key)
+        if typ is None:
+            if isinstance(value, dict):  # sections for other subsystems (evaluation, batching...)
+                extra[key] = value
+                continue
+            raise RepositoryError(f"{path}: unknown key {key!r}")
+        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise RepositoryError(f"{path}: {key} must be {_name(typ)}, got {value!r}")
+        values[key] = value
+    if values.get("max_batch_size", 1) < 1:
+        raise RepositoryError(f"{path}: max_batch_size must be >= 1")
+    if "labels" in values:
+        if not all(isinstance(x, str) for x in values["labels"]):
+            raise RepositoryError(f"{path}: labels must be a list of strings")
+        values["labels"] = tuple(values["labels"])
+    return ModelConfig(extra=extra, **values)
+
+
+def _name(typ: type | tuple[type, ...]) -> str:
+    return typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    model: str
+    version: str
+    path: Path
+    config: ModelConfig
+
+
+def scan(repo: Path) -> list[VersionEntry]:
+    """Every loadable ``(model, version)`` in the repository, sorted.
+
+    Raises :class:`RepositoryError` if the repository is missing or a config is
+    malformed; a bad model name is skipped with a warning.
+    """
+    if not repo.is_dir():
+        raise RepositoryError(f"model repository {repo} is not a directory")
+    entries = []
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
+        if not NAME_RE.match(model_dir.name):
+            log.warning("skipping %s: not a valid model name", model_dir)
+            continue
+        config = parse_config(model_dir / CONFIG_FILE)
+        for vdir in sorted((p for p in model_dir.iterdir() if p.is_dir()), key=_version_key):
+            if not vdir.name.isdigit() or int(vdir.name) < 1:
+                continue
+            if not (vdir / MODEL_FILE).is_file():
+                log.warning("skipping %s: no %s", vdir, MODEL_FILE)
+                continue
+            entries.append(VersionEntry(model_dir.name, str(int(vdir.name)), vdir / MODEL_FILE,
+                                        config))
+    return entries
+
+
+def _version_key(p: Path) -> tuple[int, str]:
+    return (int(p.name), "") if p.name.isdigit() else (0, p.name)

@@ -1,0 +1,183 @@
+"""The daemon's Unix-socket server: frames in, ops dispatched, frames out.
+
+One asyncio loop owns every connection; each connection may carry many
+requests in flight (each is its own task, answered whenever it finishes, in
+any order). ONNX Runtime runs in a thread pool (it releases the GIL).
+
+Admission: at most ``max_inflight`` infer requests are admitted at once; the
+next one is answered ``Overloaded`` (retryable) at once instead of queueing
+without bound. A request whose deadline has passed when a thread picks it up is
+answered ``DeadlineExceeded`` without running. While draining, new requests are
+answered ``Draining`` (retryable) and in-flight ones finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
+from wire import frames, messages
+from wire.messages import MessageError
+
+log = logging.getLogger(__name__)
+
+
+class _Fail(Exception):
+    """An op's failure, already classified as a wire error type."""
+
+    def __init__(self, type_: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type_
+
+
+class DaemonServer:
+    """Serves ``registry`` on a Unix socket. ``ready`` turns true once
+    :meth:`start` has bound the socket, false again when draining starts."""
+
+    def __init__(self, registry: Registry, *, max_inflight: int = 256,
+                 max_frame: int = frames.DEFAULT_MAX_FRAME, inference_threads: int = 2,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self.max_inflight = max_inflight
+        self.max_frame = max_frame
+        self.clock = clock
+        self.pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
+        self.inflight = 0
+        self.draining = False
+        self.ready = False
+        self._server: asyncio.AbstractServer | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self, path: str) -> None:
+        self._server = await asyncio.start_unix_server(self._connection, path=path,
+                                                       limit=1 << 20)
+        self.ready = True
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work, wait up to ``timeout`` for in-flight requests;
+        return True if everything finished."""
+        self.draining = True
+        self.ready = False
+        if self._server is not None:
+            self._server.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            done = True
+        except TimeoutError:
+            log.warning("drain timed out with %d requests in flight", self.inflight)
+            done = False
+        for w in list(self._writers):
+            w.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        return done
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        tasks: set[asyncio.Task] = set()
+        try:
+            while True:
+                kind, req = await frames.read_frame_async(reader, self.max_frame)
+                if kind != frames.REQUEST:
+                    raise frames.BadFrame("expected a request frame")
+                task = asyncio.create_task(self._answer(req, writer))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+        except frames.ConnectionClosed:
+            pass
+        except (frames.TornFrame, ConnectionError) as exc:
+            log.info("connection lost: %s", exc)
+        except frames.BadFrame as exc:
+            log.warning("dropping connection: %s", exc)
+            self._send(writer, {"id": None, "ok": False,
+                                "error": messages.error(messages.PROTOCOL_ERROR, str(exc))})
+        finally:
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            self._writers.discard(writer)
+            writer.close()
+
+    def _send(self, writer: asyncio.StreamWriter, payload: dict[str, Any]) -> None:
+        if not writer.is_closing():
+            writer.write(frames.encode(frames.RESPONSE, payload))
+
+    async def _answer(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        rid = req.get("id")
+        try:
+            result = await self._op(req)
+            payload = {"id": rid, "ok": True, "result": result}
+        except _Fail as exc:
+            payload = {"id": rid, "ok": False, "error": messages.error(exc.type, str(exc))}
+        except Exception as exc:  # a bug: answer as data, keep serving, log the traceback
+            log.exception("op %r failed", req.get("op"))
+            payload = {"id": rid, "ok": False,
+                       "error": messages.error(messages.INTERNAL, f"{type(exc).__name__}: {exc}")}
+        self._send(writer, payload)
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+    async def _op(self, req: dict[str, Any]) -> Any:
+        op = req.get("op")
+        if op == "ping":
+            return {"ready": self.ready, "draining": self.draining, "models": len(self.registry)}
+        if op == "models":
+            return {"models": self.registry.listing()}
+        if op == "metadata":
+            return self._lookup(req).metadata()
+        if op == "infer":
+            return await self._infer(req)
+        raise _Fail(messages.PROTOCOL_ERROR, f"unknown op {op!r} (known: {', '.join(messages.OPS)})")
+
+    def _lookup(self, req: dict[str, Any]) -> Any:
+        try:
+            return self.registry.get(req.get("model"), req.get("version"))
+        except NotFound as exc:
+            raise _Fail(messages.NOT_FOUND, str(exc)) from None
+
+    async def _infer(self, req: dict[str, Any]) -> dict[str, Any]:
+        received = self.clock()
+        budget = req.get("deadline_ms")
+        if not isinstance(budget, int) or budget <= 0:
+            raise _Fail(messages.DEADLINE_EXCEEDED, "deadline_ms missing or already expired")
+        if self.draining:
+            raise _Fail(messages.DRAINING, "daemon is draining")
+        if self.inflight >= self.max_inflight:
+            raise _Fail(messages.OVERLOADED, f"{self.inflight} requests in flight")
+        lv = self._lookup(req)
+        try:
+            feeds, outputs = check_feeds(lv, messages.decode_tensors(req.get("inputs"), "inputs"),
+                                         req.get("outputs"))
+        except (InvalidFeeds, MessageError) as exc:
+            raise _Fail(messages.INVALID_INPUT, str(exc)) from None
+        deadline = received + budget / 1000.0
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            arrays, queue_s, compute_s = await asyncio.get_running_loop().run_in_executor(
+                self.pool, self._run, lv, feeds, outputs, received, deadline)
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+        return {"model": lv.model, "version": lv.version,
+                "outputs": [messages.encode_tensor(n, a) for n, a in zip(outputs, arrays, strict=True)],
+                "queue_us": int(queue_s * 1e6), "compute_us": int(compute_s * 1e6)}
+
+    def _run(self, lv: Any, feeds: dict, outputs: list[str], received: float,
+             deadline: float) -> tuple[list, float, float]:
+        started = self.clock()
+        if started > deadline:
+            raise _Fail(messages.DEADLINE_EXCEEDED, "deadline passed while queued")
+        try:
+            arrays = lv.run(feeds, outputs)
+        except Exception as exc:  # ORT's own exception classes: the input broke the graph
+            raise _Fail(messages.INFERENCE_FAILED, str(exc)) from None
+        return arrays, started - received, self.clock() - started

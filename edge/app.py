@@ -1,0 +1,43 @@
+"""Build the Falcon application: routes, error handlers, the core."""
+
+from __future__ import annotations
+
+import falcon
+
+from edge import http_errors, openapi, resources
+from edge.core import Core
+from edge.daemon_client import DaemonClient
+from settings import Settings
+
+ROUTES: list[tuple[str, type[resources.Resource]]] = [
+    ("/v2/health/live", resources.Live),
+    ("/v2/health/ready", resources.Ready),
+    ("/v2", resources.ServerMetadata),
+    ("/v2/models/{model}", resources.ModelMetadata),
+    ("/v2/models/{model}/versions/{version}", resources.ModelMetadata),
+    ("/v2/models/{model}/ready", resources.ModelReady),
+    ("/v2/models/{model}/versions/{version}/ready", resources.ModelReady),
+    ("/v2/models/{model}/infer", resources.Infer),
+    ("/v2/models/{model}/versions/{version}/infer", resources.Infer),
+    ("/v2/repository/index", resources.RepositoryIndex),
+    ("/v1/models/{model}/predict", resources.Predict),
+    ("/v1/models/{model}/versions/{version}/predict", resources.Predict),
+]
+
+
+def create_app(core: Core, *, max_body: int) -> falcon.App:
+    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app.req_options.strip_url_path_trailing_slash = True
+    http_errors.install(app)
+    for path, cls in ROUTES:
+        app.add_route(path, cls(core, max_body))
+    app.add_route("/openapi.json", openapi.OpenAPI())
+    return app
+
+
+def from_settings(settings: Settings) -> falcon.App:
+    client = DaemonClient(settings.daemon_socket, max_frame=settings.daemon.max_frame_bytes)
+    core = Core(client, deadline_ms=settings.edge.deadline_ms,
+                max_rows=settings.edge.max_batch_rows,
+                metadata_ttl_s=settings.edge.metadata_ttl_s)
+    return create_app(core, max_body=settings.edge.max_body_bytes)

@@ -1,0 +1,178 @@
+"""The edge core: everything a request goes through, with no HTTP in it.
+
+Pipeline: (parse, done by the transport) -> model metadata -> validate ->
+daemon call -> result. Both HTTP faces (``edge.resources``) are thin adapters
+over :class:`Core`; so are the tests.
+
+Raises only :mod:`edge.errors` classes; the daemon's error data
+(:class:`wire.messages.RemoteError`) is translated here, in one table.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge import errors
+from edge.daemon_client import DaemonClient
+from edge.validation import ModelMeta, check_tensors, instances_to_array
+from wire import messages
+from wire.messages import MessageError, RemoteError
+
+SERVER_NAME = "falcon-inference"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data",)
+
+_REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
+    messages.NOT_FOUND: errors.ModelNotFound,
+    messages.INVALID_INPUT: lambda m: errors.InvalidInput("inputs", m),
+    messages.OVERLOADED: lambda m: errors.Unavailable(f"daemon overloaded: {m}", 1.0),
+    messages.DRAINING: lambda m: errors.Unavailable(f"daemon draining: {m}", 1.0),
+    messages.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    messages.INFERENCE_FAILED: errors.InferenceFailed,
+}
+
+
+def translate(exc: RemoteError) -> errors.EdgeError:
+    make = _REMOTE.get(exc.type)
+    if make is None:
+        return errors.Unavailable(f"daemon error {exc.type}: {exc.message}", 1.0)
+    return make(exc.message)
+
+
+@dataclass
+class InferResult:
+    model: str
+    version: str
+    outputs: list[tuple[str, np.ndarray]]
+    queue_us: int = 0
+    compute_us: int = 0
+
+    def output(self, name: str) -> np.ndarray | None:
+        return next((a for n, a in self.outputs if n == name), None)
+
+
+@dataclass
+class Prediction:
+    model: str
+    version: str
+    rows: list[dict[str, Any]]
+
+
+class Core:
+    """Transport-free serving core of one edge worker (thread-safe)."""
+
+    def __init__(self, client: DaemonClient, *, deadline_ms: int = 2000, max_rows: int = 1024,
+                 metadata_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.client = client
+        self.deadline_ms = deadline_ms
+        self.max_rows = max_rows
+        self.metadata_ttl_s = metadata_ttl_s
+        self.clock = clock
+        self._meta: dict[tuple[str, str], tuple[float, ModelMeta]] = {}
+        self._lock = threading.Lock()
+
+    # -- deadlines ---------------------------------------------------------
+    def deadline(self, requested_ms: int | None = None) -> float:
+        """Absolute deadline: the configured default, lowered (never raised) by the client."""
+        ms = self.deadline_ms if requested_ms is None else min(requested_ms, self.deadline_ms)
+        return self.clock() + ms / 1000.0
+
+    def _call(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
+        try:
+            return self.client.call(op, args, deadline)
+        except RemoteError as exc:
+            raise translate(exc) from None
+
+    # -- health and metadata ----------------------------------------------
+    def ready(self) -> bool:
+        """Ready when the daemon answers, is not draining and serves a model."""
+        try:
+            state = self._call("ping", {}, self.clock() + 0.5)
+        except errors.EdgeError:
+            return False
+        return bool(state.get("ready")) and int(state.get("models", 0)) > 0
+
+    def models(self, deadline: float) -> list[dict[str, Any]]:
+        return list(self._call("models", {}, deadline).get("models", []))
+
+    def metadata(self, model: str, version: str | None, deadline: float) -> ModelMeta:
+        key = (model, version or "")
+        now = self.clock()
+        with self._lock:
+            hit = self._meta.get(key)
+        if hit is not None and now - hit[0] < self.metadata_ttl_s:
+            return hit[1]
+        listing = {m["name"]: m for m in self.models(deadline)}
+        if model not in listing:
+            raise errors.ModelNotFound(f"model {model!r} is not loaded")
+        data = self._call("metadata", {"model": model, "version": version}, deadline)
+        meta = ModelMeta.from_wire(data, tuple(listing[model]["versions"]))
+        with self._lock:
+            self._meta[key] = (now, meta)
+        return meta
+
+    def model_ready(self, model: str, version: str | None, deadline: float) -> bool:
+        try:
+            self.metadata(model, version, deadline)
+        except errors.ModelNotFound:
+            return False
+        return True
+
+    # -- inference ---------------------------------------------------------
+    def infer(self, model: str, version: str | None, inputs: list[tuple[str, np.ndarray]],
+              outputs: list[str] | None, deadline: float) -> InferResult:
+        meta = self.metadata(model, version, deadline)
+        check_tensors(meta, inputs, self.max_rows)
+        if outputs is not None:
+            known = {t.name for t in meta.outputs}
+            for i, name in enumerate(outputs):
+                if name not in known:
+                    raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
+                                              f"output {name!r} (outputs: {', '.join(sorted(known))})")
+        return self._run(meta, inputs, outputs, deadline)
+
+    def _run(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
+             outputs: list[str] | None, deadline: float) -> InferResult:
+        args = {"model": meta.name, "version": meta.version, "outputs": outputs,
+                "inputs": [messages.encode_tensor(n, a) for n, a in inputs]}
+        result = self._call("infer", args, deadline)
+        try:
+            arrays = messages.decode_tensors(result.get("outputs"), "outputs")
+        except MessageError as exc:
+            raise errors.Unavailable(f"malformed daemon answer: {exc}") from None
+        return InferResult(str(result.get("model")), str(result.get("version")), arrays,
+                           int(result.get("queue_us", 0)), int(result.get("compute_us", 0)))
+
+    def predict(self, model: str, version: str | None, instances: Any,
+                deadline: float) -> Prediction:
+        """The simple face: rows in, a label and class probabilities per row out."""
+        meta = self.metadata(model, version, deadline)
+        name, arr = instances_to_array(meta, instances, self.max_rows)
+        result = self._run(meta, [(name, arr)], None, deadline)
+        return Prediction(result.model, result.version, classify(meta, result))
+
+
+def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:
+    """Per row: ``label`` and ``probabilities`` (class name -> probability).
+
+    Uses the outputs the model config names; without them, the first 2-D
+    float output is taken as probabilities and its argmax as the label.
+    """
+    probs = result.output(meta.probabilities_output) if meta.probabilities_output else None
+    if probs is None:
+        probs = next((a for _, a in result.outputs if a.dtype.kind == "f" and a.ndim == 2), None)
+    labels = result.output(meta.label_output) if meta.label_output else None
+    if probs is None:
+        raw = result.outputs[0][1]
+        return [{"output": row} for row in raw.tolist()]
+    names = list(meta.labels) or [str(j) for j in range(probs.shape[1])]
+    if labels is None:
+        labels = np.asarray([names[j] for j in probs.argmax(axis=1)])
+    return [{"label": label, "probabilities": dict(zip(names, row, strict=False))}
+            for label, row in zip(labels.tolist(), probs.astype(float).tolist(), strict=True)]

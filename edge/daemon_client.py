@@ -1,0 +1,186 @@
+"""Client of the inference daemon, shared by every thread of one edge worker.
+
+One Unix-socket connection per worker process carries every in-flight request
+of its threads (the protocol allows any number in flight and answers in any
+order): a thread sends its frame under a send lock and waits on its own slot;
+one reader thread routes responses to slots by request id. Fewer connections,
+and concurrent requests reach the daemon together, where they can be batched.
+
+Failure handling (the caller's deadline bounds everything):
+
+- cannot connect -> :class:`~edge.errors.Unavailable` (503 + Retry-After);
+- the connection breaks with the request unanswered -> retried once on a
+  fresh connection if the broken one was made before this call (a daemon
+  restart leaves stale connections) and time remains. Safe: an inference is
+  a pure function of its inputs, and the other ops only read. A request that
+  broke a *fresh* connection is not retried (it may be what broke it);
+- no answer by the deadline -> :class:`~edge.errors.DeadlineExceeded` (504);
+  the late answer, if it comes, is dropped;
+- the daemon answers with an error -> :class:`wire.messages.RemoteError`.
+
+The connection is made lazily and re-made after a fork (gunicorn workers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge.errors import DeadlineExceeded, Unavailable
+from wire import frames
+from wire.messages import RemoteError
+
+log = logging.getLogger(__name__)
+
+
+class _Slot:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.response: dict[str, Any] | None = None
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+class _Connection:
+    """One socket, its pending slots and the thread that reads it."""
+
+    def __init__(self, sock: socket.socket, max_frame: int) -> None:
+        self.sock = sock
+        self.max_frame = max_frame
+        self.pending: dict[int, _Slot] = {}
+        self.lock = threading.Lock()
+        self.send_lock = threading.Lock()
+        self.alive = True
+        self.used = False
+        threading.Thread(target=self._read_loop, name="daemon-reader", daemon=True).start()
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                _, resp = frames.read_frame(self.sock, self.max_frame)
+                with self.lock:
+                    slot = self.pending.pop(resp.get("id"), None)  # type: ignore[arg-type]
+                if slot is not None:
+                    slot.response = resp
+                    slot.event.set()
+        except (frames.WireError, OSError) as exc:
+            if not isinstance(exc, frames.ConnectionClosed):
+                log.info("daemon connection lost: %s", exc)
+        self.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self.alive = False
+            pending, self.pending = self.pending, {}
+        for slot in pending.values():
+            slot.event.set()  # response stays None: connection lost
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def send(self, rid: int, frame: bytes) -> _Slot:
+        slot = _Slot()
+        with self.lock:
+            if not self.alive:
+                raise _ConnectionLost()
+            self.pending[rid] = slot
+        try:
+            with self.send_lock:
+                self.sock.sendall(frame)
+        except OSError:
+            self.close()
+            raise _ConnectionLost() from None
+        self.used = True
+        return slot
+
+    def forget(self, rid: int) -> None:
+        with self.lock:
+            self.pending.pop(rid, None)
+
+
+class DaemonClient:
+    """Thread-safe client; see the module docstring for the failure contract."""
+
+    def __init__(self, path: str, *, max_frame: int = frames.DEFAULT_MAX_FRAME,
+                 connect_timeout: float = 0.5,
+                 socket_factory: Callable[..., socket.socket] = socket.socket,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.max_frame = max_frame
+        self.connect_timeout = connect_timeout
+        self.socket_factory = socket_factory
+        self.clock = clock
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._conn: _Connection | None = None
+        self._pid = os.getpid()
+
+    def call(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Run ``op`` on the daemon; ``deadline`` is an absolute ``clock()`` time."""
+        for attempt in (1, 2):
+            conn = self._connection(deadline)
+            reused = conn.used
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                raise DeadlineExceeded("deadline passed before the daemon was called")
+            rid = next(self._ids)
+            req = {"id": rid, "op": op, "deadline_ms": max(1, int(remaining * 1000)), **args}
+            try:
+                slot = conn.send(rid, frames.encode(frames.REQUEST, req))
+            except _ConnectionLost:
+                if attempt == 1:
+                    continue
+                raise Unavailable("inference daemon connection lost") from None
+            if not slot.event.wait(max(0.0, deadline - self.clock())):
+                conn.forget(rid)
+                raise DeadlineExceeded(f"no answer from the daemon within the deadline ({op})")
+            if slot.response is None:
+                if attempt == 1 and reused:  # stale connection (daemon restarted): once more
+                    continue
+                raise Unavailable("inference daemon connection lost")
+            return _unwrap(slot.response)
+        raise Unavailable("inference daemon connection lost")  # pragma: no cover
+
+    def _connection(self, deadline: float) -> _Connection:
+        with self._lock:
+            if self._pid != os.getpid():  # forked: the parent's socket is not ours
+                self._conn, self._pid = None, os.getpid()
+            if self._conn is not None and self._conn.alive:
+                return self._conn
+            sock = self.socket_factory(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(max(0.001, min(self.connect_timeout, deadline - self.clock())))
+            try:
+                sock.connect(self.path)
+            except OSError as exc:
+                sock.close()
+                raise Unavailable(f"inference daemon unavailable: {exc.strerror or exc}") from None
+            sock.settimeout(None)
+            self._conn = _Connection(sock, self.max_frame)
+            return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _unwrap(resp: dict[str, Any]) -> dict[str, Any]:
+    if resp.get("ok"):
+        result = resp.get("result")
+        return result if isinstance(result, dict) else {}
+    err = resp.get("error") or {}
+    raise RemoteError(str(err.get("type", "Internal")), str(err.get("message", "")),
+                      bool(err.get("retryable", False)))

@@ -1,0 +1,132 @@
+"""``GET /openapi.json``: the OpenAPI 3.0 description of both HTTP faces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+import orjson
+
+from edge.core import SERVER_NAME, SERVER_VERSION
+
+DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "FP32", "FP64"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Bad input; the message names the field", 404: "Unknown model or version",
+            413: "Body, batch or tensor too large", 503: "Daemon unavailable or overloaded "
+            "(Retry-After set)", 504: "Deadline exceeded"}
+    return {str(c): {"description": text[c], "content": _json(_ref("Error"))} for c in codes}
+
+
+MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+TIMEOUT = {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
+           "schema": {"type": "integer", "minimum": 1},
+           "description": "Lower the request deadline (never above the server default)."}
+REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False,
+              "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string", "enum": DATATYPES},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}},
+    "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": {"type": "array", "items": _ref("Tensor")},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
+                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
+    "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"},
+        "id": {"type": "string"}, "outputs": {"type": "array", "items": _ref("Tensor")}}},
+    "TensorMetadata": {"type": "object", "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer"},
+                  "description": "-1 marks a dynamic dimension"}}},
+    "ModelMetadata": {"type": "object", "properties": {
+        "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+        "platform": {"type": "string"},
+        "inputs": {"type": "array", "items": _ref("TensorMetadata")},
+        "outputs": {"type": "array", "items": _ref("TensorMetadata")}}},
+    "PredictRequest": {"type": "object", "required": ["instances"], "additionalProperties": False,
+                       "properties": {"instances": {"type": "array", "minItems": 1,
+                                                    "items": {"type": "array", "items": {"type": "number"}}}}},
+    "PredictResponse": {"type": "object", "properties": {
+        "model": {"type": "string"}, "version": {"type": "string"},
+        "request_id": {"type": "string"}, "cached": {"type": "boolean"},
+        "predictions": {"type": "array", "items": {"type": "object", "properties": {
+            "label": {}, "probabilities": {"type": "object",
+                                            "additionalProperties": {"type": "number"}}}}}}},
+}
+
+
+def _get(summary: str, schema: str | None, params: list[dict[str, Any]], *codes: int) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": "OK"}
+    if schema:
+        ok["content"] = _json(_ref(schema))
+    return {"get": {"summary": summary, "parameters": params, "responses": {"200": ok, **_errors(*codes)}}}
+
+
+def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"post": {
+        "summary": "Run inference (JSON, or the binary tensor data extension with the "
+                   "Inference-Header-Content-Length header)",
+        "parameters": params + [TIMEOUT, REQUEST_ID],
+        "requestBody": {"required": True, "content": {
+            **_json(_ref("InferRequest")),
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"200": {"description": "Outputs", "content": _json(_ref("InferResponse"))},
+                      **_errors(400, 404, 413, 503, 504)}}}
+
+
+def _predict(params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"post": {
+        "summary": "Classify rows: a label and class probabilities per row",
+        "parameters": params + [TIMEOUT, REQUEST_ID],
+        "requestBody": {"required": True, "content": _json(_ref("PredictRequest"))},
+        "responses": {"200": {"description": "Predictions", "content": _json(_ref("PredictResponse"))},
+                      **_errors(400, 404, 413, 503, 504)}}}
+
+
+def spec() -> dict[str, Any]:
+    paths = {
+        "/v2/health/live": _get("Liveness", None, []),
+        "/v2/health/ready": _get("Readiness (503 when the daemon is unavailable)", None, [], 503),
+        "/v2": _get("Server metadata", None, []),
+        "/v2/models/{model}": _get("Model metadata", "ModelMetadata", [MODEL], 404, 503),
+        "/v2/models/{model}/versions/{version}": _get("Model version metadata", "ModelMetadata",
+                                                      [MODEL, VERSION], 404, 503),
+        "/v2/models/{model}/ready": _get("Model readiness (400 when not ready)", None, [MODEL], 400),
+        "/v2/models/{model}/versions/{version}/ready": _get("Model version readiness", None,
+                                                            [MODEL, VERSION], 400),
+        "/v2/models/{model}/infer": _infer([MODEL]),
+        "/v2/models/{model}/versions/{version}/infer": _infer([MODEL, VERSION]),
+        "/v2/repository/index": {"post": {"summary": "List loaded model versions",
+                                          "responses": {"200": {"description": "Index"}}}},
+        "/v1/models/{model}/predict": _predict([MODEL]),
+        "/v1/models/{model}/versions/{version}/predict": _predict([MODEL, VERSION]),
+    }
+    return {"openapi": "3.0.3",
+            "info": {"title": SERVER_NAME, "version": SERVER_VERSION,
+                     "description": "Open Inference Protocol (KServe V2) and a simple JSON face."},
+            "paths": paths, "components": {"schemas": SCHEMAS}}
+
+
+class OpenAPI:
+    def __init__(self) -> None:
+        self._body = orjson.dumps(spec())
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = self._body

@@ -1,0 +1,182 @@
+"""Falcon resources: parse, call the core, render. Nothing else lives here.
+
+Two faces over one :class:`~edge.core.Core`:
+
+- the Open Inference Protocol (KServe V2) under ``/v2``;
+- the simple JSON face, ``POST /v1/models/{model}/predict``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import falcon
+import orjson
+
+from edge import v2codec
+from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
+from edge.errors import InvalidInput, PayloadTooLarge
+from edge.validation import ModelMeta, TensorMeta
+
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def request_id(req: falcon.Request, resp: falcon.Response) -> str:
+    given = req.get_header("X-Request-Id")
+    rid = given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    resp.set_header("X-Request-Id", rid)
+    return rid
+
+
+def read_body(req: falcon.Request, limit: int) -> bytes:
+    length = req.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge("body", f"{length} bytes exceed the limit of {limit}")
+    data = req.bounded_stream.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge("body", f"more than {limit} bytes")
+    return data
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise InvalidInput("body", "empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("body", f"malformed JSON: {exc}") from None
+
+
+def requested_timeout(req: falcon.Request) -> int | None:
+    raw = req.get_header(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidInput(TIMEOUT_HEADER, f"expected a positive integer of milliseconds, got {raw!r}")
+    return int(raw)
+
+
+def send_json(resp: falcon.Response, obj: Any) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Resource:
+    def __init__(self, core: Core, max_body: int) -> None:
+        self.core = core
+        self.max_body = max_body
+
+    def deadline(self, req: falcon.Request) -> float:
+        return self.core.deadline(requested_timeout(req))
+
+
+class Live(Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        send_json(resp, {"live": True})
+
+
+class Ready(Resource):
+    """200 only when the daemon answers and serves a model; 503 otherwise, so
+    HAProxy stops sending work to an edge whose daemon is gone or draining."""
+
+    draining = False
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        ready = not self.draining and self.core.ready()
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
+        send_json(resp, {"ready": ready})
+
+
+class ServerMetadata(Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        send_json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION,
+                         "extensions": list(EXTENSIONS)})
+
+
+def _tensor_meta(t: TensorMeta) -> dict[str, Any]:
+    return {"name": t.name, "datatype": v2codec.numpy_to_v2(t.dtype), "shape": list(t.shape)}
+
+
+def model_metadata_body(meta: ModelMeta) -> dict[str, Any]:
+    return {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
+            "inputs": [_tensor_meta(t) for t in meta.inputs],
+            "outputs": [_tensor_meta(t) for t in meta.outputs]}
+
+
+class ModelMetadata(Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model: str,
+               version: str | None = None) -> None:
+        meta = self.core.metadata(model, version, self.deadline(req))
+        send_json(resp, model_metadata_body(meta))
+
+
+class ModelReady(Resource):
+    def on_get(self, req: falcon.Request, resp: falcon.Response, model: str,
+               version: str | None = None) -> None:
+        ready = self.core.model_ready(model, version, self.deadline(req))
+        resp.status = falcon.HTTP_200 if ready else falcon.HTTP_400
+        send_json(resp, {"name": model, "ready": ready})
+
+
+class RepositoryIndex(Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        listing = self.core.models(self.deadline(req))
+        send_json(resp, [{"name": m["name"], "version": v, "state": "READY"}
+                         for m in listing for v in m["versions"]])
+
+
+class Infer(Resource):
+    def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
+                version: str | None = None) -> None:
+        rid = request_id(req, resp)
+        deadline = self.deadline(req)
+        body = read_body(req, self.max_body)
+        header_length = _header_length(req)
+        parsed = v2codec.decode_infer_request(body, header_length,
+                                              max_body_elements=self.max_body)
+        outputs = [o.name for o in parsed.outputs] if parsed.outputs is not None else None
+        result = self.core.infer(model, version, parsed.inputs, outputs, deadline)
+        binary = {o.name for o in parsed.outputs or () if o.binary}
+        if parsed.binary_output_default:
+            binary |= {n for n, _ in result.outputs}
+        data, headers = v2codec.encode_infer_response(
+            model_name=result.model, model_version=result.version,
+            request_id=parsed.id if parsed.id is not None else rid,
+            outputs=result.outputs, binary=binary)
+        resp.data = data
+        for name, value in headers.items():
+            resp.set_header(name, value)
+
+
+def _header_length(req: falcon.Request) -> int | None:
+    raw = req.get_header(HEADER_LENGTH)
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInput(HEADER_LENGTH, f"expected a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+class Predict(Resource):
+    """``POST /v1/models/{model}/predict`` with ``{"instances": [[...], ...]}``."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
+                version: str | None = None) -> None:
+        rid = request_id(req, resp)
+        deadline = self.deadline(req)
+        doc = parse_json(read_body(req, self.max_body))
+        if not isinstance(doc, dict):
+            raise InvalidInput("body", "expected a JSON object with an 'instances' list")
+        if "instances" not in doc:
+            raise InvalidInput("instances", "missing; expected a list of rows")
+        unknown = sorted(set(doc) - {"instances"})
+        if unknown:
+            raise InvalidInput(unknown[0], "unknown field (allowed: instances)")
+        pred = self.core.predict(model, version, doc["instances"], deadline)
+        send_json(resp, {"model": pred.model, "version": pred.version, "request_id": rid,
+                         "cached": False, "predictions": pred.rows})
+

@@ -1,0 +1,184 @@
+"""Input validation against a model's metadata, before anything reaches the daemon.
+
+Every rejection is an :class:`~edge.errors.InvalidInput` (or
+:class:`~edge.errors.PayloadTooLarge`) whose ``field`` is in the client's
+terms: ``inputs[1].shape`` for the V2 face, ``instances[3][7]`` for the
+simple face.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edge.errors import InvalidInput, PayloadTooLarge
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int, ...]  # -1: dynamic
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What the edge knows of one model version (from the daemon's metadata op)."""
+
+    name: str
+    version: str
+    versions: tuple[str, ...]
+    inputs: tuple[TensorMeta, ...]
+    outputs: tuple[TensorMeta, ...]
+    max_batch_size: int
+    labels: tuple[str, ...] = ()
+    label_output: str = ""
+    probabilities_output: str = ""
+    platform: str = "onnxruntime_onnx"
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any], versions: tuple[str, ...]) -> ModelMeta:
+        def tensors(items: list[dict[str, Any]]) -> tuple[TensorMeta, ...]:
+            return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(t["shape"]))
+                         for t in items)
+        cfg = data.get("config", {})
+        return cls(name=data["name"], version=str(data["version"]), versions=versions,
+                   inputs=tensors(data["inputs"]), outputs=tensors(data["outputs"]),
+                   max_batch_size=int(cfg.get("max_batch_size", 1)),
+                   labels=tuple(cfg.get("labels", ())),
+                   label_output=cfg.get("label_output", ""),
+                   probabilities_output=cfg.get("probabilities_output", ""),
+                   platform=data.get("platform", "onnxruntime_onnx"))
+
+
+def batch_limit(meta: ModelMeta, max_rows: int) -> int:
+    return min(meta.max_batch_size, max_rows)
+
+
+def check_tensors(meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
+                  max_rows: int) -> list[tuple[str, np.ndarray]]:
+    """Check names, dtypes, shapes, batch bound and finiteness; return the inputs."""
+    specs = {t.name: t for t in meta.inputs}
+    seen: set[str] = set()
+    batch: int | None = None
+    for i, (name, arr) in enumerate(inputs):
+        field = f"inputs[{i}]"
+        spec = specs.get(name)
+        if spec is None:
+            raise InvalidInput(f"{field}.name", f"model {meta.name!r} has no input {name!r} "
+                                                f"(inputs: {', '.join(specs)})")
+        if name in seen:
+            raise InvalidInput(f"{field}.name", f"input {name!r} given twice")
+        seen.add(name)
+        _check_one(spec, arr, field)
+        batch = _check_batch(spec, arr, field, batch, batch_limit(meta, max_rows))
+        check_finite(arr, f"{field}.data")
+    missing = [n for n in specs if n not in seen]
+    if missing:
+        raise InvalidInput("inputs", f"missing input {missing[0]!r} "
+                                     f"(model {meta.name!r} needs {', '.join(specs)})")
+    return inputs
+
+
+def _check_one(spec: TensorMeta, arr: np.ndarray, field: str) -> None:
+    if arr.dtype != spec.dtype:
+        raise InvalidInput(f"{field}.datatype", f"{arr.dtype.name} given, input {spec.name!r} "
+                                                f"takes {spec.dtype.name}")
+    if arr.ndim != len(spec.shape):
+        raise InvalidInput(f"{field}.shape", f"{list(arr.shape)} has rank {arr.ndim}, input "
+                                             f"{spec.name!r} takes shape {_fmt(spec.shape)}")
+    for d, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
+        if want >= 0 and got != want:
+            raise InvalidInput(f"{field}.shape", f"dimension {d} is {got}, input "
+                                                 f"{spec.name!r} takes shape {_fmt(spec.shape)}")
+
+
+def _check_batch(spec: TensorMeta, arr: np.ndarray, field: str, batch: int | None,
+                 limit: int) -> int | None:
+    if not spec.shape or spec.shape[0] >= 0:
+        return batch
+    rows = arr.shape[0]
+    if rows == 0:
+        raise InvalidInput(f"{field}.shape", "batch of 0 rows")
+    if rows > limit:
+        raise PayloadTooLarge(f"{field}.shape", f"batch of {rows} rows exceeds the limit of "
+                                                f"{limit} for this model")
+    if batch is not None and rows != batch:
+        raise InvalidInput(f"{field}.shape", f"batch of {rows} rows, other inputs have {batch}")
+    return rows
+
+
+def check_finite(arr: np.ndarray, field: str) -> None:
+    if arr.dtype.kind != "f" or arr.size == 0:
+        return
+    finite = np.isfinite(arr)
+    if not finite.all():
+        index = np.unravel_index(int(np.argmin(finite)), arr.shape)
+        raise InvalidInput(field, f"non-finite value {arr[index]} at index {list(map(int, index))}")
+
+
+def _fmt(shape: tuple[int, ...]) -> str:
+    return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
+
+
+def instances_to_array(meta: ModelMeta, instances: Any, max_rows: int) -> tuple[str, np.ndarray]:
+    """Turn the simple face's ``instances`` into the model's single input tensor."""
+    if len(meta.inputs) != 1:
+        raise InvalidInput("instances", f"model {meta.name!r} has {len(meta.inputs)} inputs; "
+                                        "use the V2 infer endpoint")
+    spec = meta.inputs[0]
+    if not isinstance(instances, list):
+        raise InvalidInput("instances", "expected a list of rows")
+    if not instances:
+        raise InvalidInput("instances", "no rows given")
+    limit = batch_limit(meta, max_rows)
+    if len(instances) > limit:
+        raise PayloadTooLarge("instances", f"{len(instances)} rows exceed the limit of {limit} "
+                                           "for this model")
+    row_shape = spec.shape[1:]
+    for i, row in enumerate(instances):
+        _check_row(row, row_shape, f"instances[{i}]", spec.dtype)
+    try:
+        arr = np.array(instances, dtype=spec.dtype)
+    except ValueError:
+        raise InvalidInput("instances", "rows have different lengths") from None
+    check_finite(arr, "instances")
+    return spec.name, arr
+
+
+def _check_row(row: Any, shape: tuple[int, ...], field: str, dtype: np.dtype) -> None:
+    """Type-check one row without converting it (numpy would silently turn
+    ``"1.5"`` or ``true`` into numbers)."""
+    if not shape:
+        _check_scalar(row, field, dtype)
+        return
+    if not isinstance(row, list):
+        raise InvalidInput(field, f"expected a list of {shape[0] if shape[0] >= 0 else 'N'} values")
+    if shape[0] >= 0 and len(row) != shape[0]:
+        raise InvalidInput(field, f"{len(row)} values, the model takes {shape[0]}")
+    if len(shape) == 1:
+        for j, x in enumerate(row):
+            if dtype.kind != "f" or type(x) not in _SCALARS["f"]:
+                _check_scalar(x, f"{field}[{j}]", dtype)
+        return
+    for j, sub in enumerate(row):
+        _check_row(sub, shape[1:], f"{field}[{j}]", dtype)
+
+
+_SCALARS = {"f": (float, int), "i": (int,), "u": (int,), "b": (bool,)}
+
+
+def _check_scalar(x: Any, field: str, dtype: np.dtype) -> None:
+    if type(x) not in _SCALARS.get(dtype.kind, ()):
+        raise InvalidInput(field, f"{_json_type(x)} given, the model takes {dtype.name} numbers")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not info.min <= x <= info.max:
+            raise InvalidInput(field, f"{x} is out of range for {dtype.name}")
+
+
+def _json_type(x: Any) -> str:
+    return {bool: "a boolean", str: "a string", type(None): "null", list: "a list",
+            dict: "an object", float: "a float", int: "an integer"}.get(type(x), type(x).__name__)

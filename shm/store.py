@@ -1,0 +1,170 @@
+"""Publishing and attaching segments.
+
+Publication is atomic. :func:`publish` creates ``/dev/shm/.<name>.<pid>.<hex>.tmp``
+with ``O_EXCL``, reserves its full size with ``posix_fallocate`` (a full tmpfs
+fails here with ENOSPC instead of killing the process with SIGBUS on a later
+page fault), writes manifest, data and finally the digest, then ``os.link``\\s
+it to ``/dev/shm/<name>`` and unlinks the temp name. ``link`` is atomic and,
+unlike ``rename``, never replaces an existing segment: a second publisher of
+the same name gets :class:`SegmentExists`. A reader therefore sees either no
+segment or a complete one. A publisher that crashes mid-write leaves only the
+temp file, which is never attached or listed (its name is not a valid segment
+name); it holds tmpfs memory until removed (``rm /dev/shm/.*.tmp`` of dead pids).
+
+A segment must not be modified or truncated once published: a mapping whose
+file shrinks under it faults with SIGBUS. Attach checks the size only once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import mmap
+import os
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from shm import layout
+from shm.errors import SegmentCorrupt, SegmentExists, SegmentNotFound
+from shm.layout import HEADER, ArrayEntry, Header, Manifest
+from shm.names import segment_path, temp_path
+from shm.segment import Segment
+
+
+def publish(
+    name: str,
+    arrays: Mapping[str, npt.ArrayLike],
+    blobs: Mapping[str, bytes] | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Segment:
+    """Write ``arrays``, ``blobs`` and ``meta`` into a new segment ``name`` and
+    return it attached (read-only, digest already known).
+
+    Arrays are stored C-contiguous and little-endian (big-endian input is
+    byte-swapped). Raises SegmentExists if ``name`` exists (nothing written),
+    ValueError for a bad name or an oversized manifest, TypeError for an
+    unsupported dtype or non-JSON meta, OSError (ENOSPC) if ``/dev/shm`` is
+    full. On any error no segment and no temp file is left behind.
+    """
+    path = segment_path(name)
+    sources = {_key(k): np.asarray(a) for k, a in arrays.items()}
+    blob_views = {_key(k): memoryview(b).cast("B") for k, b in (blobs or {}).items()}
+    manifest = layout.build_manifest(
+        {k: (layout.storage_dtype(a.dtype), a.shape) for k, a in sources.items()},
+        {k: v.nbytes for k, v in blob_views.items()},
+        meta or {},
+    )
+    raw = layout.encode_manifest(manifest)
+    if os.path.lexists(path):
+        raise SegmentExists(f"segment {name!r} already exists")
+    tmp = temp_path(name)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        header = _write(fd, manifest, raw, sources, blob_views)
+        _link(tmp, path, name)
+        mapping = mmap.mmap(fd, header.total, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+    return Segment(name, mapping, header, manifest)
+
+
+def attach(name: str, *, verify: bool = True) -> Segment:
+    """Map the existing segment ``name`` read-only.
+
+    Checks magic, layout version, manifest and sizes; with ``verify`` (the
+    default) also recomputes the content digest, which reads every byte
+    (~0.16 s for 250 MB, measured). Raises SegmentNotFound, SegmentCorrupt, or
+    ValueError for an invalid name. Leaves nothing mapped on error.
+    """
+    try:
+        fd = os.open(segment_path(name), os.O_RDONLY)
+    except FileNotFoundError:
+        raise SegmentNotFound(f"no segment named {name!r}") from None
+    try:
+        header = _read_header(fd, name)
+        mapping = mmap.mmap(fd, header.total, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    try:
+        manifest = _read_manifest(mapping, header, name)
+        if verify:
+            _verify(mapping, header, name)
+        return Segment(name, mapping, header, manifest)
+    except BaseException:
+        mapping.close()
+        raise
+
+
+def _key(key: object) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"array and blob names must be str, not {type(key).__name__}")
+    return key
+
+
+def _write(
+    fd: int,
+    manifest: Manifest,
+    raw: bytes,
+    sources: Mapping[str, npt.NDArray[Any]],
+    blobs: Mapping[str, memoryview],
+) -> Header:
+    header = layout.new_header(len(raw), manifest.data_len)
+    os.posix_fallocate(fd, 0, header.total)
+    with mmap.mmap(fd, header.total) as mapping:
+        mapping[HEADER.size : HEADER.size + len(raw)] = raw
+        for entry in manifest.arrays:
+            _copy_array(mapping, header.data_offset + entry.offset, entry, sources[entry.name])
+        for blob in manifest.blobs:
+            start = header.data_offset + blob.offset
+            mapping[start : start + blob.nbytes] = blobs[blob.name]
+        mapping[: HEADER.size] = layout.pack_header(header)
+        with memoryview(mapping) as buf:
+            digest = layout.content_digest(buf, header.total)
+        mapping[layout.DIGEST_OFFSET : HEADER.size] = digest
+    return dataclasses.replace(header, digest=digest)
+
+
+def _copy_array(mapping: mmap.mmap, offset: int, entry: ArrayEntry, src: npt.NDArray[Any]) -> None:
+    """Copy (byte-swapping if needed) ``src`` into its place in ``mapping``."""
+    dst = np.frombuffer(mapping, entry.dtype, math.prod(entry.shape), offset)
+    np.copyto(dst.reshape(entry.shape), src, casting="equiv")
+
+
+def _link(tmp: str, path: str, name: str) -> None:
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise SegmentExists(f"segment {name!r} was published concurrently") from None
+
+
+def _read_header(fd: int, name: str) -> Header:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise SegmentCorrupt(f"segment {name!r} is not a regular file")
+    try:
+        return layout.unpack_header(os.pread(fd, HEADER.size, 0), st.st_size)
+    except SegmentCorrupt as exc:
+        raise SegmentCorrupt(f"segment {name!r}: {exc}") from None
+
+
+def _read_manifest(mapping: mmap.mmap, header: Header, name: str) -> Manifest:
+    try:
+        raw = mapping[HEADER.size : HEADER.size + header.manifest_len]
+        return layout.decode_manifest(raw, header.data_len)
+    except SegmentCorrupt as exc:
+        raise SegmentCorrupt(f"segment {name!r}: {exc}") from None
+
+
+def _verify(mapping: mmap.mmap, header: Header, name: str) -> None:
+    with memoryview(mapping) as buf:
+        actual = layout.content_digest(buf, header.total)
+    if actual != header.digest:
+        raise SegmentCorrupt(
+            f"segment {name!r}: content digest {actual.hex()[:16]}... does not match "
+            f"the stored {header.digest.hex()[:16]}...: memory overwritten or torn"
+        )

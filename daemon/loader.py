@@ -45,6 +45,10 @@ from daemon.repository import VersionEntry
 log = logging.getLogger(__name__)
 
 PLACEHOLDER = "falcon-placeholder.bin"
+# NOTE: tiny initializers stay in the graph: shape inference reads tensors
+# such as Reshape's target shape at load time and cannot read external data.
+# They are a few bytes; everything larger is shared.
+EMBED_MAX_ELEMENTS = 64
 GRAPH_BLOB = "graph"
 
 ORT_TO_NUMPY = {
@@ -171,7 +175,8 @@ def _strip(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
         raise LoadError(f"{path}: not a readable ONNX model: {exc}") from None
     arrays: dict[str, np.ndarray] = {}
     for tensor in model.graph.initializer:
-        if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
+        if (tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED)
+                or np.prod(tensor.dims, dtype=np.int64) <= EMBED_MAX_ELEMENTS):
             continue
         arrays[tensor.name] = numpy_helper.to_array(tensor)
         for f in ("raw_data", "float_data", "int32_data", "int64_data", "double_data",

@@ -24,7 +24,7 @@ import socket
 from pathlib import Path
 
 from daemon.registry import Registry
-from daemon.repository import scan
+from daemon.repository import RepositoryError, scan
 from daemon.server import DaemonServer
 from service.sdnotify import notify, watchdog_interval
 from settings import Settings
@@ -87,7 +87,11 @@ async def _watchdog(interval: float | None) -> None:
 def run(settings: Settings) -> int:
     registry = Registry.from_settings(settings.daemon.shm_prefix, settings.paths.run_dir,
                                       settings.daemon.intra_op_threads)
-    entries = scan(Path(settings.daemon.model_repository))
+    try:
+        entries = scan(Path(settings.daemon.model_repository))
+    except RepositoryError as exc:
+        log.error("%s", exc)
+        return 1
     registry.load_all(entries)
     if entries and not len(registry):
         log.error("no model version could be loaded: %s", registry.failures)

@@ -54,8 +54,8 @@ def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HT
                       params: dict[str, Any]) -> None:
     message = exc.description or exc.title or "error"
     render_error(resp, exc.status, message)  # type: ignore[arg-type]
-    for name, value in (exc.headers or {}).items():
-        resp.set_header(name, value)
+    if exc.headers:
+        resp.set_headers(exc.headers)
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, exc: Exception,

@@ -22,7 +22,6 @@ from edge.validation import ModelMeta, TensorMeta
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def request_id(req: falcon.Request, resp: falcon.Response) -> str:
@@ -135,30 +134,18 @@ class Infer(Resource):
         rid = request_id(req, resp)
         deadline = self.deadline(req)
         body = read_body(req, self.max_body)
-        header_length = _header_length(req)
+        header_length = v2codec.parse_header_length(req.get_header(v2codec.HEADER_LENGTH_HEADER))
         parsed = v2codec.decode_infer_request(body, header_length,
                                               max_body_elements=self.max_body)
         outputs = [o.name for o in parsed.outputs] if parsed.outputs is not None else None
         result = self.core.infer(model, version, parsed.inputs, outputs, deadline)
-        binary = {o.name for o in parsed.outputs or () if o.binary}
-        if parsed.binary_output_default:
-            binary |= {n for n, _ in result.outputs}
         data, headers = v2codec.encode_infer_response(
             model_name=result.model, model_version=result.version,
             request_id=parsed.id if parsed.id is not None else rid,
-            outputs=result.outputs, binary=binary)
+            outputs=result.outputs, binary=parsed.wants_binary)
         resp.data = data
         for name, value in headers.items():
             resp.set_header(name, value)
-
-
-def _header_length(req: falcon.Request) -> int | None:
-    raw = req.get_header(HEADER_LENGTH)
-    if raw is None:
-        return None
-    if not raw.isdigit():
-        raise InvalidInput(HEADER_LENGTH, f"expected a non-negative integer, got {raw!r}")
-    return int(raw)
 
 
 class Predict(Resource):

@@ -1,0 +1,43 @@
+# One entry point for people and CI.
+#   make up     install what is missing, run daemon + edge + HAProxy with the demo model
+#   make test   install what is missing, run ruff, mypy and the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_PACKAGES := haproxy
+
+.PHONY: up test lint unit integration system deps venv bench check-model clean
+
+deps:
+	@./ops/install-deps.sh $(APT_PACKAGES)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+up: deps venv
+	$(VENV)/bin/falconctl up --root .
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: deps venv lint
+	$(PY) -m pytest -q tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+integration: deps venv
+	$(PY) -m pytest -q tests/integration
+
+check-model: venv
+	$(PY) models/build_digits.py --check
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,59 @@
+"""Run the edge under gunicorn from the platform's settings.
+
+Worker class ``gthread``: each worker process serves ``edge.threads``
+concurrent requests, and keeps HTTP/1.1 connections alive so HAProxy can
+reuse them (sync workers close every connection, and HAProxy then pays a
+connect per request). All threads of a worker share one multiplexed daemon
+connection (``edge.daemon_client``), so their requests reach the daemon
+together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from settings import Settings
+
+
+def gunicorn_options(settings: Settings) -> dict[str, Any]:
+    edge = settings.edge
+    return {
+        "bind": [edge.bind],
+        "workers": edge.workers,
+        "worker_class": "gthread",
+        "threads": edge.threads,
+        "keepalive": 30,
+        "graceful_timeout": edge.graceful_timeout_s,
+        # a worker stuck past every deadline is killed and replaced
+        "timeout": max(30, 2 * edge.deadline_ms // 1000 + 5),
+        "proc_name": "falcon-edge",
+        "limit_request_line": 8190,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+    }
+
+
+class EdgeApplication(BaseApplication):
+    """gunicorn configured from :class:`settings.Settings`; the Falcon app is
+    built in each worker after the fork (no preload)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in gunicorn_options(self.settings).items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from edge.app import from_settings
+
+        return from_settings(self.settings)
+
+
+def run(settings: Settings) -> int:
+    EdgeApplication(settings).run()
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from falconctl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,151 @@
+"""``falconctl``: the operator's one command.
+
+    falconctl daemon            run the inference daemon (foreground)
+    falconctl edge              run the HTTP edge (gunicorn + Falcon, foreground)
+    falconctl haproxy           run HAProxy with the project's config
+    falconctl up                the whole stack in the foreground; Ctrl-C stops it
+    falconctl config            print the effective configuration (TOML)
+    falconctl config --describe every key, its environment variable, default and meaning
+    falconctl models            list the models the daemon serves
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import settings as settings_mod
+from settings import SETTINGS, ConfigError, Settings
+
+log = logging.getLogger("falconctl")
+
+
+def _setup_logging(name: str) -> None:
+    logging.basicConfig(level=os.environ.get("FALCON_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    return str(value)
+
+
+def cmd_config(s: Settings, args: argparse.Namespace) -> int:
+    if args.describe:
+        for item in SETTINGS:
+            print(f"{item.section}.{item.name}  (${item.env}, {item.type.__name__}, "
+                  f"default {_toml_value(item.default)})\n    {item.doc}")
+        return 0
+    for section, values in s.as_dict().items():
+        print(f"[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {_toml_value(value)}")
+        print()
+    return 0
+
+
+def cmd_daemon(s: Settings, args: argparse.Namespace) -> int:
+    _setup_logging("daemon")
+    from daemon.main import run
+
+    return run(s)
+
+
+def cmd_edge(s: Settings, args: argparse.Namespace) -> int:
+    from edge.server import run
+
+    return run(s)
+
+
+def cmd_haproxy(s: Settings, args: argparse.Namespace) -> int:
+    from falconctl.stack import HAPROXY_CFG, haproxy_env
+
+    cfg = s.haproxy.config or str(HAPROXY_CFG)
+    os.execvpe(s.haproxy.binary, [s.haproxy.binary, "-W", "-db", "-f", cfg],
+               {**os.environ, **haproxy_env(s)})
+
+
+def cmd_models(s: Settings, args: argparse.Namespace) -> int:
+    from edge.core import Core
+    from edge.daemon_client import DaemonClient
+    from edge.errors import EdgeError
+
+    core = Core(DaemonClient(s.daemon_socket))
+    try:
+        print(json.dumps(core.models(core.deadline()), indent=2))
+    except EdgeError as exc:
+        print(f"falconctl: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_up(s: Settings, args: argparse.Namespace) -> int:
+    from falconctl.stack import Stack, StackError
+    from falconctl.up import banner, dev_env
+
+    base = dict(os.environ, **({"FALCON_CONFIG": args.config} if args.config else {}))
+    env = dev_env(Path(args.root).resolve(), base)
+    stack = Stack(env, Path(env["FALCON_PATHS_STATE_DIR"]) / "logs")
+    stop = {"signal": 0}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda n, f: stop.update(signal=n))
+    try:
+        stack.start()
+    except StackError as exc:
+        print(f"falconctl up: {exc}", file=sys.stderr)
+        return 1
+    print(banner(stack.settings, Path(args.root).resolve()), flush=True)
+    while not stop["signal"]:
+        dead = [p.name for p in stack.procs.values() if not p.alive()]
+        if dead:
+            print(f"falconctl up: {', '.join(dead)} exited; stopping", file=sys.stderr)
+            break
+        time.sleep(0.2)
+    print("stopping...", flush=True)
+    codes = stack.stop()
+    print("stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="falconctl", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="TOML config file (default $FALCON_CONFIG or "
+                                    "/etc/falcon/falcon.toml if it exists)")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("config", help="print the effective configuration")
+    c.add_argument("--describe", action="store_true", help="describe every key")
+    c.set_defaults(func=cmd_config)
+    sub.add_parser("daemon", help="run the inference daemon").set_defaults(func=cmd_daemon)
+    sub.add_parser("edge", help="run the HTTP edge").set_defaults(func=cmd_edge)
+    sub.add_parser("haproxy", help="run HAProxy with the project's config").set_defaults(
+        func=cmd_haproxy)
+    sub.add_parser("models", help="list served models").set_defaults(func=cmd_models)
+    u = sub.add_parser("up", help="run daemon, edge and HAProxy in the foreground")
+    u.add_argument("--root", default=".", help="project checkout (state goes to ROOT/var)")
+    u.set_defaults(func=cmd_up)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        s = settings_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"falconctl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return int(args.func(s, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

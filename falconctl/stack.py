@@ -1,0 +1,183 @@
+"""Start and stop the processes of one host's stack: daemon, edge, HAProxy.
+
+Used by ``falconctl up`` (foreground, Ctrl-C stops everything in order) and by
+the integration tests (real processes on free ports in a temp dir). Each
+process runs in its own session so a terminal's Ctrl-C reaches only us; we
+stop them outside-in: HAProxy first (no new requests), then the edge (gunicorn
+finishes in-flight requests), then the daemon (drains, unlinks its segments).
+Only processes started here are ever signalled, by pid.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import settings as settings_mod
+from settings import Settings
+from wire import frames
+
+ROOT = Path(__file__).resolve().parent.parent
+HAPROXY_CFG = ROOT / "ops" / "haproxy" / "haproxy.cfg"
+
+
+class StackError(RuntimeError):
+    """A process of the stack did not start or become ready; the message says
+    which, and the tail of its log."""
+
+
+def split_hostport(bind: str) -> tuple[str, int]:
+    host, _, port = bind.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def haproxy_addr(edge_bind: str) -> str:
+    return "unix@" + edge_bind[5:] if edge_bind.startswith("unix:") else edge_bind
+
+
+def haproxy_env(s: Settings) -> dict[str, str]:
+    """The environment ``ops/haproxy/haproxy.cfg`` expands."""
+    return {
+        "FALCON_HAPROXY_BIND": s.haproxy.bind,
+        "FALCON_HAPROXY_STATS_BIND": s.haproxy.stats_bind,
+        "FALCON_EDGE_ADDR": haproxy_addr(s.edge.bind),
+        "FALCON_HAPROXY_MAX_BODY_BYTES": str(s.haproxy.max_body_bytes),
+        "FALCON_HAPROXY_SERVER_TIMEOUT": f"{s.edge.deadline_ms + 5000}ms",
+    }
+
+
+def http_status(host: str, port: int, path: str, timeout: float = 1.0) -> int | None:
+    try:
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.request("GET", path)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+    except OSError:
+        return None
+
+
+def daemon_ready(path: str, timeout: float = 1.0) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(frames.encode(frames.REQUEST, {"id": 1, "op": "ping", "deadline_ms": 1000}))
+            _, resp = frames.read_frame(sock)
+        return bool(resp.get("ok") and resp["result"].get("ready"))
+    except (OSError, frames.WireError):
+        return False
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.popen.send_signal(sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        return self.popen.returncode
+
+
+@dataclass
+class Stack:
+    """One host's processes. ``env`` holds the ``FALCON_*`` settings for all of them."""
+
+    env: dict[str, str]
+    log_dir: Path
+    python: str = sys.executable
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return settings_mod.load(env=self.env)
+
+    def _spawn(self, name: str, argv: list[str], extra_env: Mapping[str, str] = {}) -> Proc:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(argv, env={**self.env, **extra_env}, stdout=fh,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, cwd=ROOT)
+        proc = Proc(name, popen, log)
+        self.procs[name] = proc
+        return proc
+
+    def _wait(self, proc: Proc, check: object, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise StackError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.05)
+        raise StackError(f"{proc.name} not ready after {timeout:.0f}s:\n{proc.tail()}")
+
+    def start_daemon(self, timeout: float = 180.0) -> Proc:
+        proc = self._spawn("daemon", [self.python, "-m", "falconctl", "daemon"])
+        path = self.settings.daemon_socket
+        self._wait(proc, lambda: daemon_ready(path), timeout)
+        return proc
+
+    def start_edge(self, timeout: float = 60.0) -> Proc:
+        proc = self._spawn("edge", [self.python, "-m", "falconctl", "edge"])
+        bind = self.settings.edge.bind
+        if bind.startswith("unix:"):
+            self._wait(proc, lambda: os.path.exists(bind[5:]), timeout)
+        else:
+            host, port = split_hostport(bind)
+            self._wait(proc, lambda: http_status(host, port, "/v2/health/live") == 200, timeout)
+        return proc
+
+    def start_haproxy(self, timeout: float = 30.0) -> Proc:
+        s = self.settings
+        binary = shutil.which(s.haproxy.binary) or s.haproxy.binary
+        cfg = s.haproxy.config or str(HAPROXY_CFG)
+        proc = self._spawn("haproxy", [binary, "-W", "-db", "-f", cfg], haproxy_env(s))
+        host, port = split_hostport(s.haproxy.bind)
+        self._wait(proc, lambda: http_status(host, port, "/v2/health/ready") == 200, timeout)
+        return proc
+
+    def start(self) -> None:
+        try:
+            self.start_daemon()
+            self.start_edge()
+            self.start_haproxy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> dict[str, int]:
+        """Stop outside-in; return each process's exit code."""
+        codes = {}
+        for name, sig in (("haproxy", signal.SIGUSR1), ("edge", signal.SIGTERM),
+                          ("daemon", signal.SIGTERM)):
+            proc = self.procs.pop(name, None)
+            if proc is not None:
+                codes[name] = proc.stop(sig)
+        return codes

@@ -1,0 +1,113 @@
+"""Predictions through the whole stack: HAProxy -> gunicorn/Falcon -> daemon.
+
+Answers are compared with ONNX Runtime run in-process on the same model file
+and the same rows: the platform must not change an answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.http as triton
+from httpx_lite import post_json, request
+from modelfactory import multi_io_expected
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
+
+
+def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+@pytest.fixture(scope="module")
+def addr(stack) -> str:
+    return stack.settings.haproxy.bind
+
+
+@pytest.fixture(scope="module")
+def digits_ref(stack) -> dict[str, np.ndarray]:
+    model = Path(stack.settings.daemon.model_repository) / "digits" / "1" / "model.onnx"
+    return reference(model, {"input": DIGITS["X"]})
+
+
+def test_simple_face_matches_in_process_onnxruntime_on_the_test_split(addr, digits_ref):
+    X = DIGITS["X"]
+    labels, probs = [], []
+    for start in range(0, len(X), 100):
+        ans = post_json(addr, "/v1/models/digits/predict",
+                        {"instances": X[start:start + 100].tolist()})
+        assert ans.status == 200, ans.body
+        doc = ans.json()
+        assert doc["model"] == "digits" and doc["version"] == "1" and doc["cached"] is False
+        assert doc["request_id"] == ans.headers["x-request-id"]
+        for row in doc["predictions"]:
+            labels.append(row["label"])
+            probs.append([row["probabilities"][str(c)] for c in range(10)])
+    np.testing.assert_array_equal(labels, digits_ref["label"])
+    np.testing.assert_allclose(probs, digits_ref["probabilities"], rtol=0, atol=1e-7)
+    accuracy = float(np.mean(np.asarray(labels) == DIGITS["y"]))
+    assert accuracy > 0.9
+
+
+def test_tritonclient_binary_and_json_match_reference(addr, digits_ref):
+    client = triton.InferenceServerClient(addr)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits")
+    meta = client.get_model_metadata("digits")
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}]
+    for binary in (True, False):
+        inp = triton.InferInput("input", [50, 64], "FP32")
+        inp.set_data_from_numpy(DIGITS["X"][:50], binary_data=binary)
+        outs = [triton.InferRequestedOutput("probabilities", binary_data=binary)]
+        result = client.infer("digits", [inp], outputs=outs, request_id="abc-1")
+        assert result.get_response()["id"] == "abc-1"
+        np.testing.assert_allclose(result.as_numpy("probabilities"),
+                                   digits_ref["probabilities"][:50], atol=1e-7)
+        assert result.as_numpy("label") is None  # only what was asked for
+    result = client.infer("digits", [inp])  # default: every output, binary
+    np.testing.assert_array_equal(result.as_numpy("label"), digits_ref["label"][:50])
+
+
+def test_multi_input_model_with_int_and_bool_tensors(addr):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    k = rng.integers(-5, 5, size=(7, 2)).astype(np.int64)
+    mask = rng.random((7, 4)) > 0.5
+    client = triton.InferenceServerClient(addr)
+    inputs = []
+    for name, arr, dt in (("x", x, "FP32"), ("k", k, "INT64"), ("mask", mask, "BOOL")):
+        inputs.append(triton.InferInput(name, list(arr.shape), dt))
+        inputs[-1].set_data_from_numpy(arr)
+    result = client.infer("multi", inputs)
+    y, n = multi_io_expected(x, k, mask)
+    np.testing.assert_allclose(result.as_numpy("y"), y, rtol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("n"), n)
+    assert client.get_model_metadata("multi", "1")["versions"] == ["1"]
+
+
+def test_metadata_openapi_and_health(addr):
+    assert request(addr, "GET", "/v2/health/live").status == 200
+    assert request(addr, "GET", "/v2/health/ready").status == 200
+    assert request(addr, "GET", "/v2/models/digits/versions/1/ready").status == 200
+    assert request(addr, "GET", "/v2/models/digits/versions/9/ready").status == 400
+    spec = request(addr, "GET", "/openapi.json").json()
+    assert "/v1/models/{model}/predict" in spec["paths"]
+    assert "/v2/models/{model}/infer" in spec["paths"]
+    index = request(addr, "POST", "/v2/repository/index").json()
+    assert {"name": "digits", "version": "1", "state": "READY"} in index
+
+
+def test_request_id_is_taken_from_the_client_when_well_formed(addr):
+    row = DIGITS["X"][:1].tolist()
+    ans = request(addr, "POST", "/v1/models/digits/predict",
+                  '{"instances": %s}' % row, {"X-Request-Id": "trace-42"})
+    assert ans.json()["request_id"] == "trace-42"
+    ans = request(addr, "POST", "/v1/models/digits/predict",
+                  '{"instances": %s}' % row, {"X-Request-Id": "bad id;<x>"})
+    assert ans.status == 200 and ans.json()["request_id"] != "bad id;<x>"

@@ -85,6 +85,11 @@ async def _watchdog(interval: float | None) -> None:
 
 
 def run(settings: Settings) -> int:
+    try:  # fail fast, before loading anything, if another daemon owns the socket
+        prepare_socket_path(settings.daemon_socket)
+    except SocketInUse as exc:
+        log.error("%s", exc)
+        return 1
     registry = Registry.from_settings(settings.daemon.shm_prefix, settings.paths.run_dir,
                                       settings.daemon.intra_op_threads)
     try:

@@ -1,0 +1,83 @@
+"""Write the golden wire frames next to this file.
+
+    python tests/data/wire/make_golden.py          # (re)write the *.frame files
+    python tests/data/wire/make_golden.py --check  # exit 1 if a file differs
+
+The frames are the contract between edge and daemon: tests/unit/test_wire.py checks
+that ``wire.frames.encode`` still produces these exact bytes and that the readers
+decode them. Regenerate only on a deliberate protocol change, and commit the result.
+
+- ``request_infer.frame``  REQUEST, op "infer", tensors x float32 [2, 3], mask bool [2]
+- ``response_ok.frame``    RESPONSE, ok, one float32 [2, 3] output
+- ``response_error.frame`` RESPONSE, error as plain data (Overloaded, retryable)
+- ``torn.frame``           request_infer.frame cut in the middle of its payload
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wire import frames, messages
+
+HERE = Path(__file__).resolve().parent
+
+X = np.array([[0.0, 0.5, -1.5], [2.0, 1024.0, -0.25]], dtype=np.float32)
+MASK = np.array([True, False])
+PROBABILITIES = np.array([[0.25, 0.75, 0.0], [1.0, 0.0, 0.0]], dtype=np.float32)
+
+REQUEST_INFER: dict[str, Any] = {
+    "id": 7, "op": "infer", "deadline_ms": 2000, "model": "digits", "version": "1",
+    "inputs": [messages.encode_tensor("x", X), messages.encode_tensor("mask", MASK)],
+    "outputs": None,
+}
+RESPONSE_OK: dict[str, Any] = {
+    "id": 7, "ok": True,
+    "result": {"model": "digits", "version": "1",
+               "outputs": [messages.encode_tensor("probabilities", PROBABILITIES)],
+               "queue_us": 120, "compute_us": 340},
+}
+RESPONSE_ERROR: dict[str, Any] = {
+    "id": 8, "ok": False, "error": messages.error(messages.OVERLOADED, "queue full"),
+}
+
+# file name -> (kind, payload) of every whole frame
+FRAMES: dict[str, tuple[int, dict[str, Any]]] = {
+    "request_infer.frame": (frames.REQUEST, REQUEST_INFER),
+    "response_ok.frame": (frames.RESPONSE, RESPONSE_OK),
+    "response_error.frame": (frames.RESPONSE, RESPONSE_ERROR),
+}
+
+
+def torn(frame: bytes) -> bytes:
+    """``frame`` cut halfway through its payload."""
+    payload = len(frame) - frames.HEADER.size
+    return frame[: frames.HEADER.size + payload // 2]
+
+
+def golden() -> dict[str, bytes]:
+    out = {name: frames.encode(kind, payload) for name, (kind, payload) in FRAMES.items()}
+    out["torn.frame"] = torn(out["request_infer.frame"])
+    return out
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name, data in golden().items():
+        path = HERE / name
+        if check:
+            if not path.exists() or path.read_bytes() != data:
+                stale.append(name)
+        else:
+            path.write_bytes(data)
+    for name in stale:
+        print(f"{name}: differs from what encode() produces now", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

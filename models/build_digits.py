@@ -111,15 +111,13 @@ def load_split() -> Split:
 
 
 def train(split: Split) -> Pipeline:
-    pipe = Pipeline(
-        [("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))]
-    )
+    pipe = Pipeline([("scale", StandardScaler()), ("clf", LogisticRegression(max_iter=2000))])
     pipe.fit(split.x_train, split.y_train)
     return pipe
 
 
 def to_onnx_model(pipe: Pipeline) -> onnx.ModelProto:
-    model = convert_sklearn(
+    model: onnx.ModelProto = convert_sklearn(
         pipe,
         initial_types=[("input", FloatTensorType([None, N_FEATURES]))],
         final_types=[

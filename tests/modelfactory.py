@@ -124,7 +124,8 @@ def _initializer_chunk(arr: np.ndarray, name: str) -> bytes:
     """
     chunk = onnx.ModelProto()
     chunk.graph.initializer.append(numpy_helper.from_array(arr, name))
-    return chunk.SerializeToString()
+    data: bytes = chunk.SerializeToString()
+    return data
 
 
 def write_mlp_model(

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from modelfactory import write_mlp_model
 
@@ -45,9 +46,13 @@ def test_several_requests_in_flight_on_one_connection(make_stack):
             assert kind == frames.RESPONSE and resp["ok"], resp
             answers[resp["id"]] = resp["result"]
     assert sorted(answers) == [0, 1, 2]
-    for i, result in answers.items():
+    model = Path(stack.settings.daemon.model_repository) / "digits" / "1" / "model.onnx"
+    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for i, result in answers.items():  # each answer belongs to its own request's rows
         outs = dict(messages.decode_tensors(result["outputs"], "outputs"))
-        assert outs["probabilities"].shape == (10, 10) and outs["label"].shape == (10,)
+        label, probs = ref.run(["label", "probabilities"], {"input": rows[i * 10:(i + 1) * 10]})
+        np.testing.assert_array_equal(outs["label"], label)
+        np.testing.assert_allclose(outs["probabilities"], probs, atol=1e-7)
 
 
 def test_errors_come_back_as_data_and_the_connection_survives(make_stack):

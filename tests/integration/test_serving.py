@@ -6,6 +6,7 @@ and the same rows: the platform must not change an answer.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -104,10 +105,8 @@ def test_metadata_openapi_and_health(addr):
 
 
 def test_request_id_is_taken_from_the_client_when_well_formed(addr):
-    row = DIGITS["X"][:1].tolist()
-    ans = request(addr, "POST", "/v1/models/digits/predict",
-                  '{"instances": %s}' % row, {"X-Request-Id": "trace-42"})
+    body = json.dumps({"instances": DIGITS["X"][:1].tolist()})
+    ans = request(addr, "POST", "/v1/models/digits/predict", body, {"X-Request-Id": "trace-42"})
     assert ans.json()["request_id"] == "trace-42"
-    ans = request(addr, "POST", "/v1/models/digits/predict",
-                  '{"instances": %s}' % row, {"X-Request-Id": "bad id;<x>"})
+    ans = request(addr, "POST", "/v1/models/digits/predict", body, {"X-Request-Id": "bad id;<x>"})
     assert ans.status == 200 and ans.json()["request_id"] != "bad id;<x>"

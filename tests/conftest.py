@@ -22,9 +22,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from modelfactory import write_multi_io_model  # noqa: E402
+
 import shm  # noqa: E402
 from falconctl.stack import Stack  # noqa: E402
-from modelfactory import write_multi_io_model  # noqa: E402
 
 
 def free_port() -> int:

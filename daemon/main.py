@@ -23,6 +23,7 @@ import signal
 import socket
 from pathlib import Path
 
+import shm
 from daemon.registry import Registry
 from daemon.repository import RepositoryError, scan
 from daemon.server import DaemonServer
@@ -90,6 +91,8 @@ def run(settings: Settings) -> int:
     except SocketInUse as exc:
         log.error("%s", exc)
         return 1
+    for path in shm.sweep_temp(settings.daemon.shm_prefix):
+        log.warning("removed %s, left by a publisher that died mid-write", path)
     registry = Registry.from_settings(settings.daemon.shm_prefix, settings.paths.run_dir,
                                       settings.daemon.intra_op_threads)
     try:

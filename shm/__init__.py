@@ -12,7 +12,7 @@ Imports only the standard library and numpy.
 """
 
 from shm.errors import SegmentCorrupt, SegmentExists, SegmentNotFound, ShmError
-from shm.names import list_segments, unlink
+from shm.names import list_segments, sweep_temp, unlink
 from shm.segment import Segment
 from shm.store import attach, publish
 
@@ -25,5 +25,6 @@ __all__ = [
     "attach",
     "list_segments",
     "publish",
+    "sweep_temp",
     "unlink",
 ]

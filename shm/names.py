@@ -69,3 +69,36 @@ def list_segments(prefix: str) -> list[str]:
         for entry in os.listdir(SHM_DIR)
         if entry.startswith(prefix) and len(entry) <= MAX_NAME_LEN and _NAME.fullmatch(entry)
     )
+
+
+_TEMP = re.compile(r"\.(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def sweep_temp(prefix: str) -> list[str]:
+    """Remove publication temp files of segments starting with ``prefix`` whose
+    writer process is gone (a publisher killed mid-write); return their paths.
+
+    A temp file of a live process is left alone: it may still be publishing.
+    """
+    removed = []
+    for entry in os.listdir(SHM_DIR):
+        m = _TEMP.fullmatch(entry)
+        if m is None or not m["name"].startswith(prefix) or _alive(int(m["pid"])):
+            continue
+        path = os.path.join(SHM_DIR, entry)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -369,3 +369,23 @@ def test_close_without_held_views_unmaps(name: str) -> None:
     seg = publish_pattern(name)
     seg.close()
     assert seg.closed and "closed" in repr(seg)
+
+
+def test_sweep_temp_removes_only_dead_publishers_temp_files():
+    prefix = f"fsweep{uuid.uuid4().hex[:8]}"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = f"/dev/shm/.{prefix}.m.1.{dead_pid}.deadbeef.tmp"
+    live = f"/dev/shm/.{prefix}.m.1.{os.getpid()}.cafebabe.tmp"
+    other = f"/dev/shm/.other{prefix}.{dead_pid}.deadbeef.tmp"
+    for path in (stale, live, other):
+        open(path, "wb").close()
+    try:
+        assert shm.sweep_temp(prefix) == [stale]
+        assert not os.path.exists(stale)
+        assert os.path.exists(live) and os.path.exists(other)
+    finally:
+        for path in (stale, live, other):
+            if os.path.exists(path):
+                os.unlink(path)

@@ -134,6 +134,9 @@ def instances_to_array(meta: ModelMeta, instances: Any, max_rows: int) -> tuple[
     if not instances:
         raise InvalidInput("instances", "no rows given")
     limit = batch_limit(meta, max_rows)
+    if spec.shape and spec.shape[0] >= 0 and len(instances) != spec.shape[0]:
+        raise InvalidInput("instances", f"{len(instances)} rows given, the model takes exactly "
+                                        f"{spec.shape[0]}")
     if len(instances) > limit:
         raise PayloadTooLarge("instances", f"{len(instances)} rows exceed the limit of {limit} "
                                            "for this model")
@@ -141,9 +144,11 @@ def instances_to_array(meta: ModelMeta, instances: Any, max_rows: int) -> tuple[
     for i, row in enumerate(instances):
         _check_row(row, row_shape, f"instances[{i}]", spec.dtype)
     try:
-        arr = np.array(instances, dtype=spec.dtype)
-    except ValueError:
-        raise InvalidInput("instances", "rows have different lengths") from None
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, caught below
+            arr = np.array(instances, dtype=spec.dtype)
+    except (ValueError, OverflowError):
+        raise InvalidInput("instances", "rows have different lengths, or a value is out of "
+                                        "range") from None
     check_finite(arr, "instances")
     return spec.name, arr
 

@@ -35,8 +35,8 @@ def _setup_logging(name: str) -> None:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
+    if isinstance(value, str):  # a TOML basic string: JSON escapes minus DEL, plus no surrogates
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
     return str(value)
 
 

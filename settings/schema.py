@@ -9,6 +9,7 @@ naming the key (and the environment variable or file it came from).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -134,9 +135,10 @@ def _type_of(cls: type, f: dataclasses.Field) -> type:
 SETTINGS: list[Setting] = _declared()
 
 
-def _convert(raw: Any, typ: type, where: str) -> Any:
-    """Convert a TOML value or an environment string to ``typ``."""
-    if isinstance(raw, str) and typ is not str:
+def _convert(raw: Any, typ: type, where: str, from_env: bool = False) -> Any:
+    """Convert a TOML value (typed already: checked, not parsed) or an
+    environment string (parsed) to ``typ``."""
+    if from_env and typ is not str:
         text = raw.strip().lower()
         if typ is bool:
             if text in ("1", "true", "yes", "on"):
@@ -156,6 +158,8 @@ def _convert(raw: Any, typ: type, where: str) -> Any:
 
 
 def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not a finite number")
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"{where}: {value!r} is below the minimum {meta['min']}")
     if meta.get("max") is not None and value > meta["max"]:
@@ -164,9 +168,9 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
 
 
-def _read_file(path: Path | None) -> tuple[dict[str, Any], str]:
+def _read_file(path: Path | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
     if path is None:
-        env_path = os.environ.get(f"{ENV_PREFIX}CONFIG")
+        env_path = env.get(f"{ENV_PREFIX}CONFIG")
         path = Path(env_path) if env_path else DEFAULT_CONFIG_PATH
         if not env_path and not path.exists():
             return {}, ""
@@ -200,7 +204,7 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -
     out-of-bounds value; nothing is partially applied.
     """
     env = os.environ if env is None else env
-    data, source = _read_file(Path(path) if path is not None else None)
+    data, source = _read_file(Path(path) if path is not None else None, env)
     _reject_unknown(data, source)
     sections: dict[str, Any] = {}
     for section, cls in _sections().items():
@@ -209,10 +213,11 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -
             s = Setting(section, f.name, _type_of(cls, f), f.default, f.metadata["doc"])
             value, where = f.default, f"{section}.{f.name}"
             if f.name in data.get(section, {}):
-                value = _convert(data[section][f.name], s.type, f"{source}: {where}")
+                where = f"{source}: {section}.{f.name}"
+                value = _convert(data[section][f.name], s.type, where)
             if s.env in env:
-                value = _convert(env[s.env], s.type, f"{where} (from ${s.env})")
-                where = f"{where} (from ${s.env})"
+                where = f"{section}.{f.name} (from ${s.env})"
+                value = _convert(env[s.env], s.type, where, from_env=True)
             _check_bounds(value, f.metadata, where)
             values[f.name] = value
         sections[section] = cls(**values)

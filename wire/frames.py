@@ -61,6 +61,8 @@ class TornFrame(WireError):
 
 def encode(kind: int, payload: dict[str, Any]) -> bytes:
     """One frame for ``payload``; raises :class:`BadFrame` if it exceeds 4 GiB."""
+    if kind not in KINDS:
+        raise BadFrame(f"unknown frame kind {kind}")
     body = msgpack.packb(payload, use_bin_type=True)
     if len(body) > 0xFFFFFFFF:
         raise BadFrame(f"payload of {len(body)} bytes does not fit a frame")

@@ -31,6 +31,7 @@ if sent again later (overloaded, draining) as opposed to never (bad input).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +81,9 @@ def error(type_: str, message: str) -> dict[str, Any]:
 
 
 def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
-    arr = np.ascontiguousarray(array)
+    arr = np.asarray(array)  # NOTE: not ascontiguousarray, which turns 0-d into 1-d
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
     dtype = _le(arr.dtype)
     arr = arr.astype(dtype, copy=False)
     return {"name": name, "dtype": dtype, "shape": list(arr.shape), "data": arr.tobytes()}
@@ -100,14 +103,14 @@ def decode_tensor(obj: Any, where: str = "tensor") -> tuple[str, np.ndarray]:
     name, dtype, shape, data = (obj.get(k) for k in ("name", "dtype", "shape", "data"))
     if not isinstance(name, str):
         raise MessageError(f"{where}.name: expected a string")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise MessageError(f"{where}.dtype: unsupported dtype {dtype!r}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
         raise MessageError(f"{where}.shape: expected a list of non-negative integers")
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageError(f"{where}.data: expected raw bytes")
     dt = np.dtype(dtype)
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    expected = math.prod(shape) * dt.itemsize  # Python ints: no overflow
     if len(data) != expected:
         raise MessageError(f"{where}.data: {len(data)} bytes, shape {shape} of {dtype} "
                            f"needs {expected}")

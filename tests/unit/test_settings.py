@@ -166,7 +166,7 @@ def test_wrong_type_in_environment_names_key_and_variable(toml, var: str, text: 
     ("FALCON_DAEMON_MAX_FRAME_BYTES", "1023", ["below the minimum 1024"]),
     ("FALCON_DAEMON_DRAIN_TIMEOUT_S", "600.5", ["above the maximum 600"]),
     ("FALCON_DAEMON_DRAIN_TIMEOUT_S", "-0.1", ["below the minimum 0"]),
-    ("FALCON_DAEMON_DRAIN_TIMEOUT_S", "inf", ["above the maximum 600"]),
+    ("FALCON_DAEMON_DRAIN_TIMEOUT_S", "inf", ["not a finite number"]),
 ])
 def test_out_of_bounds_from_environment(toml, var: str, text: str, words: list[str]) -> None:
     message = error(toml(""), {var: text})
@@ -327,3 +327,17 @@ def test_falconctl_config_describe_lists_every_key_with_its_variable(
         assert type(value).__name__ in head
         field = next(f for f in dataclasses.fields(getattr(defaults, section)) if f.name == name)
         assert doc.strip() == field.metadata["doc"]
+
+
+def test_toml_values_are_typed_not_parsed(toml) -> None:
+    """A string in the file is not a number or a boolean (only environment strings are parsed)."""
+    message = error(toml('[edge]\nworkers = "4"\n'))
+    assert "edge.workers" in message and "expected int" in message
+    message = error(toml('[daemon]\nkeep_segments = "yes"\n'))
+    assert "daemon.keep_segments" in message and "expected bool" in message
+
+
+def test_non_finite_value_in_the_file_names_the_file(toml) -> None:
+    path = toml("[daemon]\ndrain_timeout_s = nan\n")
+    message = error(path)
+    assert str(path) in message and "not a finite number" in message

@@ -305,3 +305,10 @@ def test_multi_input_model_is_sent_to_the_v2_endpoint() -> None:
     exc = rejected(instances_to_array, MULTI, rows(1, 4), MAX_ROWS)
     assert exc.field == "instances"
     assert "3 inputs" in exc.reason and "V2" in exc.reason
+
+
+def test_fixed_first_dimension_takes_exactly_that_many_instances() -> None:
+    fixed = model("fixed", ("a", "float32", (2, 4)))
+    assert instances_to_array(fixed, rows(2, 4), MAX_ROWS)[1].shape == (2, 4)
+    exc = rejected(instances_to_array, fixed, rows(3, 4), MAX_ROWS)
+    assert exc.field == "instances" and "exactly 2" in exc.reason

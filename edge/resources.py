@@ -82,10 +82,8 @@ class Ready(Resource):
     """200 only when the daemon answers and serves a model; 503 otherwise, so
     HAProxy stops sending work to an edge whose daemon is gone or draining."""
 
-    draining = False
-
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ready = not self.draining and self.core.ready()
+        ready = self.core.ready()
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         send_json(resp, {"ready": ready})
 

@@ -429,7 +429,19 @@ def comparison(report: dict[str, Any]) -> str:
     if report["segment_bytes"] >= 10 * MIB:
         per100 = 100 * MIB / report["segment_bytes"]
         line += f" = on {on['private_create_mib'] * per100:.0f} MiB per 100 MiB of weights"
+    if contended(report):
+        line += "\n  WARNING: best rounds ran with other load on the cores (low cpu/wall)"
     return line
+
+
+def contended(report: dict[str, Any]) -> bool:
+    """True if, at some batch size, a mode's best round got under 80% of the CPU/wall of
+    the best-served mode (same work, so a lower ratio means the cores were shared)."""
+    for key in (f"b{b}_cpu_per_wall" for b in BATCHES):
+        ratios = [s[key] for s in report["summary"].values()]
+        if min(ratios) < 0.8 * max(ratios):
+            return True
+    return False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

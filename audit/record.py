@@ -1,0 +1,84 @@
+"""One audit record: what the edge knew when it answered a prediction.
+
+The edge builds an :class:`AuditRecord` for every response it sends (cache hits
+included) and appends ``record.to_payload()`` (msgpack bytes) to its WAL
+before the response leaves. The shipper decodes it with
+:meth:`AuditRecord.from_payload` and turns it into one row of the
+``audit.predictions`` table (:meth:`AuditRecord.to_row`).
+
+Fields are plain data (str, int, float, bool, bytes, lists and maps of
+those). ``outputs`` holds every returned tensor as
+``{name: {"dtype", "shape", "data": nested lists}}`` with non-finite floats
+replaced by None (PostgreSQL's JSONB has no NaN), so it can go into JSONB as is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import msgpack
+
+RECORD_VERSION = 1
+
+
+class RecordError(ValueError):
+    """A WAL payload is not a valid audit record (wrong version, missing or
+    mistyped field). Likely cause: a payload from a newer writer, or a bug."""
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    request_id: str           # unique per response; the table's key (with ts)
+    ts: float                 # unix seconds when the response was produced
+    host: str                 # host id of the edge that answered
+    model: str
+    version: str              # the version that answered
+    face: str                 # "v1" (simple JSON) or "v2" (Open Inference Protocol)
+    input_digest: str         # hex sha256 over the canonical input bytes
+    input_meta: list[dict[str, Any]]       # [{"name", "dtype", "shape"}] per input
+    outputs: dict[str, dict[str, Any]]     # name -> {"dtype", "shape", "data"}
+    labels: list[Any] | None  # per-row labels (simple face), else None
+    cached: bool
+    latency_ms: float
+    inputs: bytes | None = None            # canonical input bytes, if under the size limit
+    api_key_id: str | None = None
+    trace_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> bytes:
+        body = asdict(self)
+        body["v"] = RECORD_VERSION
+        return msgpack.packb(body, use_bin_type=True)
+
+    @classmethod
+    def from_payload(cls, payload: bytes) -> AuditRecord:
+        try:
+            body = msgpack.unpackb(payload, raw=False)
+        except Exception as exc:  # msgpack raises several unrelated classes
+            raise RecordError(f"not msgpack: {exc}") from None
+        if not isinstance(body, dict) or body.pop("v", None) != RECORD_VERSION:
+            raise RecordError(f"not an audit record of version {RECORD_VERSION}")
+        names = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: v for k, v in body.items() if k in names})
+        except TypeError as exc:
+            raise RecordError(str(exc)) from None
+
+    def to_row(self) -> dict[str, Any]:
+        """The row for ``audit.predictions`` (JSON-able values for JSONB columns)."""
+        row = asdict(self)
+        row["outputs"] = finite(row["outputs"])
+        return row
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (JSONB has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value

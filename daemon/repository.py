@@ -35,6 +35,36 @@ class RepositoryError(Exception):
     file and the key."""
 
 
+# The [batching] section's defaults (see BatchingConfig and bench/daemon_batching.py).
+DEFAULT_QUEUE_DELAY_US = 500
+DEFAULT_QUEUE_BATCHES = 8  # max_queue_rows defaults to this many full batches
+MAX_QUEUE_DELAY_US = 1_000_000
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """The ``[batching]`` section: dynamic batching of one model's versions
+    (:mod:`daemon.batcher`). ``None`` means "derived from the model".
+
+    ``enabled``: coalesce concurrent requests into one run. Default: on when
+    the first dimension of every input and output is dynamic (a batch
+    dimension), off otherwise; ``true`` on a model without a batch dimension
+    is logged and ignored. Batching assumes rows are independent: set it to
+    ``false`` for a model whose output for one row depends on other rows.
+    ``max_batch_size``: rows per run (default: the model's ``max_batch_size``);
+    a single request with more rows runs alone.
+    ``max_queue_delay_us``: how long the first request of a batch waits for
+    others (default 500 µs); a batch also runs as soon as it is full.
+    ``max_queue_rows``: rows waiting (not yet running) beyond which a request
+    is refused ``Overloaded`` at once (default 8 full batches).
+    """
+
+    enabled: bool | None = None
+    max_batch_size: int | None = None
+    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
+    max_queue_rows: int | None = None
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Per-model settings from ``<repo>/<model>/config.toml``."""
@@ -46,6 +76,7 @@ class ModelConfig:
     label_output: str = ""
     probabilities_output: str = ""
     description: str = ""
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -58,6 +89,11 @@ class ModelConfig:
 _TYPES: dict[str, type | tuple[type, ...]] = {
     "max_batch_size": int, "prepack": bool, "intra_op_threads": int, "labels": list,
     "label_output": str, "probabilities_output": str, "description": str,
+}
+# [batching] keys: type, smallest and largest value (ints only)
+_BATCHING: dict[str, tuple[type, int, int]] = {
+    "enabled": (bool, 0, 0), "max_batch_size": (int, 1, 1 << 20),
+    "max_queue_delay_us": (int, 0, MAX_QUEUE_DELAY_US), "max_queue_rows": (int, 1, 1 << 24),
 }
 
 
@@ -73,13 +109,15 @@ def parse_config(path: Path) -> ModelConfig:
     extra: dict[str, Any] = {}
     for key, value in data.items():
         typ = _TYPES.get(key)
+        if key == "batching":
+            values[key] = parse_batching(path, value)
+            continue
         if typ is None:
-            if isinstance(value, dict):  # sections for other subsystems (evaluation, batching...)
+            if isinstance(value, dict):  # sections for other subsystems (evaluation...)
                 extra[key] = value
                 continue
             raise RepositoryError(f"{path}: unknown key {key!r}")
-        if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-            raise RepositoryError(f"{path}: {key} must be {_name(typ)}, got {value!r}")
+        _check_type(path, key, value, typ)
         values[key] = value
     if values.get("max_batch_size", 1) < 1:
         raise RepositoryError(f"{path}: max_batch_size must be >= 1")
@@ -88,6 +126,31 @@ def parse_config(path: Path) -> ModelConfig:
             raise RepositoryError(f"{path}: labels must be a list of strings")
         values["labels"] = tuple(values["labels"])
     return ModelConfig(extra=extra, **values)
+
+
+def parse_batching(path: Path, section: Any) -> BatchingConfig:
+    """Validate the ``[batching]`` table; raises :class:`RepositoryError`
+    naming the file and the key (``batching.<key>``)."""
+    if not isinstance(section, dict):
+        raise RepositoryError(f"{path}: batching must be a table ([batching]), got {section!r}")
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        spec = _BATCHING.get(key)
+        if spec is None:
+            raise RepositoryError(f"{path}: unknown key 'batching.{key}' "
+                                  f"(known: {', '.join(_BATCHING)})")
+        typ, low, high = spec
+        _check_type(path, f"batching.{key}", value, typ)
+        if typ is int and not low <= value <= high:
+            raise RepositoryError(f"{path}: batching.{key} must be between {low} and {high}, "
+                                  f"got {value}")
+        values[key] = value
+    return BatchingConfig(**values)
+
+
+def _check_type(path: Path, key: str, value: Any, typ: type | tuple[type, ...]) -> None:
+    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise RepositoryError(f"{path}: {key} must be {_name(typ)}, got {value!r}")
 
 
 def _name(typ: type | tuple[type, ...]) -> str:

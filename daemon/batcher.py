@@ -1,0 +1,387 @@
+"""Dynamic batching: concurrent infer requests for one model version, run once.
+
+One :class:`Batcher` per loaded model version lives on the daemon's event loop.
+:meth:`Batcher.infer` queues a request and awaits its answer; the batcher
+coalesces queued requests and runs them in the inference thread pool::
+
+    request ─▶ queue (per compatible group) ─▶ batch ─▶ pool thread:
+                 bounded by max_queue_rows        concatenate inputs on axis 0,
+                                                  run once, split outputs by rows
+                                                ◀─ answers, one per request
+
+- A batch runs when its rows reach ``max_batch_rows`` or ``max_queue_delay``
+  has passed since its first request arrived, whichever comes first, and a run
+  slot is free: at most ``max_running`` batches of a version are in the pool at
+  once, so while they compute, the next batch keeps filling (under load batches
+  grow without any delay). A request that would overflow the batch waits for the
+  next one; a request larger than ``max_batch_rows`` runs alone.
+- Requests are batched together only when compatible: the same output names and
+  the same shape after the first dimension for every input. Requests without a
+  common first dimension (or with zero rows, or a rank-0 input) run alone, so
+  ONNX Runtime gives them exactly the answer (or error) it gives unbatched.
+- A request whose deadline passed before its batch runs is answered
+  :class:`DeadlineExceeded` and not computed; it is checked when the batch is
+  formed and again when a thread starts it.
+- When ``max_queue_rows`` rows wait already, a request is refused
+  :class:`QueueFull` at once (an empty queue accepts any request).
+- If a batched run raises, its requests are run again one by one, so only the
+  request that breaks the graph gets :class:`InferenceFailed` (batching never
+  changes an answer). If an output's first dimension is not the batch's row
+  count, it cannot be split: the requests run alone and the version is
+  unbatched from then on (logged once).
+
+:func:`batch_policy` decides at load time whether a version batches at all:
+only when the first dimension of every input and output is dynamic.
+Timing of each answer: ``queue_s`` from :meth:`Batcher.infer` to the start of
+its run, ``compute_s`` of the run (concatenate, run, split), ``batch_rows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from daemon.repository import ModelConfig
+from wire import messages
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
+"""Runs the model: ``(feeds, output names) -> arrays`` (``LoadedVersion.run``)."""
+TimerFn = Callable[[float, Callable[[], None]], Any]
+"""``call_later(delay_s, callback) -> handle with cancel()``; the loop's by default."""
+
+_SOLO: Hashable = object()  # the group key of requests that always run alone
+
+
+class BatchError(Exception):
+    """Root of the batcher's errors: the request was answered without a result.
+    ``type`` is the wire error type (:mod:`wire.messages`) it is answered with."""
+
+    type = messages.INTERNAL
+
+
+class QueueFull(BatchError):
+    """The version's queue already holds ``max_queue_rows`` rows: requests arrive
+    faster than they are computed. Retryable; the request was not queued."""
+
+    type = messages.OVERLOADED
+
+
+class DeadlineExceeded(BatchError):
+    """The request's deadline passed while it waited for its batch; not computed."""
+
+    type = messages.DEADLINE_EXCEEDED
+
+
+class InferenceFailed(BatchError):
+    """ONNX Runtime raised running this request alone: its values break the graph."""
+
+    type = messages.INFERENCE_FAILED
+
+
+class Stopped(BatchError):
+    """The inference pool was shut down (the daemon is stopping). Retryable."""
+
+    type = messages.DRAINING
+
+
+class _Spec(Protocol):
+    """A model input or output as :class:`daemon.loader.TensorSpec` describes it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How one version batches; :func:`batch_policy` derives it from the model."""
+
+    enabled: bool
+    max_batch_rows: int
+    max_queue_delay_s: float
+    max_queue_rows: int
+    max_running: int = 1
+    reason: str = ""  # why batching is off
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "max_batch_size": self.max_batch_rows,
+                "max_queue_delay_us": round(self.max_queue_delay_s * 1e6),
+                "max_queue_rows": self.max_queue_rows, "max_running": self.max_running,
+                "reason": self.reason}
+
+
+def unbatchable(inputs: Sequence[_Spec], outputs: Sequence[_Spec]) -> str:
+    """Why a model cannot batch ("" if it can): a batch needs a dynamic first
+    dimension on every input (to concatenate) and every output (to split)."""
+    for what, specs in (("input", inputs), ("output", outputs)):
+        for spec in specs:
+            if not spec.shape or spec.shape[0] >= 0:
+                return f"{what} {spec.name!r} has no dynamic first dimension"
+    return ""
+
+
+def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence[_Spec], *,
+                 max_running: int = 1, model: str = "") -> BatchPolicy:
+    """The effective policy of a version from its config's ``[batching]``."""
+    cfg = config.batching
+    rows = cfg.max_batch_size or config.max_batch_size
+    why = unbatchable(inputs, outputs)
+    if cfg.enabled and why:
+        log.warning("model %s: [batching] enabled = true ignored: %s; running unbatched",
+                    model, why)
+    if cfg.enabled is False:
+        why = "disabled in config.toml"
+    return BatchPolicy(enabled=not why, max_batch_rows=rows,
+                       max_queue_delay_s=cfg.max_queue_delay_us / 1e6,
+                       max_queue_rows=cfg.max_queue_rows or 8 * rows,
+                       max_running=max_running, reason=why)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's outputs (in the order asked) and timings."""
+
+    outputs: list[np.ndarray]
+    queue_s: float
+    compute_s: float
+    batch_rows: int
+
+
+@dataclass(eq=False)
+class _Request:
+    feeds: dict[str, np.ndarray]
+    outputs: list[str]
+    rows: int
+    deadline: float
+    enqueued: float
+    future: asyncio.Future[Answer]
+
+
+@dataclass(eq=False)
+class _Group:
+    """Queued requests that may share a batch, oldest first."""
+
+    items: deque[_Request] = field(default_factory=deque)
+    rows: int = 0
+
+
+Outcome = Answer | BatchError
+
+
+class Batcher:
+    """Coalesces :meth:`infer` calls for one version (see the module docstring).
+
+    ``run`` is called in ``executor`` threads (None: the loop's default pool);
+    ``clock`` must be the clock the deadlines are on; ``timer`` schedules the
+    max-delay wake-up (default: the running loop's ``call_later``). Every
+    method but ``run``'s caller runs on the event loop; nothing is locked.
+    Raises only :class:`BatchError` subclasses from :meth:`infer`.
+    """
+
+    def __init__(self, run: RunFn, policy: BatchPolicy, *, executor: Executor | None = None,
+                 clock: Callable[[], float] = time.monotonic, timer: TimerFn | None = None,
+                 name: str = "") -> None:
+        self.run = run
+        self.policy = policy
+        self.executor = executor
+        self.clock = clock
+        self.name = name
+        self.queued_rows = 0   # rows waiting, not yet handed to a thread
+        self.running = 0       # batches handed to the pool, not finished
+        self._timer_fn = timer
+        self._groups: dict[Hashable, _Group] = {}
+        self._timer: Any = None
+        self._timer_at = math.inf
+        self._split_failed = False  # set from a pool thread; a bool store is atomic
+
+    @property
+    def batching(self) -> bool:
+        return self.policy.enabled and not self._split_failed
+
+    async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str],
+                    deadline: float) -> Answer:
+        """Queue one request and wait for its answer. ``feeds`` are validated
+        (:func:`daemon.registry.check_feeds`); ``deadline`` is on ``clock``."""
+        rows, key = self._classify(feeds, outputs)
+        if self.queued_rows and self.queued_rows + rows > self.policy.max_queue_rows:
+            raise QueueFull(f"model {self.name}: {self.queued_rows} rows queued "
+                            f"(max_queue_rows {self.policy.max_queue_rows})")
+        req = _Request(feeds, outputs, rows, deadline, self.clock(),
+                       asyncio.get_running_loop().create_future())
+        group = self._groups.setdefault(key, _Group())
+        group.items.append(req)
+        group.rows += rows
+        self.queued_rows += rows
+        self._pump()
+        return await req.future
+
+    def _classify(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> tuple[int, Hashable]:
+        """``(rows, group key)``; the key is :data:`_SOLO` for a request that runs alone."""
+        firsts = {a.shape[0] if a.ndim else 0 for a in feeds.values()}
+        rows = firsts.pop() if len(firsts) == 1 else 0
+        if not rows or not self.batching:
+            return rows, _SOLO
+        return rows, (tuple(outputs), tuple(sorted((n, a.shape[1:]) for n, a in feeds.items())))
+
+    # ---------------------------------------------------------------- scheduling
+
+    def _pump(self) -> None:
+        """Start every batch that is due while a run slot is free; re-arm the timer."""
+        now = self.clock()
+        while self.running < self.policy.max_running:
+            key = self._next_due(now)
+            if key is None:
+                break
+            batch = self._take(key, now)
+            if batch:
+                self._launch(batch)
+        self._arm(now)
+
+    def _due(self, key: Hashable, group: _Group, now: float) -> bool:
+        return (key is _SOLO or group.rows >= self.policy.max_batch_rows
+                or now >= group.items[0].enqueued + self.policy.max_queue_delay_s)
+
+    def _next_due(self, now: float) -> Hashable | None:
+        """The due group whose oldest request is oldest, if any."""
+        best, oldest = None, math.inf
+        for key, group in self._groups.items():
+            if self._due(key, group, now) and group.items[0].enqueued < oldest:
+                best, oldest = key, group.items[0].enqueued
+        return best
+
+    def _take(self, key: Hashable, now: float) -> list[_Request]:
+        """Pop the next batch from a group, answering expired requests on the way."""
+        group = self._groups[key]
+        batch: list[_Request] = []
+        rows = 0
+        while group.items:
+            req = group.items[0]
+            alive = not req.future.done() and req.deadline >= now
+            if alive and batch and (key is _SOLO or rows + req.rows > self.policy.max_batch_rows):
+                break
+            group.items.popleft()
+            group.rows -= req.rows
+            self.queued_rows -= req.rows
+            if alive:
+                batch.append(req)
+                rows += req.rows
+            elif not req.future.done():
+                req.future.set_exception(_expired(req, now))
+        if not group.items:
+            del self._groups[key]
+        return batch
+
+    def _arm(self, now: float) -> None:
+        """Wake up when the next not-yet-due group's delay has passed."""
+        due = min((g.items[0].enqueued + self.policy.max_queue_delay_s
+                   for k, g in self._groups.items() if not self._due(k, g, now)),
+                  default=math.inf)
+        if due >= self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        if due < math.inf:
+            timer = self._timer_fn or asyncio.get_running_loop().call_later
+            self._timer = timer(max(0.0, due - now), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        self._pump()
+
+    def _launch(self, batch: list[_Request]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            done = loop.run_in_executor(self.executor, self._compute, batch)
+        except RuntimeError as exc:  # the pool was shut down
+            for req in batch:
+                if not req.future.done():
+                    req.future.set_exception(Stopped(f"model {self.name}: {exc}"))
+            return
+        self.running += 1
+        done.add_done_callback(lambda fut: self._finished(batch, fut))
+
+    def _finished(self, batch: list[_Request], fut: asyncio.Future[list[Outcome]]) -> None:
+        self.running -= 1
+        try:
+            outcomes: list[Outcome] = fut.result()
+        except asyncio.CancelledError:  # the pool dropped it at shutdown
+            outcomes = [Stopped(f"model {self.name}: the inference pool stopped")] * len(batch)
+        except Exception as exc:  # a bug in _compute: answer as data, keep serving
+            log.exception("model %s: batch failed", self.name)
+            outcomes = [BatchError(f"{type(exc).__name__}: {exc}") for _ in batch]
+        for req, outcome in zip(batch, outcomes, strict=True):
+            if req.future.done():  # its caller went away
+                continue
+            if isinstance(outcome, BatchError):
+                req.future.set_exception(outcome)
+            else:
+                req.future.set_result(outcome)
+        self._pump()
+
+    # ---------------------------------------------------------- in a pool thread
+
+    def _compute(self, batch: list[_Request]) -> list[Outcome]:
+        started = self.clock()
+        live = [r for r in batch if r.deadline >= started]
+        answers: dict[int, Outcome] = {}
+        if len(live) > 1 and self.batching:
+            answers = self._run_batch(live)
+        for req in live:
+            if id(req) not in answers:
+                answers[id(req)] = self._run_alone(req)
+        return [answers[id(r)] if id(r) in answers else _expired(r, started) for r in batch]
+
+    def _run_batch(self, batch: list[_Request]) -> dict[int, Outcome]:
+        """Answers by request id; empty when the batch must be run request by request."""
+        started = self.clock()
+        names = batch[0].outputs
+        counts = [r.rows for r in batch]
+        total = sum(counts)
+        try:
+            feeds = {name: np.concatenate([r.feeds[name] for r in batch])
+                     for name in batch[0].feeds}
+            arrays = self.run(feeds, list(names))
+        except Exception as exc:  # ORT's own classes; one request may poison the batch
+            log.info("model %s: batch of %d requests failed (%s); running them alone",
+                     self.name, len(batch), exc)
+            return {}
+        bad = [n for n, a in zip(names, arrays, strict=True) if a.ndim == 0 or a.shape[0] != total]
+        if bad:
+            self._split_failed = True
+            log.warning("model %s: output %r is not batch-major (first dimension is not the "
+                        "batch's %d rows); batching is off for this version", self.name, bad[0],
+                        total)
+            return {}
+        offsets = np.cumsum(counts)[:-1]
+        parts = [np.split(a, offsets) for a in arrays]
+        compute = self.clock() - started
+        return {id(r): Answer([p[i] for p in parts], started - r.enqueued, compute, total)
+                for i, r in enumerate(batch)}
+
+    def _run_alone(self, req: _Request) -> Outcome:
+        started = self.clock()
+        if req.deadline < started:
+            return _expired(req, started)
+        try:
+            arrays = self.run(req.feeds, list(req.outputs))
+        except Exception as exc:  # ORT's own exception classes: the input broke the graph
+            return InferenceFailed(str(exc))
+        return Answer(list(arrays), started - req.enqueued, self.clock() - started, req.rows)
+
+
+def _expired(req: _Request, now: float) -> DeadlineExceeded:
+    return DeadlineExceeded(f"deadline passed {1000 * (now - req.deadline):.1f} ms ago "
+                            f"after {1000 * (now - req.enqueued):.1f} ms queued")

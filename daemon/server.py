@@ -6,9 +6,16 @@ any order). ONNX Runtime runs in a thread pool (it releases the GIL).
 
 Admission: at most ``max_inflight`` infer requests are admitted at once; the
 next one is answered ``Overloaded`` (retryable) at once instead of queueing
-without bound. A request whose deadline has passed when a thread picks it up is
-answered ``DeadlineExceeded`` without running. While draining, new requests are
-answered ``Draining`` (retryable) and in-flight ones finish.
+without bound. An admitted request goes to its version's
+:class:`~daemon.batcher.Batcher` (one per loaded version, created when the
+server starts or on first use), which coalesces concurrent requests into one
+run and answers ``Overloaded`` when its queue is full and ``DeadlineExceeded``
+for a request whose deadline passed before its batch ran. While draining, new
+requests are answered ``Draining`` (retryable) and admitted ones, queued ones
+included, finish.
+
+The infer result carries ``queue_us`` (from the batcher to the start of the
+run), ``compute_us`` (the run) and ``batch_rows`` (rows in that run).
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from daemon.batcher import Batcher, BatchError, batch_policy
+from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
 from wire import frames, messages
 from wire.messages import MessageError
@@ -46,7 +55,9 @@ class DaemonServer:
         self.max_inflight = max_inflight
         self.max_frame = max_frame
         self.clock = clock
+        self.inference_threads = inference_threads
         self.pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
+        self._batchers: dict[int, Batcher] = {}  # by id(LoadedVersion); each holds its version
         self.inflight = 0
         self.draining = False
         self.ready = False
@@ -56,6 +67,8 @@ class DaemonServer:
         self._idle.set()
 
     async def start(self, path: str) -> None:
+        for lv in self.registry.versions():  # decide (and log) every version's batching now
+            self.batcher(lv)
         self._server = await asyncio.start_unix_server(self._connection, path=path,
                                                        limit=1 << 20)
         self.ready = True
@@ -131,12 +144,29 @@ class DaemonServer:
         if op == "models":
             return {"models": self.registry.listing()}
         if op == "metadata":
-            return self._lookup(req).metadata()
+            lv = self._lookup(req)
+            return {**lv.metadata(), "batching": self.batcher(lv).policy.to_wire()}
         if op == "infer":
             return await self._infer(req)
         raise _Fail(messages.PROTOCOL_ERROR, f"unknown op {op!r} (known: {', '.join(messages.OPS)})")
 
-    def _lookup(self, req: dict[str, Any]) -> Any:
+    def batcher(self, lv: LoadedVersion) -> Batcher:
+        """The version's batcher, created (and its policy logged) on first use."""
+        batcher = self._batchers.get(id(lv))
+        if batcher is None:
+            name = f"{lv.model}/{lv.version}"
+            policy = batch_policy(lv.entry.config, lv.inputs, lv.outputs,
+                                  max_running=self.inference_threads, model=name)
+            log.info("model %s: batching %s", name,
+                     f"up to {policy.max_batch_rows} rows, "
+                     f"{policy.max_queue_delay_s * 1e6:.0f} us delay, "
+                     f"{policy.max_queue_rows} rows queued" if policy.enabled
+                     else f"off ({policy.reason})")
+            batcher = Batcher(lv.run, policy, executor=self.pool, clock=self.clock, name=name)
+            self._batchers[id(lv)] = batcher
+        return batcher
+
+    def _lookup(self, req: dict[str, Any]) -> LoadedVersion:
         try:
             return self.registry.get(req.get("model"), req.get("version"))
         except NotFound as exc:
@@ -161,23 +191,15 @@ class DaemonServer:
         self.inflight += 1
         self._idle.clear()
         try:
-            arrays, queue_s, compute_s = await asyncio.get_running_loop().run_in_executor(
-                self.pool, self._run, lv, feeds, outputs, received, deadline)
+            answer = await self.batcher(lv).infer(feeds, outputs, deadline)
+        except BatchError as exc:
+            raise _Fail(exc.type, str(exc)) from None
         finally:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
         return {"model": lv.model, "version": lv.version,
-                "outputs": [messages.encode_tensor(n, a) for n, a in zip(outputs, arrays, strict=True)],
-                "queue_us": int(queue_s * 1e6), "compute_us": int(compute_s * 1e6)}
-
-    def _run(self, lv: Any, feeds: dict, outputs: list[str], received: float,
-             deadline: float) -> tuple[list, float, float]:
-        started = self.clock()
-        if started > deadline:
-            raise _Fail(messages.DEADLINE_EXCEEDED, "deadline passed while queued")
-        try:
-            arrays = lv.run(feeds, outputs)
-        except Exception as exc:  # ORT's own exception classes: the input broke the graph
-            raise _Fail(messages.INFERENCE_FAILED, str(exc)) from None
-        return arrays, started - received, self.clock() - started
+                "outputs": [messages.encode_tensor(n, a)
+                            for n, a in zip(outputs, answer.outputs, strict=True)],
+                "queue_us": int(answer.queue_s * 1e6), "compute_us": int(answer.compute_s * 1e6),
+                "batch_rows": answer.batch_rows}

@@ -1,0 +1,236 @@
+"""Dynamic batching in a real daemon: answers unchanged, batches formed, bounds kept.
+
+Many connections pipeline many small requests at once, so the daemon coalesces
+them; every answer is compared row by row with an in-process ONNX Runtime
+session run on that request's rows alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from modelfactory import multi_io_expected, write_mlp_model
+
+from wire import frames, messages
+
+CONNECTIONS = 8
+PER_CONNECTION = 8
+
+
+def connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(60)
+    sock.connect(path)
+    return sock
+
+
+def infer(rid: int, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
+          deadline_ms: int = 20000) -> bytes:
+    return frames.encode(frames.REQUEST, {
+        "id": rid, "op": "infer", "model": model, "deadline_ms": deadline_ms,
+        "inputs": [messages.encode_tensor(n, a) for n, a in inputs.items()], "outputs": outputs})
+
+
+def pipelined(path: str, batches: list[list[bytes]]) -> dict[int, dict[str, Any]]:
+    """One connection per list; all connections send their frames at once, then read
+    every answer. Returns the responses by request id."""
+    answers: dict[int, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(batches))
+
+    def client(reqs: list[bytes]) -> None:
+        try:
+            with connect(path) as sock:
+                start.wait()
+                sock.sendall(b"".join(reqs))
+                for _ in reqs:
+                    _, resp = frames.read_frame(sock)
+                    answers[resp["id"]] = resp
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(reqs,)) for reqs in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    return answers
+
+
+def outputs_of(resp: dict[str, Any]) -> dict[str, np.ndarray]:
+    assert resp["ok"], resp
+    return dict(messages.decode_tensors(resp["result"]["outputs"], "outputs"))
+
+
+def spread(frames_: list[bytes]) -> list[list[bytes]]:
+    return [frames_[i::CONNECTIONS] for i in range(CONNECTIONS)]
+
+
+def coalesced(answers: dict[int, dict[str, Any]], rows: dict[int, int]) -> int:
+    """How many answers came from a run that carried more than their own rows."""
+    return sum(a["result"]["batch_rows"] > rows[rid] for rid, a in answers.items())
+
+
+def test_digits_answers_are_unchanged_by_batching(make_stack):
+    stack = make_stack(start=False)
+    stack.start_daemon()
+    rng = np.random.default_rng(7)
+    n = CONNECTIONS * PER_CONNECTION
+    sent = {i: rng.uniform(0, 16, size=(int(rng.integers(1, 6)), 64)).astype(np.float32)
+            for i in range(n)}
+    answers = pipelined(stack.settings.daemon_socket,
+                        spread([infer(i, "digits", {"input": x}) for i, x in sent.items()]))
+    assert sorted(answers) == list(range(n))
+    model = Path(stack.settings.daemon.model_repository) / "digits" / "1" / "model.onnx"
+    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for i, x in sent.items():
+        outs = outputs_of(answers[i])
+        label, probs = ref.run(["label", "probabilities"], {"input": x})
+        np.testing.assert_array_equal(outs["label"], label)
+        # NOTE: a MatMul over more rows may round the last ulp differently; labels are exact
+        np.testing.assert_allclose(outs["probabilities"], probs, atol=1e-6)
+    assert coalesced(answers, {i: len(x) for i, x in sent.items()}) > 0, \
+        [a["result"]["batch_rows"] for a in answers.values()]
+
+
+def test_multi_input_answers_are_unchanged_by_batching(make_stack):
+    stack = make_stack(start=False)
+    stack.start_daemon()
+    rng = np.random.default_rng(11)
+    n = CONNECTIONS * PER_CONNECTION
+    sent: dict[int, dict[str, np.ndarray]] = {}
+    asked: dict[int, list[str] | None] = {}
+    for i in range(n):
+        rows = int(rng.integers(1, 6))
+        sent[i] = {"x": rng.normal(size=(rows, 4)).astype(np.float32),
+                   "k": rng.integers(-1000, 1000, size=(rows, 2), dtype=np.int64),
+                   "mask": rng.random((rows, 4)) < 0.5}
+        asked[i] = [None, ["y"], ["n"], ["n", "y"]][i % 4]  # output sets never mixed
+    answers = pipelined(stack.settings.daemon_socket,
+                        spread([infer(i, "multi", sent[i], asked[i]) for i in range(n)]))
+    model = Path(stack.settings.daemon.model_repository) / "multi" / "1" / "model.onnx"
+    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for i, feeds in sent.items():
+        outs = outputs_of(answers[i])
+        names = asked[i] or ["y", "n"]
+        assert list(outs) == names
+        expected = dict(zip(["y", "n"], ref.run(["y", "n"], feeds), strict=True))
+        y, count = multi_io_expected(feeds["x"], feeds["k"], feeds["mask"])
+        np.testing.assert_array_equal(expected["y"], y)
+        np.testing.assert_array_equal(expected["n"], count)
+        for name in names:
+            assert outs[name].dtype == expected[name].dtype
+            np.testing.assert_array_equal(outs[name], expected[name])
+    assert coalesced(answers, {i: len(f["x"]) for i, f in sent.items()}) > 0
+
+
+# ----------------------------------------------- a slow model: queues really form
+
+
+def slow_repo(tmp_path: Path, batching: str = "") -> Path:
+    repo = tmp_path / "slow-models"
+    # 1024 -> 3 x 1536 -> 10: a 256-row run takes tens of milliseconds
+    write_mlp_model(repo, "mlp", input_dim=1024, hidden=1536, layers=3, classes=10, seed=3)
+    if batching:
+        config = repo / "mlp" / "config.toml"
+        config.write_text(config.read_text() + f"\n[batching]\n{batching}\n")
+    return repo
+
+
+def big_rows() -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(256, 1024)).astype(np.float32)
+
+
+def test_requests_whose_deadline_passes_in_the_queue_are_not_computed(make_stack, tmp_path):
+    stack = make_stack(start=False, repo=slow_repo(tmp_path),
+                       FALCON_DAEMON_INFERENCE_THREADS="1")
+    stack.start_daemon()
+    one = np.ones((1, 1024), np.float32)
+    with connect(stack.settings.daemon_socket) as sock:
+        sock.sendall(b"".join([infer(0, "mlp", {"input": big_rows()}),
+                               infer(1, "mlp", {"input": big_rows()})]
+                              + [infer(10 + i, "mlp", {"input": one}, deadline_ms=1)
+                                 for i in range(5)]
+                              + [infer(20, "mlp", {"input": one})]))
+        answers = {resp["id"]: resp for resp in (frames.read_frame(sock)[1] for _ in range(8))}
+    assert answers[0]["ok"] and answers[1]["ok"]
+    for i in range(10, 15):
+        assert answers[i]["error"]["type"] == messages.DEADLINE_EXCEEDED, answers[i]
+        assert answers[i]["error"]["retryable"] is False
+    # the expired rows were dropped, not computed alongside the live request
+    assert answers[20]["ok"] and answers[20]["result"]["batch_rows"] == 1
+
+
+def test_a_full_queue_answers_overloaded_at_once(make_stack, tmp_path):
+    stack = make_stack(start=False, repo=slow_repo(tmp_path, "max_queue_rows = 16"),
+                       FALCON_DAEMON_INFERENCE_THREADS="1")
+    stack.start_daemon()
+    four = np.ones((4, 1024), np.float32)
+    with connect(stack.settings.daemon_socket) as sock:
+        sock.sendall(b"".join([infer(0, "mlp", {"input": big_rows()}),   # runs
+                               infer(1, "mlp", {"input": big_rows()})]   # queued: 256 rows
+                              + [infer(10 + i, "mlp", {"input": four}) for i in range(3)]))
+        started = time.monotonic()
+        first = frames.read_frame(sock)[1]
+        waited = time.monotonic() - started
+        answers = {first["id"]: first}
+        answers.update((r["id"], r) for r in (frames.read_frame(sock)[1] for _ in range(4)))
+    assert first["id"] >= 10 and waited < 1.0  # refused before any run finished
+    assert answers[0]["ok"] and answers[1]["ok"]
+    for i in range(10, 13):
+        assert answers[i]["error"]["type"] == messages.OVERLOADED, answers[i]
+        assert answers[i]["error"]["retryable"] is True
+
+
+def test_sigterm_drain_answers_every_queued_request(make_stack, tmp_path):
+    stack = make_stack(start=False, repo=slow_repo(tmp_path),
+                       FALCON_DAEMON_INFERENCE_THREADS="1")
+    daemon = stack.start_daemon()
+    rng = np.random.default_rng(5)
+    sent = {i: rng.normal(size=(256 if i < 3 else 2, 1024)).astype(np.float32)
+            for i in range(40)}
+    reqs = [infer(i, "mlp", {"input": x}, deadline_ms=60000) for i, x in sent.items()]
+    answers: dict[int, dict[str, Any]] = {}
+
+    def sigterm_soon() -> None:
+        time.sleep(0.05)
+        daemon.popen.send_signal(signal.SIGTERM)
+
+    killer = threading.Thread(target=sigterm_soon)
+    with connect(stack.settings.daemon_socket) as a, connect(stack.settings.daemon_socket) as b:
+        a.sendall(b"".join(reqs[0::2]))
+        b.sendall(b"".join(reqs[1::2]))
+        killer.start()
+        for sock, count in ((a, 20), (b, 20)):
+            answers.update((r["id"], r) for r in (frames.read_frame(sock)[1] for _ in range(count)))
+    killer.join()
+    assert sorted(answers) == list(range(40))
+    failed = {i: a["error"] for i, a in answers.items() if not a["ok"]}
+    assert not failed, failed
+    assert any(a["result"]["batch_rows"] > 2 for i, a in answers.items() if i >= 3)
+    assert daemon.popen.wait(30) == 0
+
+
+@pytest.mark.parametrize("section", ["enabled = false"])
+def test_batching_can_be_turned_off_per_model(make_stack, tmp_path, section):
+    stack = make_stack(start=False, repo=slow_repo(tmp_path, section))
+    stack.start_daemon()
+    rows = np.random.default_rng(1).normal(size=(2, 1024)).astype(np.float32)
+    answers = pipelined(stack.settings.daemon_socket,
+                        [[infer(c * 10 + i, "mlp", {"input": rows}) for i in range(4)]
+                         for c in range(4)])
+    assert all(a["ok"] and a["result"]["batch_rows"] == 2 for a in answers.values())
+    with connect(stack.settings.daemon_socket) as sock:
+        sock.sendall(frames.encode(frames.REQUEST, {"id": 1, "op": "metadata", "model": "mlp"}))
+        meta = frames.read_frame(sock)[1]["result"]
+    assert meta["batching"]["enabled"] is False
+    assert "disabled" in meta["batching"]["reason"]

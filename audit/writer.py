@@ -169,7 +169,7 @@ class WalWriter:
         with self._cond:
             self._check_usable()
             try:
-                self._guard(len(frame))
+                self._guard()
                 while not self._room(len(frame)):
                     self._roll(len(frame))
                 _write_all(self._fd, frame)
@@ -197,12 +197,16 @@ class WalWriter:
         if self._closed:
             raise WalClosed(f"WAL stream {self.stream!r} is closed")
 
-    def _guard(self, size: int) -> None:
+    def _guard(self) -> None:
+        """Refuse the append if free space is below ``min_free_bytes`` (0: no guard).
+        ``fstatvfs`` at most every GUARD_INTERVAL_S; bytes written since are subtracted."""
+        if self.min_free_bytes <= 0:
+            return
         now = time.monotonic()
         if now - self._free_at >= GUARD_INTERVAL_S:
             st = os.fstatvfs(self._fd)
             self._free, self._free_at = st.f_bavail * st.f_frsize, now
-        if self._free - size < self.min_free_bytes:
+        if self._free < self.min_free_bytes:
             raise WalFull(f"WAL stream {self.stream!r}: {self._free} bytes free on "
                           f"{self.wal_dir}, below the guard of {self.min_free_bytes}")
 

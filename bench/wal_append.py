@@ -1,0 +1,142 @@
+"""Measure what one WAL append costs, per sync policy and thread count.
+
+Usage::
+
+    python bench/wal_append.py [--dir DIR] [--records 4000] [--size 500] [--rounds 3]
+        [--threads 1,8] [--out bench/out/wal_append.json]
+
+For each policy (``always``, ``batch``, ``interval``) and each thread count, a fresh
+:class:`audit.wal.WalWriter` in a temp directory under ``--dir`` (default: the system temp
+dir, i.e. the disk this host's WAL would be on unless told otherwise) takes ``--records``
+appends of ``--size``-byte payloads, shared evenly between the threads. Reported per case
+(best of ``--rounds``):
+
+- ``us/rec``   wall time / records: the throughput cost of one record;
+- ``p50 us``, ``p99 us`` per-append latency as one caller sees it;
+- ``fsyncs``   fdatasync calls made (through the writer's ``fsync`` seam, counted);
+- ``rec/fsync`` records made durable per fsync (group commit shows here).
+
+A bare ``os.write`` + ``os.fdatasync`` of the same size is measured first, for reference.
+Output: a table on stdout and JSON in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from audit.wal import WalWriter  # noqa: E402
+
+POLICIES = ("always", "batch", "interval")
+
+
+class CountingFsync:
+    def __init__(self) -> None:
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, fd: int) -> None:
+        with self._lock:
+            self.calls += 1
+        os.fdatasync(fd)
+
+
+def bare_fsync_us(directory: Path, size: int, n: int = 500) -> float:
+    fd, path = tempfile.mkstemp(dir=directory)
+    try:
+        data = os.urandom(size)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            os.write(fd, data)
+            os.fdatasync(fd)
+        return (time.perf_counter() - t0) / n * 1e6
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
+def run_case(directory: Path, policy: str, threads: int, records: int,
+             size: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        fsync = CountingFsync()
+        writer = WalWriter(Path(tmp), "bench", sync=policy, fsync=fsync, min_free_bytes=0)
+        base = fsync.calls
+        payload = os.urandom(size)
+        per_thread = records // threads
+        latencies: list[list[float]] = [[] for _ in range(threads)]
+        start = threading.Barrier(threads + 1)
+
+        def work(k: int) -> None:
+            lat = latencies[k]
+            start.wait()
+            for _ in range(per_thread):
+                t = time.perf_counter()
+                writer.append(payload)
+                lat.append(time.perf_counter() - t)
+
+        pool = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for t in pool:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in pool:
+            t.join()
+        wall = time.perf_counter() - t0
+        fsyncs = fsync.calls - base
+        writer.close()
+    done = per_thread * threads
+    lat = sorted(x for xs in latencies for x in xs)
+    return {"policy": policy, "threads": threads, "records": done,
+            "us_per_record": wall / done * 1e6,
+            "p50_us": statistics.median(lat) * 1e6,
+            "p99_us": lat[int(len(lat) * 0.99) - 1] * 1e6,
+            "fsyncs": fsyncs, "records_per_fsync": done / fsyncs if fsyncs else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dir", default=tempfile.gettempdir())
+    p.add_argument("--records", type=int, default=4000)
+    p.add_argument("--size", type=int, default=500)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", default="1,8")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "out" /
+                                        "wal_append.json"))
+    args = p.parse_args(argv)
+    directory = Path(args.dir)
+    bare = bare_fsync_us(directory, args.size)
+    results = []
+    for policy in POLICIES:
+        for threads in (int(t) for t in args.threads.split(",")):
+            rounds = [run_case(directory, policy, threads, args.records, args.size)
+                      for _ in range(args.rounds)]
+            results.append(min(rounds, key=lambda r: r["us_per_record"]))
+    print(f"WAL append, {args.size}-byte payloads, {args.records} records per case, best of "
+          f"{args.rounds}; dir {directory}; {os.cpu_count()} CPUs")
+    print(f"reference: os.write + os.fdatasync of {args.size} bytes: {bare:.1f} us")
+    print(f"{'policy':9} {'threads':>7} {'us/rec':>8} {'p50 us':>8} {'p99 us':>8} "
+          f"{'fsyncs':>7} {'rec/fsync':>9}")
+    for r in results:
+        per = f"{r['records_per_fsync']:.1f}" if r["records_per_fsync"] else "-"
+        print(f"{r['policy']:9} {r['threads']:>7} {r['us_per_record']:>8.1f} "
+              f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['fsyncs']:>7} {per:>9}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"bare_fsync_us": bare, "size": args.size,
+                                          "dir": str(directory), "results": results},
+                                         indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,7 +74,8 @@ class StreamReader:
 
         Stops at ``max_records``, before ``max_bytes`` of payload (but returns at least one
         record), or at the stream's end. A record still being written by a live writer is
-        not returned yet; a torn tail of an earlier segment is skipped."""
+        not returned yet; a torn tail of an earlier segment is skipped. At corruption it
+        returns the records before it; a read that starts there raises WalCorrupt."""
         return self._read(start, max_records, max_bytes, self.writer_alive)
 
     def _read(self, start: Position, max_records: int, max_bytes: int,
@@ -89,14 +90,17 @@ class StreamReader:
                                        have=len(out), taken=taken)
             out.extend((Position(seg, end), payload) for end, payload in found.records)
             taken += sum(len(payload) for _, payload in found.records)
-            if found.state == "limit":
+            if found.error is not None and not out:
+                raise found.error
+            if found.state in ("limit", "corrupt"):
                 break
         return out
 
     def _scan_segment(self, seg: int, offset: int, *, last: bool, alive: Callable[[], bool],
                       max_records: int, max_bytes: int, have: int = 0, taken: int = 0) -> Scan:
-        """Scan one segment from ``offset``. ``state`` is ``"limit"``, ``"end"`` or
-        ``"torn"`` (a torn tail, or a record a live writer has not finished, at ``stop``)."""
+        """Scan one segment from ``offset``. ``state`` is ``"limit"``, ``"end"``, ``"torn"``
+        (a torn tail, or a record a live writer has not finished, at ``stop``) or
+        ``"corrupt"`` (with the records before it). A bad header raises WalCorrupt."""
         where = f"WAL stream {self.stream!r} segment {seg} ({self.path(seg)})"
         try:
             fd = os.open(self.path(seg), os.O_RDONLY | os.O_CLOEXEC)
@@ -111,16 +115,19 @@ class StreamReader:
             while True:
                 buf = os.pread(fd, want, offset)
                 found = scan(buf, offset, max_records=max_records, max_bytes=max_bytes,
-                             have=have + len(records),
-                             taken=taken + sum(len(p) for _, p in records))
+                             have=have + len(records), taken=taken)
                 records += found.records
+                taken += sum(len(p) for _, p in found.records)
                 eof = len(buf) < want
                 if found.state == "limit" or (found.state == "end" and eof):
                     return Scan(records, found.stop, found.state)
                 if found.state == "bad" or (found.state == "short" and eof):
                     still_writing = found.state == "short" and last and alive()
                     if not still_writing:  # torn tail or corruption: which?
-                        check_bytes(read_all(fd, found.stop), found.stop, where)
+                        try:
+                            check_bytes(read_all(fd, found.stop), found.stop, where)
+                        except WalCorrupt as exc:
+                            return Scan(records, found.stop, "corrupt", exc)
                     return Scan(records, found.stop, "torn")
                 want = max(CHUNK, _record_size(buf, found.stop - offset))
                 offset = found.stop
@@ -141,6 +148,8 @@ class StreamReader:
             return START
         found = self._scan_segment(segs[-1], 0, last=True, alive=self.writer_alive,
                                    max_records=1 << 62, max_bytes=1 << 62)
+        if found.error is not None:
+            raise found.error
         return Position(segs[-1], max(found.stop, HEADER.size))
 
     def pending_bytes(self, start: Position) -> int:
@@ -238,6 +247,8 @@ def recover_locked(reader: StreamReader) -> Position:
     last = segs[-1]
     found = reader._scan_segment(last, 0, last=True, alive=lambda: False,
                                  max_records=1 << 62, max_bytes=1 << 62)
+    if found.error is not None:
+        raise found.error
     if found.state == "torn":
         fd = os.open(reader.path(last), os.O_WRONLY | os.O_CLOEXEC)
         try:

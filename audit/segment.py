@@ -202,11 +202,13 @@ class Scan(NamedTuple):
     (in the file) of the first byte not consumed; ``state`` is ``"end"`` (the buffer
     ended on a record boundary), ``"limit"`` (max_records or max_bytes reached),
     ``"short"`` (the buffer ends inside the record at ``stop``) or ``"bad"`` (the
-    record at ``stop`` fails its length or CRC check)."""
+    record at ``stop`` fails its length or CRC check). Readers add ``"torn"`` (a torn
+    tail at ``stop``) and ``"corrupt"`` (``error`` says where and why)."""
 
     records: list[tuple[int, bytes]]
     stop: int
     state: str
+    error: WalCorrupt | None = None
 
 
 def scan(buf: bytes, base: int, *, max_records: int, max_bytes: int,

@@ -89,12 +89,16 @@ class _Follower:
         self.reader, self.pos, self.include_bytes = reader, pos, include_bytes
         self.buf: deque[_Entry] = deque()
         self.more = True
+        self.corrupt = False
 
     def refill(self) -> None:
+        if self.corrupt:  # reported once; the stream is not followed further
+            self.more = False
+            return
         try:
             got = self.reader.read(self.pos, max_records=READ_BATCH)
         except WalCorrupt as exc:
-            got = []
+            got, self.corrupt = [], True
             self.buf.append(_Entry(float("-inf"), self.reader.stream, self.pos,
                                    {"error": str(exc)}))
         self.more = len(got) == READ_BATCH

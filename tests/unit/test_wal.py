@@ -312,9 +312,11 @@ def test_corruption_in_the_middle_is_an_error_not_a_tail(tmp_path: Path) -> None
     data = bytearray(r.path(0).read_bytes())
     data[acked[1].offset + RECORD.size + 10] ^= 0x40  # inside record 2's payload
     r.path(0).write_bytes(bytes(data))
+    assert [pos for pos, _ in read_all(r)] == acked[:2]  # the records before it
     with pytest.raises(WalCorrupt, match=rf"'s1' segment 0 .*offset {acked[1].offset}"):
-        read_all(r)
-    assert [pos for pos, _ in r.read(START, max_records=2)] == acked[:2]  # before it: fine
+        read_all(r, acked[1])  # a read that starts at it
+    with pytest.raises(WalCorrupt):
+        r.end()
     with pytest.raises(WalCorrupt):
         r.recover()
     assert r.path(0).read_bytes() == bytes(data)  # recovery changed nothing
@@ -327,8 +329,9 @@ def test_a_flipped_length_is_corruption_even_at_the_end_of_the_file(tmp_path: Pa
     data = bytearray(r.path(0).read_bytes())
     data[acked[1].offset + 1] ^= 0x10  # record 3 now claims to run past the end of the file
     r.path(0).write_bytes(bytes(data))
+    assert [pos for pos, _ in read_all(r)] == acked[:2]
     with pytest.raises(WalCorrupt, match="incomplete, yet a valid record follows"):
-        read_all(r)
+        read_all(r, acked[1])
     with pytest.raises(WalCorrupt):
         r.recover()
 
@@ -361,6 +364,8 @@ def test_a_bad_segment_header_is_corruption(tmp_path: Path, damage: str) -> None
     r.path(0).write_bytes(bytes(data))
     with pytest.raises(WalCorrupt):
         r.read(START)
+    with pytest.raises(WalCorrupt):
+        r.recover()
 
 
 # --- removal and lag ------------------------------------------------------------------------

@@ -105,9 +105,10 @@ def test_torn_while_the_writer_lives_is_left_alone(tmp_path: Path) -> None:
 
 def test_corrupt(tmp_path: Path) -> None:
     r = install(tmp_path, "corrupt.wal")
+    first = [(Position(0, OFFSETS[1]), make_golden.PAYLOADS[0])]
+    assert r.read(START) == first  # what precedes the corruption
     with pytest.raises(WalCorrupt, match=rf"'golden' segment 0 .*offset {OFFSETS[1]}\b"):
-        r.read(START)
-    assert r.read(START, max_records=1) == [(Position(0, OFFSETS[1]), make_golden.PAYLOADS[0])]
+        r.read(first[0][0])
     with pytest.raises(WalCorrupt):
         r.recover()
     assert r.path(0).read_bytes() == (GOLDEN_DIR / "corrupt.wal").read_bytes()
@@ -237,3 +238,20 @@ def test_falconctl_subcommands(tmp_path: Path, capsys: pytest.CaptureFixture[str
     printed = capsys.readouterr().out
     assert "1 streams, no corruption" in printed
     assert printed.count('"request_id":"req-1"') == 2  # once by dump, once by tail
+
+
+def test_tail_reports_a_corrupt_stream_once_and_goes_on(tmp_path: Path) -> None:
+    install(tmp_path, "corrupt.wal")
+    with WalWriter(tmp_path, "other", min_free_bytes=0) as w:
+        w.append(record(1, 5.0))
+    out = io.StringIO()
+    stop = threading.Event()
+    t = threading.Thread(target=walcli.tail, args=(tmp_path, True, out),
+                         kwargs={"from_start": True, "poll_s": 0.01, "stop": stop})
+    t.start()
+    time.sleep(0.2)  # many polls
+    stop.set()
+    t.join(5)
+    docs = lines(out.getvalue())
+    assert [d.get("request_id") for d in docs if "error" not in d] == ["r1", "req-1"]  # by ts
+    assert [d["stream"] for d in docs if "error" in d] == ["golden"]

@@ -111,7 +111,7 @@ def test_a_failed_background_fsync_fails_later_appends(tmp_path: Path) -> None:
     fsync = FailingFsync(ok=1)
     w = WalWriter(tmp_path, "s1", sync="interval", interval_ms=10, fsync=fsync,
                   min_free_bytes=0)
-    acked = []
+    acked: list[tuple[Position, bytes]] = []
     deadline = time.monotonic() + 5
     with pytest.raises(WalFailed):
         while time.monotonic() < deadline:
@@ -140,7 +140,7 @@ def tiny_fs(tmp_path: Path) -> Iterator[Path]:
 
 def test_enospc_fails_the_writer_and_keeps_what_was_acknowledged(tiny_fs: Path) -> None:
     w = WalWriter(tiny_fs, "s1", sync="always", segment_bytes=64 << 10, min_free_bytes=0)
-    acked = []
+    acked: list[tuple[Position, bytes]] = []
     with pytest.raises(WalFailed):
         for i in range(10_000):
             acked.append((w.append(payload(i)), payload(i)))
@@ -156,7 +156,7 @@ def test_the_guard_refuses_on_a_nearly_full_disk_and_resumes(tiny_fs: Path) -> N
     filler = tiny_fs / "filler"
     filler.write_bytes(b"\0" * (64 << 10))
     w = WalWriter(tiny_fs, "s1", sync="always", min_free_bytes=96 << 10)
-    acked = []
+    acked: list[tuple[Position, bytes]] = []
     with pytest.raises(WalFull):
         for i in range(10_000):
             acked.append((w.append(payload(i)), payload(i)))

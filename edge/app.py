@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import falcon
 
+from audit.wal import WalWriter
 from edge import http_errors, openapi, resources
+from edge.audit import Auditor
 from edge.core import Core
 from edge.daemon_client import DaemonClient
 from settings import Settings
+
+log = logging.getLogger(__name__)
 
 ROUTES: list[tuple[str, type[resources.Resource]]] = [
     ("/v2/health/live", resources.Live),
@@ -35,9 +42,22 @@ def create_app(core: Core, *, max_body: int) -> falcon.App:
     return app
 
 
+def make_auditor(settings: Settings) -> Auditor | None:
+    a = settings.audit
+    if not a.enabled:
+        log.warning("AUDIT IS OFF (audit.enabled = false): predictions are served unrecorded")
+        return None
+
+    def writer(wal_dir: Path, stream: str) -> WalWriter:
+        return WalWriter(wal_dir, stream, sync=a.sync, interval_ms=a.interval_ms,
+                         segment_bytes=a.segment_bytes, min_free_bytes=a.min_free_bytes)
+    return Auditor(Path(settings.wal_dir), settings.host_id, writer,
+                   max_input_bytes=a.max_input_bytes)
+
+
 def from_settings(settings: Settings) -> falcon.App:
     client = DaemonClient(settings.daemon_socket, max_frame=settings.daemon.max_frame_bytes)
-    core = Core(client, deadline_ms=settings.edge.deadline_ms,
+    core = Core(client, auditor=make_auditor(settings), deadline_ms=settings.edge.deadline_ms,
                 max_rows=settings.edge.max_batch_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s)
     return create_app(core, max_body=settings.edge.max_body_bytes)

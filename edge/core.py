@@ -1,7 +1,7 @@
 """The edge core: everything a request goes through, with no HTTP in it.
 
 Pipeline: (parse, done by the transport) -> model metadata -> validate ->
-daemon call -> result. Both HTTP faces (``edge.resources``) are thin adapters
+daemon call -> audit (the WAL append, before any response leaves) -> result. Both HTTP faces (``edge.resources``) are thin adapters
 over :class:`Core`; so are the tests.
 
 Raises only :mod:`edge.errors` classes; the daemon's error data
@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from edge import errors
+from edge.audit import Auditor, RequestContext
 from edge.daemon_client import DaemonClient
 from edge.validation import ModelMeta, check_tensors, instances_to_array
 from wire import messages
@@ -67,9 +68,11 @@ class Prediction:
 class Core:
     """Transport-free serving core of one edge worker (thread-safe)."""
 
-    def __init__(self, client: DaemonClient, *, deadline_ms: int = 2000, max_rows: int = 1024,
-                 metadata_ttl_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: DaemonClient, *, auditor: Auditor | None = None,
+                 deadline_ms: int = 2000, max_rows: int = 1024, metadata_ttl_s: float = 2.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self.auditor = auditor
         self.deadline_ms = deadline_ms
         self.max_rows = max_rows
         self.metadata_ttl_s = metadata_ttl_s
@@ -125,8 +128,9 @@ class Core:
         return True
 
     # -- inference ---------------------------------------------------------
-    def infer(self, model: str, version: str | None, inputs: list[tuple[str, np.ndarray]],
-              outputs: list[str] | None, deadline: float) -> InferResult:
+    def infer(self, ctx: RequestContext, model: str, version: str | None,
+              inputs: list[tuple[str, np.ndarray]], outputs: list[str] | None,
+              deadline: float) -> InferResult:
         meta = self.metadata(model, version, deadline)
         check_tensors(meta, inputs, self.max_rows)
         if outputs is not None:
@@ -135,7 +139,17 @@ class Core:
                 if name not in known:
                     raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
                                               f"output {name!r} (outputs: {', '.join(sorted(known))})")
-        return self._run(meta, inputs, outputs, deadline)
+        result = self._run(meta, inputs, outputs, deadline)
+        self._audit(ctx, result, inputs, None, cached=False)
+        return result
+
+    def _audit(self, ctx: RequestContext, result: InferResult,
+               inputs: list[tuple[str, np.ndarray]], labels: list[Any] | None,
+               cached: bool) -> None:
+        """Append the audit record; raises Unavailable if the WAL refuses it."""
+        if self.auditor is not None:
+            self.auditor.record(ctx, model=result.model, version=result.version, inputs=inputs,
+                                outputs=result.outputs, labels=labels, cached=cached)
 
     def _run(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
              outputs: list[str] | None, deadline: float) -> InferResult:
@@ -149,13 +163,15 @@ class Core:
         return InferResult(str(result.get("model")), str(result.get("version")), arrays,
                            int(result.get("queue_us", 0)), int(result.get("compute_us", 0)))
 
-    def predict(self, model: str, version: str | None, instances: Any,
+    def predict(self, ctx: RequestContext, model: str, version: str | None, instances: Any,
                 deadline: float) -> Prediction:
         """The simple face: rows in, a label and class probabilities per row out."""
         meta = self.metadata(model, version, deadline)
-        name, arr = instances_to_array(meta, instances, self.max_rows)
-        result = self._run(meta, [(name, arr)], None, deadline)
-        return Prediction(result.model, result.version, classify(meta, result))
+        inputs = [instances_to_array(meta, instances, self.max_rows)]
+        result = self._run(meta, inputs, None, deadline)
+        rows = classify(meta, result)
+        self._audit(ctx, result, inputs, [row.get("label") for row in rows], cached=False)
+        return Prediction(result.model, result.version, rows)
 
 
 def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:

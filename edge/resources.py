@@ -16,6 +16,7 @@ import falcon
 import orjson
 
 from edge import v2codec
+from edge.audit import RequestContext
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.errors import InvalidInput, PayloadTooLarge
 from edge.validation import ModelMeta, TensorMeta
@@ -24,11 +25,17 @@ REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 
 
-def request_id(req: falcon.Request, resp: falcon.Response) -> str:
+TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def context(req: falcon.Request, resp: falcon.Response, face: str) -> RequestContext:
+    """Request id (the client's ``X-Request-Id`` when well-formed, else a new
+    one; echoed back) and trace id (from a W3C ``traceparent`` header)."""
     given = req.get_header("X-Request-Id")
     rid = given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
     resp.set_header("X-Request-Id", rid)
-    return rid
+    match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
+    return RequestContext(rid, face, trace_id=match.group(1) if match else None)
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
@@ -129,17 +136,17 @@ class RepositoryIndex(Resource):
 class Infer(Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
                 version: str | None = None) -> None:
-        rid = request_id(req, resp)
+        ctx = context(req, resp, "v2")
         deadline = self.deadline(req)
         body = read_body(req, self.max_body)
         header_length = v2codec.parse_header_length(req.get_header(v2codec.HEADER_LENGTH_HEADER))
         parsed = v2codec.decode_infer_request(body, header_length,
                                               max_body_elements=self.max_body)
         outputs = [o.name for o in parsed.outputs] if parsed.outputs is not None else None
-        result = self.core.infer(model, version, parsed.inputs, outputs, deadline)
+        result = self.core.infer(ctx, model, version, parsed.inputs, outputs, deadline)
         data, headers = v2codec.encode_infer_response(
             model_name=result.model, model_version=result.version,
-            request_id=parsed.id if parsed.id is not None else rid,
+            request_id=parsed.id if parsed.id is not None else ctx.request_id,
             outputs=result.outputs, binary=parsed.wants_binary)
         resp.data = data
         for name, value in headers.items():
@@ -151,7 +158,7 @@ class Predict(Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
                 version: str | None = None) -> None:
-        rid = request_id(req, resp)
+        ctx = context(req, resp, "v1")
         deadline = self.deadline(req)
         doc = parse_json(read_body(req, self.max_body))
         if not isinstance(doc, dict):
@@ -161,7 +168,7 @@ class Predict(Resource):
         unknown = sorted(set(doc) - {"instances"})
         if unknown:
             raise InvalidInput(unknown[0], "unknown field (allowed: instances)")
-        pred = self.core.predict(model, version, doc["instances"], deadline)
-        send_json(resp, {"model": pred.model, "version": pred.version, "request_id": rid,
+        pred = self.core.predict(ctx, model, version, doc["instances"], deadline)
+        send_json(resp, {"model": pred.model, "version": pred.version, "request_id": ctx.request_id,
                          "cached": False, "predictions": pred.rows})
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,15 +87,55 @@ class HAProxySettings:
 
 
 @dataclass(frozen=True)
+class HostSettings:
+    id: str = key("", "This host's id in request ids, WAL stream names and audit rows; "
+                      "empty means the hostname.")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    enabled: bool = key(True, "Write every served prediction to the WAL before answering.")
+    wal_dir: str = key("", "WAL directory; empty means <state_dir>/wal.")
+    sync: str = key("batch", "When an appended record is fsynced before the response: "
+                             "'always' (each record), 'batch' (group commit), 'interval' "
+                             "(background, every interval_ms). A kill -9 of any process loses "
+                             "nothing in every mode; the modes differ on power loss.",
+                    choices=("always", "batch", "interval"))
+    interval_ms: int = key(50, "fsync period of the 'interval' policy.", min=1, max=60000)
+    segment_bytes: int = key(64 << 20, "WAL segment size before rolling to a new file.",
+                             min=4096, max=1 << 32)
+    min_free_bytes: int = key(256 << 20, "Disk-space guard: below this many free bytes on the "
+                                         "WAL's filesystem, predictions are refused (503).",
+                              min=0, max=1 << 50)
+    max_input_bytes: int = key(64 << 10, "Inputs up to this size are stored in the record "
+                                         "(always their digest).", min=0, max=64 << 20)
+    dsn: str = key("", "PostgreSQL DSN for the audit table; empty means the embedded cluster "
+                       "under <state_dir>/postgres (started by `falconctl up`).")
+    ship_batch: int = key(1000, "Records per shipper transaction.", min=1, max=100000)
+    ship_poll_ms: int = key(200, "How often the shipper looks for new records.", min=10,
+                            max=60000)
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
+    host: HostSettings = field(default_factory=HostSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
 
     @property
     def daemon_socket(self) -> str:
         return self.daemon.socket or os.path.join(self.paths.run_dir, "daemon.sock")
+
+    @property
+    def host_id(self) -> str:
+        return self.host.id or socket.gethostname()
+
+    @property
+    def wal_dir(self) -> str:
+        return self.audit.wal_dir or os.path.join(self.paths.state_dir, "wal")
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

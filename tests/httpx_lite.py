@@ -31,5 +31,7 @@ def request(addr: str, method: str, path: str, body: bytes | str | None = None,
         conn.close()
 
 
-def post_json(addr: str, path: str, doc: Any, **kw: Any) -> Answer:
-    return request(addr, "POST", path, json.dumps(doc), {"Content-Type": "application/json"}, **kw)
+def post_json(addr: str, path: str, doc: Any, headers: dict[str, str] | None = None,
+              **kw: Any) -> Answer:
+    return request(addr, "POST", path, json.dumps(doc),
+                   {"Content-Type": "application/json", **(headers or {})}, **kw)

@@ -1,0 +1,124 @@
+"""The audit step of the edge pipeline: every served prediction (cache hits
+included) is one :class:`~audit.record.AuditRecord` appended to this worker's
+WAL stream *before* the response leaves.
+
+Each gunicorn worker process owns one stream, ``<host>-<pid>-<start_ns>``,
+opened lazily after the fork and closed at exit (a killed worker's stream is
+closed by the kernel releasing its lock; the shipper then drains it). If the
+WAL cannot take a record — a failed fsync stops the writer for good, a full
+disk refuses until space returns — the prediction is answered 503 rather than
+served unaudited.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from audit.record import AuditRecord
+from audit.wal import WalError, WalFailed, WalWriter
+from edge.errors import Unavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RequestContext:
+    """What the edge knows of one request besides its payload."""
+
+    request_id: str
+    face: str                      # "v1" | "v2"
+    started: float = field(default_factory=time.monotonic)
+    trace_id: str | None = None
+    api_key_id: str | None = None
+
+
+def canonical(inputs: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[dict[str, Any]]]:
+    """Canonical bytes of a request's inputs (sorted by name; name, dtype and
+    shape framed before the raw little-endian data) and their metadata. Two
+    requests with the same tensors have the same bytes whatever their order."""
+    parts, meta = [], []
+    for name, arr in sorted(inputs, key=lambda item: item[0]):
+        arr = np.ascontiguousarray(arr)
+        header = f"{name}\0{arr.dtype.str}\0{','.join(map(str, arr.shape))}\0".encode()
+        parts += [len(header).to_bytes(4, "little"), header, arr.tobytes()]
+        meta.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
+    return b"".join(parts), meta
+
+
+def input_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def outputs_doc(outputs: list[tuple[str, np.ndarray]]) -> dict[str, dict[str, Any]]:
+    return {name: {"dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tolist()}
+            for name, arr in outputs}
+
+
+WriterFactory = Callable[[Path, str], WalWriter]
+
+
+class Auditor:
+    """Appends audit records to this process's WAL stream. Thread-safe.
+
+    Raises :class:`~edge.errors.Unavailable` when the WAL refuses a record;
+    nothing is served unaudited.
+    """
+
+    def __init__(self, wal_dir: Path, host: str, writer_factory: WriterFactory, *,
+                 max_input_bytes: int = 64 << 10) -> None:
+        self.wal_dir = wal_dir
+        self.host = host
+        self.writer_factory = writer_factory
+        self.max_input_bytes = max_input_bytes
+        self._lock = threading.Lock()
+        self._writer: WalWriter | None = None
+        self._pid = 0
+
+    def _current(self) -> WalWriter:
+        with self._lock:
+            if self._writer is None or self._pid != os.getpid():
+                self._pid = os.getpid()
+                stream = f"{self.host}-{self._pid}-{time.time_ns()}"
+                self.wal_dir.mkdir(parents=True, exist_ok=True)
+                self._writer = self.writer_factory(self.wal_dir, stream)
+                atexit.register(self._writer.close)
+                log.info("audit stream %s opened in %s", stream, self.wal_dir)
+            return self._writer
+
+    def record(self, ctx: RequestContext, *, model: str, version: str,
+               inputs: list[tuple[str, np.ndarray]], outputs: list[tuple[str, np.ndarray]],
+               labels: list[Any] | None, cached: bool) -> AuditRecord:
+        data, meta = canonical(inputs)
+        rec = AuditRecord(
+            request_id=ctx.request_id, ts=time.time(), host=self.host, model=model,
+            version=version, face=ctx.face, input_digest=input_digest(data), input_meta=meta,
+            outputs=outputs_doc(outputs), labels=labels, cached=cached,
+            latency_ms=(time.monotonic() - ctx.started) * 1000.0,
+            inputs=data if len(data) <= self.max_input_bytes else None,
+            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id)
+        writer = self._current()
+        try:
+            writer.append(rec.to_payload())
+        except WalFailed as exc:
+            log.critical("audit WAL stream %s failed, refusing predictions: %s", writer.stream, exc)
+            raise Unavailable(f"audit log unavailable: {exc}", retry_after=5) from None
+        except WalError as exc:
+            raise Unavailable(f"audit log refused the record: {exc}", retry_after=5) from None
+        return rec
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None

@@ -141,8 +141,10 @@ class StreamReader:
                              f"{header.segment}")
 
     def end(self) -> Position:
-        """The position after the last whole record of the last segment (``START`` if the
-        stream has no segments). Reads the whole last segment."""
+        """The end of the last segment's whole records (``START`` without segments); reads
+        that segment. NOTE: if it holds no record yet, that is ``(last, 160)``, which is
+        equivalent to the previous segment's end though not equal to it: to ask whether
+        anything follows a position, use ``read(pos, max_records=1)`` or ``pending_bytes``."""
         segs = self.segments()
         if not segs:
             return START
@@ -193,9 +195,9 @@ class StreamReader:
 
     def recover(self) -> Position | None:
         """If the writer is dead, cut a torn tail off the last segment (truncate, fsync)
-        and return the stream's end position; if the writer lives, do nothing and return
-        None. Raises :class:`WalCorrupt` (and changes nothing) if the tail is corrupt
-        rather than torn."""
+        and return the stream's end position (as :meth:`end` defines it); if the writer
+        lives, do nothing and return None. Raises :class:`WalCorrupt` (and changes
+        nothing) if the tail is corrupt rather than torn."""
         with self._exclusive() as dead:
             return recover_locked(self) if dead else None
 

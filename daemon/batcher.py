@@ -31,7 +31,10 @@ coalesces queued requests and runs them in the inference thread pool::
   unbatched from then on (logged once).
 
 :func:`batch_policy` decides at load time whether a version batches at all:
-only when the first dimension of every input and output is dynamic.
+only when the first dimension of every input and output is dynamic. An
+unbatched version sends every request to the pool at once, alone (as the daemon
+did before batching): no delay and no run-slot limit, so its queue is the pool's,
+bounded by the server's ``max_inflight``.
 Timing of each answer: ``queue_s`` from :meth:`Batcher.infer` to the start of
 its run, ``compute_s`` of the run (concatenate, run, split), ``batch_rows``.
 """
@@ -50,7 +53,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from daemon.repository import ModelConfig
+from daemon.repository import DEFAULT_QUEUE_BATCHES, ModelConfig
 from wire import messages
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ TimerFn = Callable[[float, Callable[[], None]], Any]
 """``call_later(delay_s, callback) -> handle with cancel()``; the loop's by default."""
 
 _SOLO: Hashable = object()  # the group key of requests that always run alone
+UNLIMITED = 1 << 30  # max_running of an unbatched version
 
 
 class BatchError(Exception):
@@ -112,7 +116,7 @@ class BatchPolicy:
     max_batch_rows: int
     max_queue_delay_s: float
     max_queue_rows: int
-    max_running: int = 1
+    max_running: int = 1  # batches of this version in the pool at once
     reason: str = ""  # why batching is off
 
     def to_wire(self) -> dict[str, Any]:
@@ -143,10 +147,12 @@ def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence
                     model, why)
     if cfg.enabled is False:
         why = "disabled in config.toml"
+    # NOTE: unbatched, every request goes to the pool at once, as before batching
+    # existed: the pool's own queue (bounded by the server's max_inflight) is the queue.
     return BatchPolicy(enabled=not why, max_batch_rows=rows,
                        max_queue_delay_s=cfg.max_queue_delay_us / 1e6,
-                       max_queue_rows=cfg.max_queue_rows or 8 * rows,
-                       max_running=max_running, reason=why)
+                       max_queue_rows=cfg.max_queue_rows or DEFAULT_QUEUE_BATCHES * rows,
+                       max_running=UNLIMITED if why else max_running, reason=why)
 
 
 @dataclass(frozen=True)

@@ -493,7 +493,9 @@ def test_policy_defaults_follow_the_model():
     (DYNAMIC_IN, [Spec("total", ())], "output 'total'"),
 ])
 def test_a_model_without_a_batch_dimension_is_not_batched(inputs, outputs, culprit, caplog):
-    assert culprit in batch_policy(ModelConfig(), inputs, outputs).reason
+    p = batch_policy(ModelConfig(), inputs, outputs, max_running=2)
+    assert not p.enabled and culprit in p.reason
+    assert p.max_running > 1000  # unbatched: every request straight to the pool
     forced = ModelConfig(batching=BatchingConfig(enabled=True))
     p = batch_policy(forced, inputs, outputs, model="m/1")
     assert not p.enabled and culprit in p.reason

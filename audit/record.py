@@ -68,8 +68,9 @@ class AuditRecord:
 
     def to_row(self) -> dict[str, Any]:
         """The row for ``audit.predictions`` (JSON-able values for JSONB columns)."""
-        row = asdict(self)
-        row["outputs"] = finite(row["outputs"])
+        # PERF: a shallow copy; asdict() deep-copies every nested list (~60 µs/row)
+        row = {f.name: getattr(self, f.name) for f in fields(self)}
+        row["outputs"] = finite(self.outputs)
         return row
 
 

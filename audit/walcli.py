@@ -272,10 +272,11 @@ def verify(wal_dir: Path, out: IO[str]) -> int:
 
 # --- falconctl wiring ----------------------------------------------------------------------
 
-def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path]) -> None:
-    """Add ``wal tail|dump|verify`` to falconctl's subparsers. Each sets
+def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path],
+                    store_getter: Callable[[Any], Any] | None = None) -> None:
+    """Add ``wal tail|dump|verify|reship`` to falconctl's subparsers. Each sets
     ``func(settings, args)``; ``wal_dir_getter(settings)`` names the WAL directory
-    (``--wal-dir`` overrides it)."""
+    (``--wal-dir`` overrides it); ``store_getter(settings)`` opens the audit store."""
 
     def wal_dir(s: Any, args: argparse.Namespace) -> Path:
         return Path(args.wal_dir) if args.wal_dir else Path(wal_dir_getter(s))
@@ -308,3 +309,29 @@ def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path]) -> N
     d.set_defaults(func=run_dump)
     v = sub.add_parser("verify", help="check every segment; exit 1 on corruption")
     v.set_defaults(func=run_verify)
+    if store_getter is not None:
+        _add_reship(sub, wal_dir, store_getter)
+
+
+def _add_reship(sub: Any, wal_dir: Callable[[Any, argparse.Namespace], Path],
+                store_getter: Callable[[Any], Any]) -> None:
+    from audit.shipper import Shipper
+    from audit.wal import Position
+
+    def run_reship(s: Any, args: argparse.Namespace) -> int:
+        segment, _, offset = args.start.partition(":")
+        if not (segment.isdigit() and offset.isdigit()):
+            print(f"falconctl wal reship: --from takes SEGMENT:OFFSET, got {args.start!r}",
+                  file=sys.stderr)
+            return 2
+        shipper = Shipper(wal_dir(s, args), store_getter(s))
+        stats = shipper.reship(args.stream, Position(int(segment), int(offset)))
+        print(orjson.dumps({"stream": args.stream, "read": stats.shipped,
+                            "inserted": stats.inserted, "skipped": stats.skipped,
+                            "errors": stats.errors}).decode())
+        return 1 if stats.errors else 0
+
+    r = sub.add_parser("reship", help="ship a stream again from a position (no duplicates)")
+    r.add_argument("stream", help="stream name")
+    r.add_argument("--from", dest="start", default="0:0", help="SEGMENT:OFFSET (default: start)")
+    r.set_defaults(func=run_reship)

@@ -7,6 +7,8 @@
     falconctl config            print the effective configuration (TOML)
     falconctl config --describe every key, its environment variable, default and meaning
     falconctl models            list the models the daemon serves
+    falconctl ship              run the audit shipper (WAL -> PostgreSQL)
+    falconctl wal tail|dump|verify|reship   operators' WAL tools
 """
 
 from __future__ import annotations
@@ -75,6 +77,26 @@ def cmd_haproxy(s: Settings, args: argparse.Namespace) -> int:
                {**os.environ, **haproxy_env(s)})
 
 
+def audit_dsn(s: Settings) -> str:
+    if not s.audit.dsn:
+        raise ConfigError("audit.dsn is empty: set it ($FALCON_AUDIT_DSN), or use "
+                          "`falconctl up`, which starts an embedded PostgreSQL")
+    return s.audit.dsn
+
+
+def cmd_ship(s: Settings, args: argparse.Namespace) -> int:
+    _setup_logging("shipper")
+    from audit.ship_main import run
+
+    return run(s, audit_dsn(s))
+
+
+def _store(s: Settings) -> Any:
+    from audit.store import PgStore
+
+    return PgStore(audit_dsn(s))
+
+
 def cmd_models(s: Settings, args: argparse.Namespace) -> int:
     from edge.core import Core
     from edge.daemon_client import DaemonClient
@@ -90,6 +112,7 @@ def cmd_models(s: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_up(s: Settings, args: argparse.Namespace) -> int:
+    from audit.pg import PgError
     from falconctl.stack import Stack, StackError
     from falconctl.up import banner, dev_env
 
@@ -100,8 +123,8 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda n, f: stop.update(signal=n))
     try:
-        stack.start()
-    except StackError as exc:
+        stack.start(audit=True)
+    except (StackError, PgError) as exc:
         print(f"falconctl up: {exc}", file=sys.stderr)
         return 1
     print(banner(stack.settings, Path(args.root).resolve()), flush=True)
@@ -131,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("haproxy", help="run HAProxy with the project's config").set_defaults(
         func=cmd_haproxy)
     sub.add_parser("models", help="list served models").set_defaults(func=cmd_models)
+    sub.add_parser("ship", help="run the audit shipper").set_defaults(func=cmd_ship)
+    from audit.walcli import add_subcommands
+
+    add_subcommands(sub, lambda s: Path(s.wal_dir), _store)
     u = sub.add_parser("up", help="run daemon, edge and HAProxy in the foreground")
     u.add_argument("--root", default=".", help="project checkout (state goes to ROOT/var)")
     u.set_defaults(func=cmd_up)
@@ -141,10 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         s = settings_mod.load(args.config)
+        return int(args.func(s, args) or 0)
     except ConfigError as exc:
         print(f"falconctl: configuration error: {exc}", file=sys.stderr)
         return 2
-    return int(args.func(s, args) or 0)
 
 
 if __name__ == "__main__":

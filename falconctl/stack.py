@@ -1,4 +1,5 @@
-"""Start and stop the processes of one host's stack: daemon, edge, HAProxy.
+"""Start and stop the processes of one host's stack: daemon, edge, HAProxy,
+and for the audit trail the shipper and (embedded default) PostgreSQL.
 
 Used by ``falconctl up`` (foreground, Ctrl-C stops everything in order) and by
 the integration tests (real processes on free ports in a temp dir). Each
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import settings as settings_mod
+from audit.pg import EmbeddedPostgres
 from settings import Settings
 from wire import frames
 
@@ -53,6 +55,12 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_MAX_BODY_BYTES": str(s.haproxy.max_body_bytes),
         "FALCON_HAPROXY_SERVER_TIMEOUT": f"{s.edge.deadline_ms + 5000}ms",
     }
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def http_status(host: str, port: int, path: str, timeout: float = 1.0) -> int | None:
@@ -112,6 +120,7 @@ class Stack:
     log_dir: Path
     python: str = sys.executable
     procs: dict[str, Proc] = field(default_factory=dict)
+    postgres: EmbeddedPostgres | None = None
 
     @property
     def settings(self) -> Settings:
@@ -163,8 +172,32 @@ class Stack:
         self._wait(proc, lambda: http_status(host, port, "/v2/health/ready") == 200, timeout)
         return proc
 
-    def start(self) -> None:
+    def start_postgres(self, timeout: float = 120.0) -> EmbeddedPostgres | None:
+        """The embedded audit database (``<state_dir>/postgres``, loopback only),
+        unless ``audit.dsn`` names one; sets ``FALCON_AUDIT_DSN`` for the shipper."""
+        s = self.settings
+        if s.audit.dsn:
+            return None
+        pg = EmbeddedPostgres(Path(s.paths.state_dir) / "postgres", free_port(),
+                              socket_dir=Path(s.paths.run_dir) / "postgres")
+        pg.init()
+        pg.start(timeout)
+        self.postgres = pg
+        pg.create_database("falcon")
+        self.env["FALCON_AUDIT_DSN"] = pg.dsn("falcon")
+        return pg
+
+    def start_shipper(self, timeout: float = 60.0) -> Proc:
+        proc = self._spawn("shipper", [self.python, "-m", "falconctl", "ship"])
+        self._wait(proc, lambda: "shipping" in proc.tail(5), timeout)
+        return proc
+
+    def start(self, audit: bool = False) -> None:
+        """daemon, edge, HAProxy; with ``audit`` also PostgreSQL and the shipper."""
         try:
+            if audit:
+                self.start_postgres()
+                self.start_shipper()
             self.start_daemon()
             self.start_edge()
             self.start_haproxy()
@@ -176,8 +209,11 @@ class Stack:
         """Stop outside-in; return each process's exit code."""
         codes = {}
         for name, sig in (("haproxy", signal.SIGUSR1), ("edge", signal.SIGTERM),
-                          ("daemon", signal.SIGTERM)):
+                          ("shipper", signal.SIGTERM), ("daemon", signal.SIGTERM)):
             proc = self.procs.pop(name, None)
             if proc is not None:
                 codes[name] = proc.stop(sig)
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres = None
         return codes

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,15 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from modelfactory import write_multi_io_model  # noqa: E402
+from pg_fixture import pg_cluster, pg_dsn  # noqa: E402,F401  (fixtures: session cluster, DB per module)
 
 import shm  # noqa: E402
-from falconctl.stack import Stack  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from falconctl.stack import Stack, free_port  # noqa: E402
 
 
 def make_repo(path: Path) -> Path:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -32,14 +31,9 @@ from pathlib import Path
 import pytest
 
 from audit.pg import EmbeddedPostgres, PgStartError
+from falconctl.stack import free_port
 
 START_ATTEMPTS = 3  # a free port can be taken between probing and binding it
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_root(prefix: str = "falcon-pg-") -> Path:

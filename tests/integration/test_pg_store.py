@@ -17,7 +17,6 @@ from pg_fixture import (
     free_port,
     fresh_database,
     make_root,
-    pg_cluster,  # noqa: F401  (fixture; drop once conftest re-exports it)
     running_cluster,
 )
 
@@ -67,7 +66,7 @@ def rows_by_partition(dsn: str) -> dict[str, int]:
 
 
 @pytest.fixture
-def dsn(pg_cluster: EmbeddedPostgres) -> str:  # noqa: F811
+def dsn(pg_cluster: EmbeddedPostgres) -> str:
     return fresh_database(pg_cluster, "pg_store")
 
 
@@ -305,7 +304,7 @@ def test_indexes_serve_the_auditors_queries(store: PgStore, dsn: str) -> None:
 
 # -- the embedded cluster ----------------------------------------------------------------
 
-def test_start_failure_reports_the_log_tail(pg_cluster: EmbeddedPostgres) -> None:  # noqa: F811
+def test_start_failure_reports_the_log_tail(pg_cluster: EmbeddedPostgres) -> None:
     root = make_root()
     try:
         pg = EmbeddedPostgres(root / "data", pg_cluster.port)  # port already taken

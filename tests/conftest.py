@@ -61,14 +61,15 @@ class StackFactory:
         self.tmp = tmp
         self.stacks: list[Stack] = []
 
-    def __call__(self, *, start: bool = True, repo: Path | None = None, **env: str) -> Stack:
+    def __call__(self, *, start: bool = True, audit: bool = False, repo: Path | None = None,
+                 **env: str) -> Stack:
         tmp = self.tmp / f"stack{len(self.stacks)}"
         tmp.mkdir(parents=True)
         repo = repo or make_repo(tmp / "models")
         stack = Stack(stack_env(tmp, repo, **env), tmp / "logs")
         self.stacks.append(stack)
         if start:
-            stack.start()
+            stack.start(audit=audit)
         return stack
 
     def close(self) -> list[str]:

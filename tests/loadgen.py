@@ -1,0 +1,67 @@
+"""A bounded load generator for tests: N threads posting digits rows, every
+outcome recorded (request id, status, what the client received)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from httpx_lite import request
+
+
+@dataclass
+class Outcome:
+    request_id: str
+    status: int           # 0: no HTTP answer (connection reset, timeout)
+    doc: Any = None
+    sent_rows: list[list[float]] | None = None
+
+
+@dataclass
+class LoadGen:
+    addr: str
+    rows: np.ndarray
+    threads: int = 4
+    max_requests: int = 20000
+    timeout: float = 10.0
+    outcomes: list[Outcome] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _workers: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> LoadGen:
+        for i in range(self.threads):
+            t = threading.Thread(target=self._run, args=(i,), daemon=True)
+            t.start()
+            self._workers.append(t)
+        return self
+
+    def stop(self) -> list[Outcome]:
+        self._stop.set()
+        for t in self._workers:
+            t.join(self.timeout + 5)
+        return self.outcomes
+
+    def _run(self, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        while not self._stop.is_set() and len(self.outcomes) < self.max_requests:
+            rows = self.rows[rng.integers(0, len(self.rows), size=int(rng.integers(1, 4)))].tolist()
+            rid = uuid.uuid4().hex
+            try:
+                ans = request(self.addr, "POST", "/v1/models/digits/predict",
+                              json.dumps({"instances": rows}), {"X-Request-Id": rid},
+                              timeout=self.timeout)
+                outcome = Outcome(rid, ans.status, ans.json() if ans.status == 200 else None, rows)
+            except (OSError, ValueError):
+                outcome = Outcome(rid, 0)
+                time.sleep(0.01)
+            with self._lock:
+                self.outcomes.append(outcome)
+
+    def ok(self) -> dict[str, Outcome]:
+        return {o.request_id: o for o in self.outcomes if o.status == 200}

@@ -11,8 +11,10 @@ Only processes started here are ever signalled, by pid.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import settings as settings_mod
-from audit.pg import EmbeddedPostgres
+from audit.pg import EmbeddedPostgres, PgPermissionError
 from settings import Settings
 from wire import frames
 
@@ -180,7 +182,15 @@ class Stack:
             return None
         pg = EmbeddedPostgres(Path(s.paths.state_dir) / "postgres", free_port(),
                               socket_dir=Path(s.paths.run_dir) / "postgres")
-        pg.init()
+        try:
+            pg.init()
+        except PgPermissionError:
+            # As root the cluster runs as 'postgres', which cannot reach a state dir
+            # under a private home (e.g. a checkout in /root): use postgres's own home.
+            home = Path(pwd.getpwnam("postgres").pw_dir) / "falcon-embedded"
+            key = hashlib.sha1(s.paths.state_dir.encode()).hexdigest()[:12]
+            pg = EmbeddedPostgres(home / key / "data", pg.port, socket_dir=home / key / "sock")
+            pg.init()
         pg.start(timeout)
         self.postgres = pg
         pg.create_database("falcon")

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,11 +16,20 @@ from pathlib import Path
 
 from conftest import ROOT, stack_env
 from httpx_lite import request
+from pg_fixture import make_root
 
 import shm
 
 
-def test_up_serves_the_printed_curl_line_and_stops_cleanly_on_ctrl_c(tmp_path: Path):
+def test_up_serves_the_printed_curl_line_and_stops_cleanly_on_ctrl_c():
+    root = make_root("falcon-up-")  # the embedded PostgreSQL runs as 'postgres': not under a 0700 dir
+    try:
+        run_up(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run_up(tmp_path: Path) -> None:
     env = stack_env(tmp_path, ROOT / "models")
     env.pop("FALCON_CONFIG")  # exercise the embedded defaults path of `up`
     env.pop("FALCON_DAEMON_MODEL_REPOSITORY")
@@ -49,17 +59,32 @@ def test_up_serves_the_printed_curl_line_and_stops_cleanly_on_ctrl_c(tmp_path: P
         expected = json.loads((ROOT / "models/digits/example.json").read_text())["expected_labels"]
         assert [p["label"] for p in ans.json()["predictions"]] == expected
         children = _descendants(proc.pid)
-        assert len(children) >= 4  # daemon, gunicorn arbiter + workers, haproxy
+        assert len(children) >= 5  # daemon, gunicorn arbiter + workers, haproxy, shipper
+        assert _wait_for_audit_row(env, ans.json()["request_id"])
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
-        assert "stopped:" in rest and "daemon exit 0" in rest, rest
+        assert "stopped:" in rest and "daemon exit 0" in rest and "shipper exit 0" in rest, rest
         assert [p for p in children if Path(f"/proc/{p}").exists() and not _zombie(p)] == []
         assert shm.list_segments(env["FALCON_DAEMON_SHM_PREFIX"]) == []
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def _wait_for_audit_row(env: dict[str, str], request_id: str) -> bool:
+    """The embedded PostgreSQL that `up` started received the prediction's audit row."""
+    out = subprocess.run([sys.executable, "-m", "falconctl", "wal", "tail", "--once",
+                          "--from-start"], env=env, capture_output=True, text=True, timeout=60)
+    assert request_id in out.stdout, out.stdout + out.stderr
+    log = Path(env["FALCON_PATHS_STATE_DIR"]) / "logs" / "shipper.log"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if "shipped 1 records" in log.read_text():
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _descendants(pid: int) -> list[int]:

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from audit import metrics
 from audit.shipper import Shipper, ShipStats
 from audit.store import PgStore, StoreError
 from service.sdnotify import notify, watchdog_interval
@@ -48,6 +49,7 @@ class _Progress:
         self.watchdog = watchdog_interval() is not None
 
     def __call__(self, stats: ShipStats) -> None:
+        metrics.observe(stats)
         if self.watchdog:
             notify("WATCHDOG=1")
         self.shipped += stats.shipped

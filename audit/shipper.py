@@ -42,8 +42,8 @@ class ShipStats:
     shipped: int = 0
     inserted: int = 0
     skipped: int = 0
-    pending_bytes: int = 0
-    lag_seconds: float = 0.0
+    pending_bytes: int = 0     # not yet shipped, over every stream
+    lag_seconds: float = 0.0   # age of the oldest record not yet shipped
     streams: int = 0
     removed_streams: int = 0
     errors: list[str] = field(default_factory=list)
@@ -78,7 +78,25 @@ class Shipper:
             except WalError as exc:
                 log.error("stream %s cannot be shipped: %s", stream, exc)
                 stats.errors.append(f"{stream}: {exc}")
+        self._measure(stats)
         return stats
+
+    def _measure(self, stats: ShipStats) -> None:
+        """Pending bytes, and lag = age of the oldest record not yet shipped
+        (from the last known positions: works while PostgreSQL is down)."""
+        stats.pending_bytes, stats.lag_seconds = 0, 0.0
+        now = self.clock()
+        for stream in list_streams(self.wal_dir):
+            reader = StreamReader(self.wal_dir, stream)
+            pos = self._positions.get(stream, START)
+            try:
+                stats.pending_bytes += reader.pending_bytes(pos)
+                first = reader.read(pos, max_records=1)
+                if first:
+                    age = now - AuditRecord.from_payload(first[0][1]).ts
+                    stats.lag_seconds = max(stats.lag_seconds, age)
+            except (WalError, RecordError, FileNotFoundError):
+                continue
 
     def _start(self, stream: str, reader: StreamReader) -> Position:
         pos = self._positions.get(stream)
@@ -102,16 +120,12 @@ class Shipper:
             stats.inserted += self.breaker.call(self.store.write, stream, records, tuple(end))
             stats.shipped += len(batch)
             pos = self._positions[stream] = end
-            if records:
-                stats.lag_seconds = max(stats.lag_seconds, self.clock() - records[-1].ts)
             if len(batch) < self.batch:
                 break
         removed = reader.remove_through(pos)  # the whole stream once its dead writer is drained
         if reader.dir in removed:
             self._positions.pop(stream, None)
             stats.removed_streams += 1
-        else:
-            stats.pending_bytes += reader.pending_bytes(pos)
 
     def _decode(self, stream: str, batch: list[tuple[Position, bytes]],
                 stats: ShipStats) -> list[AuditRecord]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import falcon
 
 from audit.wal import WalWriter
-from edge import http_errors, openapi, resources
+from edge import http_errors, metrics, openapi, resources
 from edge.audit import Auditor
 from edge.core import Core
 from edge.daemon_client import DaemonClient
@@ -33,12 +33,13 @@ ROUTES: list[tuple[str, type[resources.Resource]]] = [
 
 
 def create_app(core: Core, *, max_body: int) -> falcon.App:
-    app = falcon.App(media_type=falcon.MEDIA_JSON)
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[metrics.RequestMetrics()])
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
     for path, cls in ROUTES:
         app.add_route(path, cls(core, max_body))
     app.add_route("/openapi.json", openapi.OpenAPI())
+    app.add_route("/metrics", metrics.Metrics())
     return app
 
 

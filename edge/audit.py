@@ -27,6 +27,7 @@ import numpy as np
 
 from audit.record import AuditRecord
 from audit.wal import WalError, WalFailed, WalWriter
+from edge import metrics
 from edge.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,16 @@ class Auditor:
             inputs=data if len(data) <= self.max_input_bytes else None,
             api_key_id=ctx.api_key_id, trace_id=ctx.trace_id)
         writer = self._current()
+        payload = rec.to_payload()
         try:
-            writer.append(rec.to_payload())
+            writer.append(payload)
         except WalFailed as exc:
             log.critical("audit WAL stream %s failed, refusing predictions: %s", writer.stream, exc)
             raise Unavailable(f"audit log unavailable: {exc}", retry_after=5) from None
         except WalError as exc:
             raise Unavailable(f"audit log refused the record: {exc}", retry_after=5) from None
+        metrics.WAL_RECORDS.inc()
+        metrics.WAL_BYTES.inc(len(payload))
         return rec
 
     def close(self) -> None:

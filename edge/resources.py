@@ -35,7 +35,13 @@ def context(req: falcon.Request, resp: falcon.Response, face: str) -> RequestCon
     rid = given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
     resp.set_header("X-Request-Id", rid)
     match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
+    req.context.face = face
     return RequestContext(rid, face, trace_id=match.group(1) if match else None)
+
+
+def label(req: falcon.Request, model: str, version: str, cached: bool = False) -> None:
+    """What the metrics middleware reports for this request."""
+    req.context.model, req.context.version, req.context.cached = model, version, cached
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
@@ -144,6 +150,7 @@ class Infer(Resource):
                                               max_body_elements=self.max_body)
         outputs = [o.name for o in parsed.outputs] if parsed.outputs is not None else None
         result = self.core.infer(ctx, model, version, parsed.inputs, outputs, deadline)
+        label(req, result.model, result.version)
         data, headers = v2codec.encode_infer_response(
             model_name=result.model, model_version=result.version,
             request_id=parsed.id if parsed.id is not None else ctx.request_id,
@@ -169,6 +176,7 @@ class Predict(Resource):
         if unknown:
             raise InvalidInput(unknown[0], "unknown field (allowed: instances)")
         pred = self.core.predict(ctx, model, version, doc["instances"], deadline)
+        label(req, pred.model, pred.version)
         send_json(resp, {"model": pred.model, "version": pred.version, "request_id": ctx.request_id,
                          "cached": False, "predictions": pred.rows})
 

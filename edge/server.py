@@ -36,11 +36,20 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # process, after the fork.
         "preload_app": True,
         "control_socket": os.path.join(settings.paths.run_dir, "edge.ctl"),
+        "child_exit": child_exit,
         "limit_request_line": 8190,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",
     }
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: drop its live gauges from the merged metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 class EdgeApplication(BaseApplication):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import settings as settings_mod
+from service.metrics import enable as enable_metrics
 from settings import SETTINGS, ConfigError, Settings
 
 log = logging.getLogger("falconctl")
@@ -58,12 +59,14 @@ def cmd_config(s: Settings, args: argparse.Namespace) -> int:
 
 def cmd_daemon(s: Settings, args: argparse.Namespace) -> int:
     _setup_logging("daemon")
+    enable_metrics(s.paths.run_dir)
     from daemon.main import run
 
     return run(s)
 
 
 def cmd_edge(s: Settings, args: argparse.Namespace) -> int:
+    enable_metrics(s.paths.run_dir)
     from edge.server import run
 
     return run(s)
@@ -86,6 +89,7 @@ def audit_dsn(s: Settings) -> str:
 
 def cmd_ship(s: Settings, args: argparse.Namespace) -> int:
     _setup_logging("shipper")
+    enable_metrics(s.paths.run_dir)
     from audit.ship_main import run
 
     return run(s, audit_dsn(s))

@@ -83,7 +83,7 @@ def sweep_temp(prefix: str) -> list[str]:
     removed = []
     for entry in os.listdir(SHM_DIR):
         m = _TEMP.fullmatch(entry)
-        if m is None or not m["name"].startswith(prefix) or _alive(int(m["pid"])):
+        if m is None or not m["name"].startswith(prefix) or pid_alive(int(m["pid"])):
             continue
         path = os.path.join(SHM_DIR, entry)
         try:
@@ -94,7 +94,8 @@ def sweep_temp(prefix: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists (signal 0 probe)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

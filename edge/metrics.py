@@ -1,0 +1,66 @@
+"""The edge's metrics, declared once with fixed label sets, and ``GET /metrics``.
+
+In multiprocess mode (``service.metrics.enable``) the endpoint merges every
+process writing to the host's metrics directory: all gunicorn workers, the
+daemon and the shipper. Without it (a single process, tests) it serves the
+process's own registry.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import falcon
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter("falcon_requests_total", "Inference requests answered, by outcome.",
+                   ["model", "version", "face", "status", "cached"])
+LATENCY = Histogram("falcon_request_duration_seconds",
+                    "End-to-end time in the edge, parse to render.", ["model", "face"],
+                    buckets=LATENCY_BUCKETS)
+WAL_RECORDS = Counter("falcon_wal_records_total", "Audit records appended to the WAL.")
+WAL_BYTES = Counter("falcon_wal_appended_bytes_total", "Audit bytes appended to the WAL.")
+
+
+class RequestMetrics:
+    """Falcon middleware: one sample per inference request, whatever its
+    outcome (errors included), from what the resource left in ``req.context``."""
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.started = time.perf_counter()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        face = req.context.get("face")
+        if face is None:
+            return
+        model = req.context.get("model", "")
+        REQUESTS.labels(model, req.context.get("version", ""), face, str(resp.status)[:3],
+                        "true" if req.context.get("cached") else "false").inc()
+        LATENCY.labels(model, face).observe(time.perf_counter() - req.context.started)
+
+
+def registry() -> CollectorRegistry:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        return merged
+    return REGISTRY
+
+
+class Metrics:
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = CONTENT_TYPE_LATEST
+        resp.data = generate_latest(registry())

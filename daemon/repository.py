@@ -66,6 +66,20 @@ class BatchingConfig:
 
 
 @dataclass(frozen=True)
+class CacheConfig:
+    """The ``[cache]`` section, read by the edge: whether answers of this model
+    are cached in Memcached, and for how long. On by default; a model whose
+    inference is cheaper than a cache round trip (the digits demo: measured in
+    README) turns it off."""
+
+    enabled: bool = True
+    ttl_s: int = 300
+
+
+_CACHE: dict[str, tuple[type, int, int]] = {"enabled": (bool, 0, 0), "ttl_s": (int, 1, 30 * 86400)}
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Per-model settings from ``<repo>/<model>/config.toml``."""
 
@@ -77,13 +91,15 @@ class ModelConfig:
     probabilities_output: str = ""
     description: str = ""
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    cache: CacheConfig = field(default_factory=lambda: CacheConfig())
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "labels": list(self.labels),
                 "label_output": self.label_output,
                 "probabilities_output": self.probabilities_output,
-                "description": self.description, "prepack": self.prepack}
+                "description": self.description, "prepack": self.prepack,
+                "cache": {"enabled": self.cache.enabled, "ttl_s": self.cache.ttl_s}}
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {
@@ -112,6 +128,9 @@ def parse_config(path: Path) -> ModelConfig:
         if key == "batching":
             values[key] = parse_batching(path, value)
             continue
+        if key == "cache":
+            values[key] = CacheConfig(**_section(path, key, value, _CACHE))
+            continue
         if typ is None:
             if isinstance(value, dict):  # sections for other subsystems (evaluation...)
                 extra[key] = value
@@ -131,21 +150,26 @@ def parse_config(path: Path) -> ModelConfig:
 def parse_batching(path: Path, section: Any) -> BatchingConfig:
     """Validate the ``[batching]`` table; raises :class:`RepositoryError`
     naming the file and the key (``batching.<key>``)."""
+    return BatchingConfig(**_section(path, "batching", section, _BATCHING))
+
+
+def _section(path: Path, name: str, section: Any,
+             spec: dict[str, tuple[type, int, int]]) -> dict[str, Any]:
+    """Validate a ``[name]`` table against ``spec`` (key -> type, min, max)."""
     if not isinstance(section, dict):
-        raise RepositoryError(f"{path}: batching must be a table ([batching]), got {section!r}")
+        raise RepositoryError(f"{path}: {name} must be a table ([{name}]), got {section!r}")
     values: dict[str, Any] = {}
     for key, value in section.items():
-        spec = _BATCHING.get(key)
-        if spec is None:
-            raise RepositoryError(f"{path}: unknown key 'batching.{key}' "
-                                  f"(known: {', '.join(_BATCHING)})")
-        typ, low, high = spec
-        _check_type(path, f"batching.{key}", value, typ)
+        if key not in spec:
+            raise RepositoryError(f"{path}: unknown key '{name}.{key}' "
+                                  f"(known: {', '.join(spec)})")
+        typ, low, high = spec[key]
+        _check_type(path, f"{name}.{key}", value, typ)
         if typ is int and not low <= value <= high:
-            raise RepositoryError(f"{path}: batching.{key} must be between {low} and {high}, "
+            raise RepositoryError(f"{path}: {name}.{key} must be between {low} and {high}, "
                                   f"got {value}")
         values[key] = value
-    return BatchingConfig(**values)
+    return values
 
 
 def _check_type(path: Path, key: str, value: Any, typ: type | tuple[type, ...]) -> None:

@@ -10,9 +10,12 @@ import falcon
 from audit.wal import WalWriter
 from edge import http_errors, metrics, openapi, resources
 from edge.audit import Auditor
+from edge.breaker import Breaker
+from edge.cache import PredictionCache, parse_servers
 from edge.core import Core
 from edge.daemon_client import DaemonClient
-from settings import Settings
+from edge.errors import Unavailable
+from settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +59,22 @@ def make_auditor(settings: Settings) -> Auditor | None:
                    max_input_bytes=a.max_input_bytes)
 
 
+def make_cache(settings: Settings) -> PredictionCache | None:
+    try:
+        servers = parse_servers(settings.cache.servers)
+    except ValueError as exc:
+        raise ConfigError(f"cache.servers: {exc}") from None
+    if not servers:
+        return None
+    return PredictionCache(servers, timeout_s=settings.cache.timeout_ms / 1000.0)
+
+
 def from_settings(settings: Settings) -> falcon.App:
     client = DaemonClient(settings.daemon_socket, max_frame=settings.daemon.max_frame_bytes)
-    core = Core(client, auditor=make_auditor(settings), deadline_ms=settings.edge.deadline_ms,
+    breaker = Breaker("daemon", fail_max=settings.edge.breaker_fail_max,
+                      reset_timeout=settings.edge.breaker_reset_s, count=(Unavailable,))
+    core = Core(client, auditor=make_auditor(settings), cache=make_cache(settings),
+                breaker=breaker, deadline_ms=settings.edge.deadline_ms,
                 max_rows=settings.edge.max_batch_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s)
     return create_app(core, max_body=settings.edge.max_body_bytes)

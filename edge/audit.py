@@ -44,7 +44,10 @@ class RequestContext:
     api_key_id: str | None = None
 
 
-def canonical(inputs: list[tuple[str, np.ndarray]]) -> tuple[bytes, list[dict[str, Any]]]:
+Canonical = tuple[bytes, list[dict[str, Any]]]
+
+
+def canonical(inputs: list[tuple[str, np.ndarray]]) -> Canonical:
     """Canonical bytes of a request's inputs (sorted by name; name, dtype and
     shape framed before the raw little-endian data) and their metadata. Two
     requests with the same tensors have the same bytes whatever their order."""
@@ -97,10 +100,11 @@ class Auditor:
                 log.info("audit stream %s opened in %s", stream, self.wal_dir)
             return self._writer
 
-    def record(self, ctx: RequestContext, *, model: str, version: str,
-               inputs: list[tuple[str, np.ndarray]], outputs: list[tuple[str, np.ndarray]],
-               labels: list[Any] | None, cached: bool) -> AuditRecord:
-        data, meta = canonical(inputs)
+    def record(self, ctx: RequestContext, *, model: str, version: str, canon: Canonical,
+               outputs: list[tuple[str, np.ndarray]], labels: list[Any] | None,
+               cached: bool) -> AuditRecord:
+        """``canon``: :func:`canonical` of the request's inputs."""
+        data, meta = canon
         rec = AuditRecord(
             request_id=ctx.request_id, ts=time.time(), host=self.host, model=model,
             version=version, face=ctx.face, input_digest=input_digest(data), input_meta=meta,

@@ -1,7 +1,8 @@
 """The edge core: everything a request goes through, with no HTTP in it.
 
-Pipeline: (parse, done by the transport) -> model metadata -> validate ->
-daemon call -> audit (the WAL append, before any response leaves) -> result. Both HTTP faces (``edge.resources``) are thin adapters
+Pipeline: (parse, done by the transport) -> model metadata (which version
+answers) -> validate -> cache lookup -> daemon call (behind a breaker) ->
+audit (the WAL append, before any response leaves) -> result. Both HTTP faces (``edge.resources``) are thin adapters
 over :class:`Core`; so are the tests.
 
 Raises only :mod:`edge.errors` classes; the daemon's error data
@@ -19,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from edge import errors
-from edge.audit import Auditor, RequestContext
+from edge.audit import Auditor, Canonical, RequestContext, canonical, input_digest
+from edge.breaker import Breaker, Open
+from edge.cache import PredictionCache, cache_key
 from edge.daemon_client import DaemonClient
 from edge.validation import ModelMeta, check_tensors, instances_to_array
 from wire import messages
@@ -53,6 +56,7 @@ class InferResult:
     outputs: list[tuple[str, np.ndarray]]
     queue_us: int = 0
     compute_us: int = 0
+    cached: bool = False
 
     def output(self, name: str) -> np.ndarray | None:
         return next((a for n, a in self.outputs if n == name), None)
@@ -63,16 +67,20 @@ class Prediction:
     model: str
     version: str
     rows: list[dict[str, Any]]
+    cached: bool = False
 
 
 class Core:
     """Transport-free serving core of one edge worker (thread-safe)."""
 
     def __init__(self, client: DaemonClient, *, auditor: Auditor | None = None,
+                 cache: PredictionCache | None = None, breaker: Breaker | None = None,
                  deadline_ms: int = 2000, max_rows: int = 1024, metadata_ttl_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
         self.auditor = auditor
+        self.cache = cache
+        self.breaker = breaker or Breaker("daemon", count=(errors.Unavailable,))
         self.deadline_ms = deadline_ms
         self.max_rows = max_rows
         self.metadata_ttl_s = metadata_ttl_s
@@ -87,8 +95,13 @@ class Core:
         return self.clock() + ms / 1000.0
 
     def _call(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """One daemon call behind the daemon breaker (which counts only the
+        daemon being unreachable, not errors it answers with)."""
         try:
-            return self.client.call(op, args, deadline)
+            return self.breaker.call(self.client.call, op, args, deadline)
+        except Open:
+            raise errors.Unavailable("inference daemon unavailable (circuit open)",
+                                     retry_after=self.breaker.retry_after()) from None
         except RemoteError as exc:
             raise translate(exc) from None
 
@@ -139,21 +152,48 @@ class Core:
                 if name not in known:
                     raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
                                               f"output {name!r} (outputs: {', '.join(sorted(known))})")
-        result = self._run(meta, inputs, outputs, deadline)
-        self._audit(ctx, result, inputs, None, cached=False)
+        result, canon = self._answer(meta, inputs, deadline)
+        if outputs is not None:
+            result.outputs = [(n, a) for n, a in result.outputs if n in outputs]
+        self._audit(ctx, result, canon, None)
         return result
 
-    def _audit(self, ctx: RequestContext, result: InferResult,
-               inputs: list[tuple[str, np.ndarray]], labels: list[Any] | None,
-               cached: bool) -> None:
+    def predict(self, ctx: RequestContext, model: str, version: str | None, instances: Any,
+                deadline: float) -> Prediction:
+        """The simple face: rows in, a label and class probabilities per row out."""
+        meta = self.metadata(model, version, deadline)
+        inputs = [instances_to_array(meta, instances, self.max_rows)]
+        result, canon = self._answer(meta, inputs, deadline)
+        rows = classify(meta, result)
+        self._audit(ctx, result, canon, [row.get("label") for row in rows])
+        return Prediction(result.model, result.version, rows, result.cached)
+
+    def _answer(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
+                deadline: float) -> tuple[InferResult, Canonical | None]:
+        """Every output of ``meta``'s version for ``inputs``: from the cache when
+        the model allows it and it has them, else from the daemon."""
+        canon = canonical(inputs) if self.cache or self.auditor else None
+        if self.cache is None or not meta.cache_enabled or canon is None:
+            return self._run(meta, inputs, deadline), canon
+        key = cache_key(meta.name, meta.version, input_digest(canon[0]))
+        hit = self.cache.get(meta.name, key)
+        if hit is not None:
+            return InferResult(meta.name, meta.version, hit, cached=True), canon
+        result = self._run(meta, inputs, deadline)
+        if result.version == meta.version:
+            self.cache.set(key, result.outputs, meta.cache_ttl_s)
+        return result, canon
+
+    def _audit(self, ctx: RequestContext, result: InferResult, canon: Canonical | None,
+               labels: list[Any] | None) -> None:
         """Append the audit record; raises Unavailable if the WAL refuses it."""
-        if self.auditor is not None:
-            self.auditor.record(ctx, model=result.model, version=result.version, inputs=inputs,
-                                outputs=result.outputs, labels=labels, cached=cached)
+        if self.auditor is not None and canon is not None:
+            self.auditor.record(ctx, model=result.model, version=result.version, canon=canon,
+                                outputs=result.outputs, labels=labels, cached=result.cached)
 
     def _run(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
-             outputs: list[str] | None, deadline: float) -> InferResult:
-        args = {"model": meta.name, "version": meta.version, "outputs": outputs,
+             deadline: float) -> InferResult:
+        args = {"model": meta.name, "version": meta.version, "outputs": None,
                 "inputs": [messages.encode_tensor(n, a) for n, a in inputs]}
         result = self._call("infer", args, deadline)
         try:
@@ -162,16 +202,6 @@ class Core:
             raise errors.Unavailable(f"malformed daemon answer: {exc}") from None
         return InferResult(str(result.get("model")), str(result.get("version")), arrays,
                            int(result.get("queue_us", 0)), int(result.get("compute_us", 0)))
-
-    def predict(self, ctx: RequestContext, model: str, version: str | None, instances: Any,
-                deadline: float) -> Prediction:
-        """The simple face: rows in, a label and class probabilities per row out."""
-        meta = self.metadata(model, version, deadline)
-        inputs = [instances_to_array(meta, instances, self.max_rows)]
-        result = self._run(meta, inputs, None, deadline)
-        rows = classify(meta, result)
-        self._audit(ctx, result, inputs, [row.get("label") for row in rows], cached=False)
-        return Prediction(result.model, result.version, rows)
 
 
 def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:

@@ -150,7 +150,7 @@ class Infer(Resource):
                                               max_body_elements=self.max_body)
         outputs = [o.name for o in parsed.outputs] if parsed.outputs is not None else None
         result = self.core.infer(ctx, model, version, parsed.inputs, outputs, deadline)
-        label(req, result.model, result.version)
+        label(req, result.model, result.version, result.cached)
         data, headers = v2codec.encode_infer_response(
             model_name=result.model, model_version=result.version,
             request_id=parsed.id if parsed.id is not None else ctx.request_id,
@@ -176,7 +176,7 @@ class Predict(Resource):
         if unknown:
             raise InvalidInput(unknown[0], "unknown field (allowed: instances)")
         pred = self.core.predict(ctx, model, version, doc["instances"], deadline)
-        label(req, pred.model, pred.version)
+        label(req, pred.model, pred.version, pred.cached)
         send_json(resp, {"model": pred.model, "version": pred.version, "request_id": ctx.request_id,
-                         "cached": False, "predictions": pred.rows})
+                         "cached": pred.cached, "predictions": pred.rows})
 

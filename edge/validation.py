@@ -37,6 +37,8 @@ class ModelMeta:
     label_output: str = ""
     probabilities_output: str = ""
     platform: str = "onnxruntime_onnx"
+    cache_enabled: bool = False
+    cache_ttl_s: int = 300
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], versions: tuple[str, ...]) -> ModelMeta:
@@ -50,7 +52,9 @@ class ModelMeta:
                    labels=tuple(cfg.get("labels", ())),
                    label_output=cfg.get("label_output", ""),
                    probabilities_output=cfg.get("probabilities_output", ""),
-                   platform=data.get("platform", "onnxruntime_onnx"))
+                   platform=data.get("platform", "onnxruntime_onnx"),
+                   cache_enabled=bool(cfg.get("cache", {}).get("enabled", False)),
+                   cache_ttl_s=int(cfg.get("cache", {}).get("ttl_s", 300)))
 
 
 def batch_limit(meta: ModelMeta, max_rows: int) -> int:

@@ -188,6 +188,9 @@ labels = [{labels}]    # class names, index-aligned with the probabilities outpu
 label_output = "label"
 probabilities_output = "probabilities"
 
+[cache]
+enabled = false               # inference (~0.1 ms in the daemon) is cheaper than a Memcached round trip: see README
+
 [evaluation]
 heldout_accuracy = {accuracy:.4f}      # measured by build_digits.py on the held-out split
 heldout_rows = {rows}

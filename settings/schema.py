@@ -74,6 +74,10 @@ class EdgeSettings:
                               min=1, max=1 << 20)
     metadata_ttl_s: float = key(2.0, "How long a worker caches model metadata.", min=0, max=3600)
     graceful_timeout_s: int = key(30, "gunicorn graceful timeout on stop/reload.", min=1, max=3600)
+    breaker_fail_max: int = key(5, "Consecutive failures to reach the daemon that open its "
+                                   "circuit breaker (then 503 at once).", min=1, max=1000)
+    breaker_reset_s: float = key(1.0, "How long the daemon breaker stays open before a trial "
+                                      "call.", min=0.05, max=600)
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,14 @@ class AuditSettings:
 
 
 @dataclass(frozen=True)
+class CacheSettings:
+    servers: str = key("", "Memcached servers for the prediction cache, 'host:port,host:port' "
+                           "(consistent hashing across them); empty turns the cache off.")
+    timeout_ms: int = key(50, "Connect and I/O timeout per cache call; a slower cache is a miss.",
+                          min=1, max=10000)
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     host: HostSettings = field(default_factory=HostSettings)
@@ -124,6 +136,7 @@ class Settings:
     edge: EdgeSettings = field(default_factory=EdgeSettings)
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     @property
     def daemon_socket(self) -> str:

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -101,3 +105,39 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
 def stack(module_stacks: StackFactory) -> Stack:
     """One running stack (daemon + 2 edge workers + HAProxy) shared by a module."""
     return module_stacks()
+
+
+class Memcached:
+    """A memcached of our own on a free loopback port (stoppable, restartable)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Memcached:
+        self.proc = subprocess.Popen(["memcached", "-u", "nobody", "-l", "127.0.0.1",
+                                      "-p", str(self.port), "-U", "0", "-m", "64"])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("memcached did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def memcached() -> Iterator[Memcached]:
+    server = Memcached().start()
+    yield server
+    server.stop()

@@ -27,6 +27,7 @@ class LoadGen:
     addr: str
     rows: np.ndarray
     threads: int = 4
+    model: str = "digits"
     max_requests: int = 20000
     timeout: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
@@ -53,7 +54,7 @@ class LoadGen:
             rows = self.rows[rng.integers(0, len(self.rows), size=int(rng.integers(1, 4)))].tolist()
             rid = uuid.uuid4().hex
             try:
-                ans = request(self.addr, "POST", "/v1/models/digits/predict",
+                ans = request(self.addr, "POST", f"/v1/models/{self.model}/predict",
                               json.dumps({"instances": rows}), {"X-Request-Id": rid},
                               timeout=self.timeout)
                 outcome = Outcome(rid, ans.status, ans.json() if ans.status == 200 else None, rows)

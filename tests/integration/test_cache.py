@@ -1,0 +1,103 @@
+"""The prediction cache: hits never reach the daemon, are audited, never cross
+versions, and Memcached going away never fails a request."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from httpx_lite import post_json, request
+from loadgen import LoadGen
+from modelfactory import write_mlp_model
+
+from audit.record import AuditRecord
+from audit.wal import START, StreamReader, list_streams
+
+WIDTH = 16
+
+
+def small_mlp(repo: Path, version: str, seed: int) -> Path:
+    return write_mlp_model(repo, "mlp", input_dim=WIDTH, hidden=32, layers=2, classes=4,
+                           seed=seed, version=version)
+
+
+def reference(model: Path, rows: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return sess.run(["probabilities"], {"input": rows})[0]
+
+
+def predict(addr: str, rows: np.ndarray) -> dict:
+    ans = post_json(addr, "/v1/models/mlp/predict", {"instances": rows.tolist()})
+    assert ans.status == 200, ans.body
+    return ans.json()
+
+
+def probs(doc: dict) -> np.ndarray:
+    return np.array([[p["probabilities"][str(c)] for c in range(4)] for p in doc["predictions"]])
+
+
+def test_hits_skip_the_daemon_are_audited_and_never_cross_versions(make_stack, memcached,
+                                                                     tmp_path):
+    repo = tmp_path / "repo"
+    v1 = small_mlp(repo, "1", seed=1)
+    stack = make_stack(repo=repo, FALCON_CACHE_SERVERS=memcached.addr, FALCON_EDGE_WORKERS="1")
+    addr = stack.settings.haproxy.bind
+    rows = np.random.default_rng(0).normal(size=(3, WIDTH)).astype(np.float32)
+    first, second = predict(addr, rows), predict(addr, rows)
+    assert (first["cached"], second["cached"]) == (False, True)
+    np.testing.assert_allclose(probs(second), reference(v1, rows), rtol=1e-5)
+    assert first["predictions"] == second["predictions"]
+
+    # a hit never reaches the daemon: with the daemon stopped, the hit is still served
+    stack.procs["daemon"].popen.send_signal(signal.SIGSTOP)
+    try:
+        assert predict(addr, rows)["cached"] is True
+    finally:
+        stack.procs["daemon"].popen.send_signal(signal.SIGCONT)
+
+    # version 2 appears: the same input must be answered by version 2, not from the cache
+    stack.procs["daemon"].stop()
+    v2 = small_mlp(repo, "2", seed=2)
+    stack.start_daemon()
+    time.sleep(0.6)  # the edge's metadata TTL in tests
+    third = predict(addr, rows)
+    assert (third["version"], third["cached"]) == ("2", False)
+    np.testing.assert_allclose(probs(third), reference(v2, rows), rtol=1e-5)
+    assert not np.allclose(probs(third), probs(first))
+    assert predict(addr, rows)["cached"] is True
+    # version 1 pinned: its own cached answer, not version 2's
+    pinned = post_json(addr, "/v1/models/mlp/versions/1/predict", {"instances": rows.tolist()})
+    assert (pinned.json()["version"], pinned.json()["cached"]) == ("1", True)
+    np.testing.assert_allclose(probs(pinned.json()), reference(v1, rows), rtol=1e-5)
+
+    wal = Path(stack.settings.wal_dir)
+    records = [AuditRecord.from_payload(p) for s in list_streams(wal)
+               for _, p in StreamReader(wal, s).read(START, max_records=1000)]
+    assert [(r.version, r.cached) for r in records] == [
+        ("1", False), ("1", True), ("1", True), ("2", False), ("2", True), ("1", True)]
+
+
+def test_memcached_killed_mid_load_only_200s(make_stack, memcached, tmp_path):
+    repo = tmp_path / "repo"
+    small_mlp(repo, "1", seed=1)
+    stack = make_stack(repo=repo, FALCON_CACHE_SERVERS=memcached.addr)
+    addr = stack.settings.haproxy.bind
+    pool = np.random.default_rng(1).normal(size=(20, WIDTH)).astype(np.float32)
+    load = LoadGen(addr, pool, threads=4, model="mlp").start()
+    try:
+        time.sleep(1.0)
+        memcached.stop(signal.SIGKILL)
+        time.sleep(2.0)
+        memcached.start()
+        time.sleep(1.5)
+    finally:
+        outcomes = load.stop()
+    assert {o.status for o in outcomes} == {200}, {o.status for o in outcomes}
+    assert sum(o.doc["cached"] for o in outcomes) > 0
+    metrics = request(addr, "GET", "/metrics").body.decode()
+    assert 'falcon_cache_requests_total{model="mlp",result="error"}' in metrics or \
+        'result="bypass"' in metrics
+    assert 'falcon_breaker_state{breaker="memcached"}' in metrics

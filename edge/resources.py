@@ -18,6 +18,7 @@ import orjson
 from edge import v2codec
 from edge.audit import RequestContext
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
+from edge.drain import draining
 from edge.errors import InvalidInput, PayloadTooLarge
 from edge.validation import ModelMeta, TensorMeta
 
@@ -92,11 +93,11 @@ class Live(Resource):
 
 
 class Ready(Resource):
-    """200 only when the daemon answers and serves a model; 503 otherwise, so
-    HAProxy stops sending work to an edge whose daemon is gone or draining."""
+    """200 only when the daemon answers and serves a model and this edge is not
+    stopping; 503 otherwise, so HAProxy stops sending it work."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        ready = self.core.ready()
+        ready = not draining() and self.core.ready()
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
         send_json(resp, {"ready": ready})
 

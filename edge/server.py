@@ -11,6 +11,7 @@ together.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -35,7 +36,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # Safe: the daemon connection and the WAL stream are opened lazily, per
         # process, after the fork.
         "preload_app": True,
-        "control_socket": os.path.join(settings.paths.run_dir, "edge.ctl"),
+        "control_socket": os.path.join(settings.paths.run_dir,
+                                       "edge-" + re.sub(r"\W", "_", edge.bind) + ".ctl"),
         "child_exit": child_exit,
         "limit_request_line": 8190,
         "accesslog": None,
@@ -67,6 +69,13 @@ class EdgeApplication(BaseApplication):
         from edge.app import from_settings
 
         return from_settings(self.settings)
+
+
+    def run(self) -> None:
+        from edge.drain import DrainingArbiter
+
+        DrainingArbiter.drain_s = self.settings.edge.drain_s
+        DrainingArbiter(self).run()
 
 
 def run(settings: Settings) -> int:

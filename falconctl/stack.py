@@ -50,10 +50,13 @@ def haproxy_addr(edge_bind: str) -> str:
 
 def haproxy_env(s: Settings) -> dict[str, str]:
     """The environment ``ops/haproxy/haproxy.cfg`` expands."""
+    edge = haproxy_addr(s.edge.bind)
     return {
         "FALCON_HAPROXY_BIND": s.haproxy.bind,
         "FALCON_HAPROXY_STATS_BIND": s.haproxy.stats_bind,
-        "FALCON_EDGE_ADDR": haproxy_addr(s.edge.bind),
+        "FALCON_HAPROXY_ADMIN_SOCKET": os.path.join(s.paths.run_dir, "haproxy.sock"),
+        "FALCON_EDGE_ADDR": edge,
+        "FALCON_EDGE2_ADDR": haproxy_addr(s.haproxy.edge2) if s.haproxy.edge2 else edge,
         "FALCON_HAPROXY_MAX_BODY_BYTES": str(s.haproxy.max_body_bytes),
         "FALCON_HAPROXY_SERVER_TIMEOUT": f"{s.edge.deadline_ms + 5000}ms",
     }
@@ -155,9 +158,12 @@ class Stack:
         self._wait(proc, lambda: daemon_ready(path), timeout)
         return proc
 
-    def start_edge(self, timeout: float = 60.0) -> Proc:
-        proc = self._spawn("edge", [self.python, "-m", "falconctl", "edge"])
-        bind = self.settings.edge.bind
+    def start_edge(self, timeout: float = 60.0, name: str = "edge", bind: str = "") -> Proc:
+        """An edge (gunicorn); ``bind`` other than the configured one starts a
+        second edge, e.g. the ``haproxy.edge2`` slot."""
+        bind = bind or self.settings.edge.bind
+        proc = self._spawn(name, [self.python, "-m", "falconctl", "edge"],
+                           {"FALCON_EDGE_BIND": bind})
         if bind.startswith("unix:"):
             self._wait(proc, lambda: os.path.exists(bind[5:]), timeout)
         else:
@@ -173,6 +179,11 @@ class Stack:
         host, port = split_hostport(s.haproxy.bind)
         self._wait(proc, lambda: http_status(host, port, "/v2/health/ready") == 200, timeout)
         return proc
+
+    def reload_haproxy(self) -> None:
+        """Graceful reload (SIGUSR2 to the master): new workers take over the
+        listening sockets, old ones finish their connections."""
+        self.procs["haproxy"].popen.send_signal(signal.SIGUSR2)
 
     def start_postgres(self, timeout: float = 120.0) -> EmbeddedPostgres | None:
         """The embedded audit database (``<state_dir>/postgres``, loopback only),
@@ -219,7 +230,8 @@ class Stack:
         """Stop outside-in; return each process's exit code."""
         codes = {}
         for name, sig in (("haproxy", signal.SIGUSR1), ("edge", signal.SIGTERM),
-                          ("shipper", signal.SIGTERM), ("daemon", signal.SIGTERM)):
+                          ("edge2", signal.SIGTERM), ("shipper", signal.SIGTERM),
+                          ("daemon", signal.SIGTERM)):
             proc = self.procs.pop(name, None)
             if proc is not None:
                 codes[name] = proc.stop(sig)

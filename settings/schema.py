@@ -74,6 +74,9 @@ class EdgeSettings:
                               min=1, max=1 << 20)
     metadata_ttl_s: float = key(2.0, "How long a worker caches model metadata.", min=0, max=3600)
     graceful_timeout_s: int = key(30, "gunicorn graceful timeout on stop/reload.", min=1, max=3600)
+    drain_s: float = key(2.5, "On SIGTERM, how long the edge reports not-ready (so HAProxy's "
+                              "health check takes it out) before it stops accepting.",
+                         min=0, max=600)
     breaker_fail_max: int = key(5, "Consecutive failures to reach the daemon that open its "
                                    "circuit breaker (then 503 at once).", min=1, max=1000)
     breaker_reset_s: float = key(1.0, "How long the daemon breaker stays open before a trial "
@@ -88,6 +91,7 @@ class HAProxySettings:
     config: str = key("", "HAProxy config file; empty means the project's ops/haproxy/haproxy.cfg.")
     max_body_bytes: int = key(16 << 20, "Body limit HAProxy enforces (413 beyond).",
                               min=1024, max=1 << 30)
+    edge2: str = key("", "A second edge behind HAProxy (host:port); empty: the first edge only.")
 
 
 @dataclass(frozen=True)

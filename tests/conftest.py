@@ -51,6 +51,7 @@ def stack_env(tmp: Path, repo: Path, **overrides: str) -> dict[str, str]:
         "FALCON_EDGE_WORKERS": "2",
         "FALCON_EDGE_THREADS": "4",
         "FALCON_EDGE_METADATA_TTL_S": "0.5",
+        "FALCON_EDGE_DRAIN_S": "0",  # tests that stop an edge under load set it
         "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
         "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
         "FALCON_CONFIG": str(tmp / "falcon.toml"),

@@ -89,10 +89,11 @@ class Core:
         self._lock = threading.Lock()
 
     # -- deadlines ---------------------------------------------------------
-    def deadline(self, requested_ms: int | None = None) -> float:
-        """Absolute deadline: the configured default, lowered (never raised) by the client."""
+    def deadline(self, requested_ms: int | None = None, queued_s: float = 0.0) -> float:
+        """Absolute deadline: the configured default, lowered (never raised) by the
+        client, minus the time the request already spent queued in front of us."""
         ms = self.deadline_ms if requested_ms is None else min(requested_ms, self.deadline_ms)
-        return self.clock() + ms / 1000.0
+        return self.clock() + ms / 1000.0 - queued_s
 
     def _call(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
         """One daemon call behind the daemon breaker (which counts only the

@@ -9,6 +9,7 @@ Two faces over one :class:`~edge.core.Core`:
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Any
 
@@ -73,6 +74,16 @@ def requested_timeout(req: falcon.Request) -> int | None:
     return int(raw)
 
 
+def queued_s(req: falcon.Request) -> float:
+    """Seconds since HAProxy accepted the request (``X-Request-Start: t=<µs>``),
+    0 when absent or implausible (clock skew, a forged header)."""
+    raw = req.get_header("X-Request-Start") or ""
+    if not raw.startswith("t=") or not raw[2:].isdigit():
+        return 0.0
+    waited = time.time() - int(raw[2:]) / 1e6
+    return waited if 0.0 < waited < 600.0 else 0.0
+
+
 def send_json(resp: falcon.Response, obj: Any) -> None:
     resp.content_type = falcon.MEDIA_JSON
     resp.data = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -84,7 +95,7 @@ class Resource:
         self.max_body = max_body
 
     def deadline(self, req: falcon.Request) -> float:
-        return self.core.deadline(requested_timeout(req))
+        return self.core.deadline(requested_timeout(req), queued_s(req))
 
 
 class Live(Resource):

@@ -58,7 +58,9 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_EDGE_ADDR": edge,
         "FALCON_EDGE2_ADDR": haproxy_addr(s.haproxy.edge2) if s.haproxy.edge2 else edge,
         "FALCON_HAPROXY_MAX_BODY_BYTES": str(s.haproxy.max_body_bytes),
+        "FALCON_HAPROXY_EDGE_MAXCONN": str(s.edge.workers * s.edge.threads),
         "FALCON_HAPROXY_SERVER_TIMEOUT": f"{s.edge.deadline_ms + 5000}ms",
+        "FALCON_HAPROXY_QUEUE_TIMEOUT": f"{s.edge.deadline_ms}ms",
     }
 
 

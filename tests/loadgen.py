@@ -20,6 +20,7 @@ class Outcome:
     status: int           # 0: no HTTP answer (connection reset, timeout)
     doc: Any = None
     sent_rows: list[list[float]] | None = None
+    seconds: float = 0.0  # as the client saw it
 
 
 @dataclass
@@ -28,6 +29,7 @@ class LoadGen:
     rows: np.ndarray
     threads: int = 4
     model: str = "digits"
+    rows_per_request: int = 0  # 0: 1 to 3 at random
     max_requests: int = 20000
     timeout: float = 10.0
     outcomes: list[Outcome] = field(default_factory=list)
@@ -51,8 +53,10 @@ class LoadGen:
     def _run(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
         while not self._stop.is_set() and len(self.outcomes) < self.max_requests:
-            rows = self.rows[rng.integers(0, len(self.rows), size=int(rng.integers(1, 4)))].tolist()
+            size = self.rows_per_request or int(rng.integers(1, 4))
+            rows = self.rows[rng.integers(0, len(self.rows), size=size)].tolist()
             rid = uuid.uuid4().hex
+            started = time.monotonic()
             try:
                 ans = request(self.addr, "POST", f"/v1/models/{self.model}/predict",
                               json.dumps({"instances": rows}), {"X-Request-Id": rid},
@@ -61,8 +65,44 @@ class LoadGen:
             except (OSError, ValueError):
                 outcome = Outcome(rid, 0)
                 time.sleep(0.01)
+            outcome.seconds = time.monotonic() - started
             with self._lock:
                 self.outcomes.append(outcome)
 
     def ok(self) -> dict[str, Outcome]:
         return {o.request_id: o for o in self.outcomes if o.status == 200}
+
+
+def open_loop(addr: str, rows: np.ndarray, *, rate: float, seconds: float, model: str,
+              rows_per_request: int = 1, timeout: float = 10.0) -> list[Outcome]:
+    """Fire requests at a fixed ``rate`` whatever the answers (an open-loop
+    load: it does not slow down when the server does), each on its own thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(7)
+    outcomes: list[Outcome] = []
+    lock = threading.Lock()
+
+    def one(batch: list[list[float]]) -> None:
+        rid, started = uuid.uuid4().hex, time.monotonic()
+        try:
+            ans = request(addr, "POST", f"/v1/models/{model}/predict",
+                          json.dumps({"instances": batch}), {"X-Request-Id": rid},
+                          timeout=timeout)
+            outcome = Outcome(rid, ans.status)
+        except (OSError, ValueError):
+            outcome = Outcome(rid, 0)
+        outcome.seconds = time.monotonic() - started
+        with lock:
+            outcomes.append(outcome)
+
+    with ThreadPoolExecutor(max_workers=256) as pool:
+        start = time.monotonic()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            idx = rng.integers(0, len(rows), size=rows_per_request)
+            pool.submit(one, rows[idx].tolist())
+    return outcomes

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import free_port
 from httpx_lite import post_json, request
 from loadgen import LoadGen
@@ -79,15 +80,13 @@ def test_stopping_and_starting_one_of_two_edges_loses_nothing(make_stack):
     assert set(under_load(stack, restart_first_edge, settle=2.0)) == {200}
 
 
-def test_daemon_restart_gives_only_503s_and_only_while_down(make_stack):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_daemon_restart_gives_only_503s_and_only_while_down(make_stack, sig):
     stack = make_stack()
-    marks: dict[str, float] = {}
 
     def restart_daemon() -> None:
-        marks["down"] = time.monotonic()
-        stack.procs["daemon"].stop(signal.SIGTERM)
+        stack.procs["daemon"].stop(sig)
         stack.start_daemon()
-        marks["up"] = time.monotonic()
 
     load = LoadGen(stack.settings.haproxy.bind, DIGITS["X"], threads=4)
     load.start()
@@ -98,7 +97,8 @@ def test_daemon_restart_gives_only_503s_and_only_while_down(make_stack):
     finally:
         load.stop()
     counts = statuses(load.outcomes)
-    assert set(counts) <= {200, 503}, counts
+    assert set(counts) <= {200, 503, 504}, counts
+    assert all(o.seconds < 2.5 for o in load.outcomes)  # within the 2 s deadline, no hang
     # after the daemon is back, a few seconds at most (breaker reset, HAProxy's
     # health check) before every request is a 200 again
     tail = [o for o in load.outcomes[-50:]]

@@ -137,7 +137,7 @@ def unbatchable(inputs: Sequence[_Spec], outputs: Sequence[_Spec]) -> str:
 
 
 def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence[_Spec], *,
-                 max_running: int = 1, model: str = "") -> BatchPolicy:
+                 model: str = "") -> BatchPolicy:
     """The effective policy of a version from its config's ``[batching]``."""
     cfg = config.batching
     rows = cfg.max_batch_size or config.max_batch_size
@@ -152,7 +152,8 @@ def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence
     return BatchPolicy(enabled=not why, max_batch_rows=rows,
                        max_queue_delay_s=cfg.max_queue_delay_us / 1e6,
                        max_queue_rows=cfg.max_queue_rows or DEFAULT_QUEUE_BATCHES * rows,
-                       max_running=UNLIMITED if why else max_running, reason=why)
+                       max_running=UNLIMITED if why else cfg.max_concurrent_batches,
+                       reason=why)
 
 
 @dataclass(frozen=True)

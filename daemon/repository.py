@@ -36,7 +36,8 @@ class RepositoryError(Exception):
 
 
 # The [batching] section's defaults (see BatchingConfig and bench/daemon_batching.py).
-DEFAULT_QUEUE_DELAY_US = 500
+DEFAULT_QUEUE_DELAY_US = 0
+DEFAULT_CONCURRENT_BATCHES = 1
 DEFAULT_QUEUE_BATCHES = 8  # max_queue_rows defaults to this many full batches
 MAX_QUEUE_DELAY_US = 1_000_000
 
@@ -54,15 +55,26 @@ class BatchingConfig:
     ``max_batch_size``: rows per run (default: the model's ``max_batch_size``);
     a single request with more rows runs alone.
     ``max_queue_delay_us``: how long the first request of a batch waits for
-    others (default 500 µs); a batch also runs as soon as it is full.
+    others; a batch also runs as soon as it is full. Default 0: no waiting,
+    batches form from the requests that queue while the previous batch runs.
+    ``max_concurrent_batches``: batches of one version running at once (default
+    1: ONNX Runtime's intra-op threads already spread one run over the cores;
+    the daemon's other inference threads serve other versions).
     ``max_queue_rows``: rows waiting (not yet running) beyond which a request
     is refused ``Overloaded`` at once (default 8 full batches).
+
+    NOTE: the defaults come from ``bench/daemon_batching.py`` on 2 cores: a
+    delay costs a lone request at least 1 ms (asyncio's epoll timer rounds up to
+    whole milliseconds) and bought no throughput once only one batch of a
+    version runs at a time; two batches of the same version at once fought for
+    the cores and ran fewer rows per run.
     """
 
     enabled: bool | None = None
     max_batch_size: int | None = None
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     max_queue_rows: int | None = None
+    max_concurrent_batches: int = DEFAULT_CONCURRENT_BATCHES
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 _BATCHING: dict[str, tuple[type, int, int]] = {
     "enabled": (bool, 0, 0), "max_batch_size": (int, 1, 1 << 20),
     "max_queue_delay_us": (int, 0, MAX_QUEUE_DELAY_US), "max_queue_rows": (int, 1, 1 << 24),
+    "max_concurrent_batches": (int, 1, 64),
 }
 
 

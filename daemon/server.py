@@ -55,7 +55,6 @@ class DaemonServer:
         self.max_inflight = max_inflight
         self.max_frame = max_frame
         self.clock = clock
-        self.inference_threads = inference_threads
         self.pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
         self._batchers: dict[int, Batcher] = {}  # by id(LoadedVersion); each holds its version
         self.inflight = 0
@@ -155,12 +154,12 @@ class DaemonServer:
         batcher = self._batchers.get(id(lv))
         if batcher is None:
             name = f"{lv.model}/{lv.version}"
-            policy = batch_policy(lv.entry.config, lv.inputs, lv.outputs,
-                                  max_running=self.inference_threads, model=name)
+            policy = batch_policy(lv.entry.config, lv.inputs, lv.outputs, model=name)
             log.info("model %s: batching %s", name,
                      f"up to {policy.max_batch_rows} rows, "
                      f"{policy.max_queue_delay_s * 1e6:.0f} us delay, "
-                     f"{policy.max_queue_rows} rows queued" if policy.enabled
+                     f"{policy.max_queue_rows} rows queued, {policy.max_running} at once"
+                     if policy.enabled
                      else f"off ({policy.reason})")
             batcher = Batcher(lv.run, policy, executor=self.pool, clock=self.clock, name=name)
             self._batchers[id(lv)] = batcher

@@ -480,8 +480,8 @@ DYNAMIC_IN, DYNAMIC_OUT = [Spec("x", (-1, 3))], [Spec("y", (-1, 3)), Spec("s", (
 
 
 def test_policy_defaults_follow_the_model():
-    p = batch_policy(ModelConfig(max_batch_size=32), DYNAMIC_IN, DYNAMIC_OUT, max_running=2)
-    assert (p.enabled, p.max_batch_rows, p.max_queue_rows, p.max_running) == (True, 32, 256, 2)
+    p = batch_policy(ModelConfig(max_batch_size=32), DYNAMIC_IN, DYNAMIC_OUT)
+    assert (p.enabled, p.max_batch_rows, p.max_queue_rows, p.max_running) == (True, 32, 256, 1)
     assert p.max_queue_delay_s == BatchingConfig().max_queue_delay_us / 1e6
     assert p.to_wire()["max_queue_delay_us"] == BatchingConfig().max_queue_delay_us
 
@@ -493,7 +493,7 @@ def test_policy_defaults_follow_the_model():
     (DYNAMIC_IN, [Spec("total", ())], "output 'total'"),
 ])
 def test_a_model_without_a_batch_dimension_is_not_batched(inputs, outputs, culprit, caplog):
-    p = batch_policy(ModelConfig(), inputs, outputs, max_running=2)
+    p = batch_policy(ModelConfig(), inputs, outputs)
     assert not p.enabled and culprit in p.reason
     assert p.max_running > 1000  # unbatched: every request straight to the pool
     forced = ModelConfig(batching=BatchingConfig(enabled=True))
@@ -505,13 +505,13 @@ def test_a_model_without_a_batch_dimension_is_not_batched(inputs, outputs, culpr
 def test_policy_from_a_config_file(tmp_path: Path):
     path = tmp_path / "config.toml"
     path.write_text("max_batch_size = 64\n[batching]\nenabled = true\nmax_batch_size = 16\n"
-                    "max_queue_delay_us = 2000\nmax_queue_rows = 40\n")
+                    "max_queue_delay_us = 2000\nmax_queue_rows = 40\nmax_concurrent_batches = 3\n")
     cfg = parse_config(path)
-    assert cfg.batching == BatchingConfig(True, 16, 2000, 40)
+    assert cfg.batching == BatchingConfig(True, 16, 2000, 40, 3)
     assert "batching" not in cfg.extra
     p = batch_policy(cfg, DYNAMIC_IN, DYNAMIC_OUT)
-    assert (p.enabled, p.max_batch_rows, p.max_queue_delay_s, p.max_queue_rows) == (
-        True, 16, 0.002, 40)
+    assert (p.enabled, p.max_batch_rows, p.max_queue_delay_s, p.max_queue_rows, p.max_running) == (
+        True, 16, 0.002, 40, 3)
     path.write_text("[batching]\nenabled = false\n")
     p = batch_policy(parse_config(path), DYNAMIC_IN, DYNAMIC_OUT)
     assert not p.enabled and "disabled" in p.reason
@@ -525,6 +525,7 @@ def test_policy_from_a_config_file(tmp_path: Path):
     ("max_queue_delay_us = -1", "batching.max_queue_delay_us must be between 0"),
     ("max_queue_delay_us = 2.5", "batching.max_queue_delay_us must be int"),
     ("max_queue_rows = 0", "batching.max_queue_rows must be between 1"),
+    ("max_concurrent_batches = 0", "batching.max_concurrent_batches must be between 1"),
 ])
 def test_a_bad_batching_section_names_the_file_and_key(tmp_path: Path, section, message):
     path = tmp_path / "config.toml"

@@ -16,6 +16,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+from edge import watchdog
 from settings import Settings
 
 
@@ -39,6 +40,8 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         "control_socket": os.path.join(settings.paths.run_dir,
                                        "edge-" + re.sub(r"\W", "_", edge.bind) + ".ctl"),
         "child_exit": child_exit,
+        "on_starting": watchdog.on_starting,  # systemd: READY=1 once a worker answers,
+        "when_ready": watchdog.when_ready,  # then WATCHDOG=1 while healthy (edge/watchdog.py)
         "limit_request_line": 8190,
         "accesslog": None,
         "errorlog": "-",

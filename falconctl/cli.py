@@ -9,6 +9,7 @@
     falconctl models            list the models the daemon serves
     falconctl ship              run the audit shipper (WAL -> PostgreSQL)
     falconctl wal tail|dump|verify|reship   operators' WAL tools
+    falconctl install           systemd units, /etc/falcon, the falcon user
 """
 
 from __future__ import annotations
@@ -144,6 +145,12 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install(s: Settings, args: argparse.Namespace) -> int:
+    from falconctl.install import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="falconctl", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="run daemon, edge and HAProxy in the foreground")
     u.add_argument("--root", default=".", help="project checkout (state goes to ROOT/var)")
     u.set_defaults(func=cmd_up)
+    from falconctl.install import add_arguments as add_install_arguments
+
+    i = sub.add_parser("install", help="install the systemd units, /etc/falcon and the user")
+    add_install_arguments(i)
+    i.set_defaults(func=cmd_install)
     return p
 
 

@@ -1,0 +1,341 @@
+"""``falconctl install``: put one host's systemd units, configuration and HAProxy
+config in place.
+
+    falconctl install [--root DIR] [--prefix CHECKOUT] [--venv VENV] [--haproxy PATH]
+
+Under ``ROOT`` (default ``/``) it writes:
+
+- ``etc/systemd/system/falcon.target`` and ``falcon-{daemon,edge,shipper,haproxy}.service``,
+  rendered from the templates in ``<prefix>/ops/systemd/``. They are generated
+  files: rewritten on every run (customise them with drop-ins,
+  ``systemctl edit falcon-edge``). Placeholders: ``@VENV@`` (the virtualenv whose
+  ``bin/falconctl`` the units run), ``@PREFIX@`` (the project checkout),
+  ``@HAPROXY@`` (the haproxy binary) and ``@PROTECT_HOME@`` (``ProtectHome=yes``,
+  or ``ProtectHome=tmpfs`` plus ``BindReadOnlyPaths=`` when the interpreter, the
+  venv or the checkout live under ``/home``, ``/root`` or ``/run/user`` -- a
+  pyenv Python in ``/root/.pyenv``, say -- so that hardening does not hide them);
+- ``etc/falcon/falcon.toml``, ``etc/falcon/falcon.env`` (mode 0600: it may hold
+  the DSN's password) and ``etc/falcon/haproxy.cfg``, only when absent: they are
+  the operator's to edit (a kept file that differs from the project's is
+  reported);
+- ``var/lib/falcon/models``: the project's demo model repository, when that
+  directory is empty or absent.
+
+Only when installing to the real root (no ``--root``) does it also create the
+system user and group ``falcon`` (``useradd --system``) when missing, hand the
+state directory to them, and run ``systemctl daemon-reload`` (if systemd runs).
+With ``--root`` those steps are skipped, and the report says so. Running it
+twice changes nothing the second time (every line of the report says
+``unchanged``, ``kept`` or ``exists``).
+
+Why a static user rather than ``DynamicUser=``: every unit must run as the same
+identity (the edge writes the WAL the shipper reads and deletes; all share
+``/run/falcon``), and ``DynamicUser=`` implies ``RemoveIPC=yes``, which deletes
+the daemon's shared-memory segments when it stops: a restarted daemon could then
+never re-attach to its weights. A dynamic UID may also change between starts,
+forcing a recursive chown of the WAL and models every time.
+
+``python -m falconctl.install haproxy-env PATH`` is the ``ExecStartPre=`` of
+``falcon-haproxy.service``: it writes the environment ``haproxy.cfg`` expands
+(:func:`falconctl.stack.haproxy_env`), from the current ``falcon.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import settings as settings_mod
+from settings import ConfigError, Settings
+
+PROJECT = Path(__file__).resolve().parent.parent
+TEMPLATES = ("falcon.target", "falcon-daemon.service", "falcon-edge.service",
+             "falcon-shipper.service", "falcon-haproxy.service")
+USER = "falcon"
+STATE_DIR = "/var/lib/falcon"
+HOME_DIRS = ("/home", "/root", "/run/user")
+_PLACEHOLDER = re.compile(r"@[A-Z_]+@")
+
+
+class InstallError(RuntimeError):
+    """Something the installer cannot do; the message says what and why."""
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, what: str, status: str) -> None:
+        self.lines.append(f"{status:<10} {what}")
+
+
+# -- rendering ---------------------------------------------------------------
+
+
+def render(template: str, values: Mapping[str, str]) -> str:
+    """Replace each ``@NAME@`` of ``values``; refuse to leave one unfilled."""
+    out = template
+    for name, value in values.items():
+        out = out.replace(f"@{name}@", value)
+    left = _PLACEHOLDER.findall(out)
+    if left:
+        raise InstallError(f"template placeholders without a value: {', '.join(sorted(set(left)))}")
+    return out
+
+
+def _under_home(path: str) -> bool:
+    return any(path == h or path.startswith(h + "/") for h in HOME_DIRS)
+
+
+def interpreter_paths(venv: Path) -> list[str]:
+    """What the units' processes must be able to read: the venv, its base
+    interpreter's installation (resolved through symlinks) and the directory
+    holding the ``falconctl`` package (the checkout, for an editable install)."""
+    python = venv / "bin" / "python"
+    code = ("import os, sys, falconctl\n"
+            "print(os.path.realpath(sys.prefix))\n"
+            "print(os.path.realpath(sys.base_prefix))\n"
+            "print(os.path.dirname(os.path.dirname(os.path.realpath(falconctl.__file__))))\n")
+    try:
+        out = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
+                             timeout=60, check=True, cwd="/").stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise InstallError(f"{python} cannot import falconctl (is --venv the project's "
+                           f"virtualenv?): {exc}") from None
+    return [line for line in out.splitlines() if line]
+
+
+def protect_home(paths: Sequence[str]) -> str:
+    """``ProtectHome=yes``; or ``tmpfs`` plus read-only binds of the needed
+    paths under a home directory (``yes`` would hide them: the units could not
+    even start their interpreter)."""
+    needed: list[str] = []
+    for path in sorted(set(p.rstrip("/") or "/" for p in paths if _under_home(p))):
+        if not any(path.startswith(n + "/") for n in needed):
+            needed.append(path)
+    if not needed:
+        return "ProtectHome=yes"
+    return "ProtectHome=tmpfs\nBindReadOnlyPaths=" + " ".join(needed)
+
+
+def _check_path(what: str, path: str) -> None:
+    if not os.path.isabs(path) or re.search(r"[\s\\\"'%$]", path):
+        raise InstallError(f"{what} {path!r}: must be an absolute path without blanks, "
+                           "quotes, '\\', '%' or '$' (it goes into unit files)")
+
+
+def unit_values(prefix: Path, venv: Path, haproxy: str) -> dict[str, str]:
+    for what, path in (("--prefix", str(prefix)), ("--venv", str(venv)),
+                       ("--haproxy", haproxy)):
+        _check_path(what, path)
+    if not os.access(venv / "bin" / "falconctl", os.X_OK):
+        raise InstallError(f"{venv}/bin/falconctl is missing: is {venv} the project's venv?")
+    paths = interpreter_paths(venv) + [str(prefix)]
+    for path in paths:
+        _check_path("path", path)
+    return {"VENV": str(venv), "PREFIX": str(prefix), "HAPROXY": haproxy,
+            "PROTECT_HOME": protect_home(paths)}
+
+
+# -- writing files ------------------------------------------------------------
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_generated(path: Path, text: str, report: Report, mode: int = 0o644) -> None:
+    """A file we own: rewritten when its content changed."""
+    try:
+        same = path.read_text() == text and (path.stat().st_mode & 0o7777) == mode
+    except FileNotFoundError:
+        _write(path, text, mode)
+        report.add(str(path), "created")
+        return
+    if same:
+        report.add(str(path), "unchanged")
+    else:
+        _write(path, text, mode)
+        report.add(str(path), "updated")
+
+
+def write_config(path: Path, text: str, report: Report, mode: int = 0o644) -> None:
+    """A file the operator owns: written only when absent."""
+    if path.exists():
+        differs = path.read_text(errors="replace") != text
+        report.add(f"{path}" + (" (differs from the project's default)" if differs else ""),
+                   "kept")
+        return
+    _write(path, text, mode)
+    report.add(str(path), "created")
+
+
+def install_models(src: Path, dst: Path, report: Report) -> bool:
+    """Copy the demo repository (``<prefix>/models``) unless ``dst`` has content."""
+    if dst.is_dir() and any(dst.iterdir()):
+        report.add(f"{dst} (not empty)", "kept")
+        return False
+    models = sorted(p for p in src.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
+    if not models:
+        raise InstallError(f"no model in {src}")
+    dst.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        shutil.copytree(model, dst / model.name,
+                        ignore=shutil.ignore_patterns("*.py", "__pycache__", "example.json"))
+    report.add(f"{dst} ({', '.join(m.name for m in models)})", "created")
+    return True
+
+
+# -- the real root only -------------------------------------------------------
+
+
+def ensure_user(report: Report, name: str = USER, home: str = STATE_DIR) -> None:
+    try:
+        pwd.getpwnam(name)
+        report.add(f"user {name}", "exists")
+        return
+    except KeyError:
+        pass
+    try:
+        grp.getgrnam(name)
+        group = ["--gid", name]
+    except KeyError:
+        group = ["--user-group"]
+    cmd = ["useradd", "--system", *group, "--home-dir", home, "--no-create-home",
+           "--shell", "/usr/sbin/nologin", "--comment", "Falcon inference", name]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        raise InstallError(f"{' '.join(cmd)} failed: {detail}") from None
+    report.add(f"user {name} (useradd --system)", "created")
+
+
+def chown_tree(path: Path, name: str = USER) -> None:
+    uid, gid = pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid
+    os.chown(path, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for entry in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, entry), uid, gid)
+
+
+def daemon_reload(report: Report) -> None:
+    if not os.path.isdir("/run/systemd/system"):
+        report.add("systemctl daemon-reload (systemd is not running here)", "skipped")
+        return
+    done = subprocess.run(["systemctl", "daemon-reload"], capture_output=True, text=True,
+                          timeout=120)
+    if done.returncode != 0:
+        raise InstallError(f"systemctl daemon-reload failed: {done.stderr.strip()}")
+    report.add("systemctl daemon-reload", "ran")
+
+
+# -- the command ----------------------------------------------------------------
+
+
+def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
+    real_root = root.resolve() == Path("/")
+    report = Report()
+    values = unit_values(prefix, venv, haproxy)
+    unit_dir = root / "etc/systemd/system"
+    for name in TEMPLATES:
+        template = (prefix / "ops/systemd" / name).read_text()
+        write_generated(unit_dir / name, render(template, values), report)
+    etc = root / "etc/falcon"
+    write_config(etc / "falcon.toml", (prefix / "ops/systemd/falcon.toml").read_text(), report)
+    write_config(etc / "falcon.env", (prefix / "ops/systemd/falcon.env").read_text(), report,
+                 mode=0o600)
+    write_config(etc / "haproxy.cfg", (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)
+    state = root / STATE_DIR.lstrip("/")
+    copied = install_models(prefix / "models", state / "models", report)
+    if not real_root:
+        report.add(f"user {USER}, ownership of {state}, systemctl daemon-reload "
+                   f"(--root {root}: do them on the target system)", "skipped")
+        return report
+    ensure_user(report)
+    if copied:
+        chown_tree(state)
+        report.add(f"{state} owned by {USER}:{USER}", "changed")
+    daemon_reload(report)
+    return report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default="/",
+                   help="install under this directory instead of / (an image, a test): "
+                        "no user is created and systemd is not reloaded")
+    p.add_argument("--prefix", default=str(PROJECT),
+                   help="the project checkout whose ops/ and models/ are installed "
+                        "(default: %(default)s)")
+    p.add_argument("--venv", default=sys.prefix,
+                   help="the virtualenv whose bin/falconctl the units run (default: %(default)s)")
+    p.add_argument("--haproxy", default=shutil.which("haproxy") or "/usr/sbin/haproxy",
+                   help="the haproxy binary (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = install(Path(args.root), Path(args.prefix).resolve(), Path(args.venv).absolute(),
+                         args.haproxy)
+    except (InstallError, OSError) as exc:
+        print(f"falconctl install: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(report.lines))
+    return 0
+
+
+# -- ExecStartPre of falcon-haproxy.service ---------------------------------------
+
+
+def haproxy_env_text(s: Settings) -> str:
+    """``KEY="value"`` lines for systemd's ``EnvironmentFile=``: what
+    ``haproxy.cfg`` expands, plus ``FALCON_HAPROXY_CONFIG`` (the file to load)."""
+    from falconctl.stack import HAPROXY_CFG, haproxy_env
+
+    env = dict(haproxy_env(s), FALCON_HAPROXY_CONFIG=s.haproxy.config or str(HAPROXY_CFG))
+    lines = []
+    for key, value in sorted(env.items()):
+        if any(c in value for c in "\n\r\0"):
+            raise ConfigError(f"{key}: a line break in {value!r}")
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'{key}="{escaped}"')
+    return "# written by falcon-haproxy.service's ExecStartPre from falcon.toml\n" + \
+        "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m falconctl.install")
+    sub = p.add_subparsers(dest="command", required=True)
+    env = sub.add_parser("haproxy-env", help="write HAProxy's environment file")
+    env.add_argument("path")
+    args = p.parse_args(argv)
+    try:
+        text = haproxy_env_text(settings_mod.load())
+    except ConfigError as exc:
+        print(f"falconctl: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _write(Path(args.path), text, 0o640)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

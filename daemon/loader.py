@@ -87,6 +87,7 @@ class LoadedVersion:
     outputs: list[TensorSpec]
     attached: bool            # True: re-attached to an existing segment
     load_seconds: float
+    inflight: int = 0         # requests admitted and not yet answered (the event loop counts)
     _ortvalues: list[Any] = field(default_factory=list, repr=False)
 
     @property
@@ -146,7 +147,7 @@ def load(entry: VersionEntry, *, prefix: str, placeholder_dir: Path,
         raise
     _trim_heap()
     return LoadedVersion(entry, session, segment, inputs, outputs, attached,
-                         time.perf_counter() - started, ortvalues)
+                         time.perf_counter() - started, _ortvalues=ortvalues)
 
 
 def _attach_or_publish(name: str, entry: VersionEntry) -> tuple[shm.Segment, bool]:

@@ -24,6 +24,7 @@ import socket
 from pathlib import Path
 
 import shm
+from daemon.lifecycle import Lifecycle
 from daemon.registry import Registry
 from daemon.repository import RepositoryError, scan
 from daemon.server import DaemonServer
@@ -55,7 +56,8 @@ def prepare_socket_path(path: str) -> None:
 
 async def serve(settings: Settings, registry: Registry) -> None:
     path = settings.daemon_socket
-    server = DaemonServer(registry, max_inflight=settings.daemon.max_inflight,
+    lifecycle = Lifecycle(registry, Path(settings.daemon.model_repository))
+    server = DaemonServer(registry, lifecycle, max_inflight=settings.daemon.max_inflight,
                           max_frame=settings.daemon.max_frame_bytes,
                           inference_threads=settings.daemon.inference_threads)
     stop = asyncio.Event()

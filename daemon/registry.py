@@ -58,16 +58,44 @@ class Registry:
 
     def load_all(self, entries: list[VersionEntry]) -> None:
         for entry in entries:
-            key = f"{entry.model}/{entry.version}"
             try:
-                lv = self._load(entry)
-            except Exception as exc:  # one bad version must not stop the others
-                log.error("model %s failed to load: %s", key, exc)
-                self.failures[key] = str(exc)
+                self.load_one(entry)
+            except Exception:  # one bad version must not stop the others
                 continue
-            log.info("model %s loaded in %.3fs (%s, %d weight bytes)", key, lv.load_seconds,
-                     "re-attached" if lv.attached else "published", lv.weight_bytes)
-            self._add(lv)
+
+    def load_one(self, entry: VersionEntry) -> LoadedVersion:
+        """Load and publish one version (replacing nothing: an already loaded
+        version is returned as is). Raises the loader's error, recorded in
+        ``failures``; the serving versions are untouched."""
+        key = f"{entry.model}/{entry.version}"
+        current = self._models.get(entry.model, {}).get(entry.version)
+        if current is not None:
+            return current
+        try:
+            lv = self._load(entry)
+        except Exception as exc:
+            log.error("model %s failed to load: %s", key, exc)
+            self.failures[key] = str(exc)
+            raise
+        self.failures.pop(key, None)
+        log.info("model %s loaded in %.3fs (%s, %d weight bytes)", key, lv.load_seconds,
+                 "re-attached" if lv.attached else "published", lv.weight_bytes)
+        self._add(lv)
+        return lv
+
+    def remove(self, model: str, version: str) -> LoadedVersion:
+        """Take a version out of service (new lookups stop finding it); the
+        caller closes it once its in-flight requests are done."""
+        with self._lock:
+            lv = self._models.get(model, {}).get(version)
+            if lv is None:
+                raise NotFound(f"model {model!r} has no loaded version {version!r}")
+            models = {k: dict(v) for k, v in self._models.items()}
+            del models[model][version]
+            if not models[model]:
+                del models[model]
+            self._models = models
+        return lv
 
     def _add(self, lv: LoadedVersion) -> None:
         with self._lock:
@@ -86,9 +114,11 @@ class Registry:
             raise NotFound(f"model {model!r} has no loaded version {version!r}")
         return lv
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self, splits: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
+        splits = splits or {}
         return [{"name": name, "versions": sorted(vs, key=int),
-                 "default_version": default_version(vs)}
+                 "default_version": default_version(vs),
+                 "split": {v: w for v, w in splits.get(name, {}).items() if v in vs}}
                 for name, vs in sorted(self._models.items())]
 
     def __len__(self) -> int:

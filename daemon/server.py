@@ -28,12 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from daemon.batcher import Batcher, BatchError, batch_policy
+from daemon.lifecycle import Lifecycle, LifecycleError
 from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
 from wire import frames, messages
 from wire.messages import MessageError
 
 log = logging.getLogger(__name__)
+
+MANAGEMENT = ("index", "load", "unload", "split", "rollback")
 
 
 class _Fail(Exception):
@@ -48,10 +51,11 @@ class DaemonServer:
     """Serves ``registry`` on a Unix socket. ``ready`` turns true once
     :meth:`start` has bound the socket, false again when draining starts."""
 
-    def __init__(self, registry: Registry, *, max_inflight: int = 256,
+    def __init__(self, registry: Registry, lifecycle: Lifecycle, *, max_inflight: int = 256,
                  max_frame: int = frames.DEFAULT_MAX_FRAME, inference_threads: int = 2,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
+        self.lifecycle = lifecycle
         self.max_inflight = max_inflight
         self.max_frame = max_frame
         self.clock = clock
@@ -141,13 +145,39 @@ class DaemonServer:
         if op == "ping":
             return {"ready": self.ready, "draining": self.draining, "models": len(self.registry)}
         if op == "models":
-            return {"models": self.registry.listing()}
+            return {"models": self.lifecycle.listing()}
+        if op in MANAGEMENT:
+            return await self._manage(op, req)
         if op == "metadata":
             lv = self._lookup(req)
             return {**lv.metadata(), "batching": self.batcher(lv).policy.to_wire()}
         if op == "infer":
             return await self._infer(req)
         raise _Fail(messages.PROTOCOL_ERROR, f"unknown op {op!r} (known: {', '.join(messages.OPS)})")
+
+    async def _manage(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
+        raw = req.get("version")
+        version = None if raw in (None, "") else str(raw)
+        try:
+            if op == "index":
+                return {"models": self.lifecycle.index()}
+            model = req.get("model")
+            if not isinstance(model, str):
+                raise LifecycleError("model: expected a model name")
+            if op == "load":
+                return {"model": model, "loaded": await self.lifecycle.load(model, version)}
+            if op == "unload":
+                going = [lv for lv in self.registry.versions() if lv.model == model
+                         and version in (None, lv.version)]
+                unloaded = await self.lifecycle.unload(model, version)
+                for lv in going:
+                    self._batchers.pop(id(lv), None)
+                return {"model": model, "unloaded": unloaded}
+            if op == "split":
+                return self.lifecycle.set_split(model, req.get("split"))
+            return self.lifecycle.rollback(model)
+        except LifecycleError as exc:
+            raise _Fail(messages.INVALID_INPUT, str(exc)) from None
 
     def batcher(self, lv: LoadedVersion) -> Batcher:
         """The version's batcher, created (and its policy logged) on first use."""
@@ -188,12 +218,14 @@ class DaemonServer:
             raise _Fail(messages.INVALID_INPUT, str(exc)) from None
         deadline = received + budget / 1000.0
         self.inflight += 1
+        lv.inflight += 1
         self._idle.clear()
         try:
             answer = await self.batcher(lv).infer(feeds, outputs, deadline)
         except BatchError as exc:
             raise _Fail(exc.type, str(exc)) from None
         finally:
+            lv.inflight -= 1
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()

@@ -9,10 +9,16 @@ Request (kind ``REQUEST``)::
      ...op arguments}
 
     op "ping"      -> {"ready": bool, "draining": bool, "models": int}
-    op "models"    -> {"models": [{"name", "versions": [str], "default_version": str}]}
+    op "models"    -> {"models": [{"name", "versions": [str], "default_version": str,
+                                   "split": {version: weight}}]}
     op "metadata"  {"model", "version"?} -> model metadata (see daemon.registry)
     op "infer"     {"model", "version"?, "inputs": [tensor], "outputs": [str] | None}
                    -> {"model", "version", "outputs": [tensor], "queue_us", "compute_us"}
+    op "index"     -> {"models": [{"name", "version", "state", "reason"}]} (whole repository)
+    op "load"      {"model", "version"?} -> {"model", "loaded": [str]}
+    op "unload"    {"model", "version"?} -> {"model", "unloaded": [str]}
+    op "split"     {"model", "split": {version: weight}} -> {"model", "old", "new"}
+    op "rollback"  {"model"} -> {"model", "old", "new"} (the previous split again)
 
 Tensor::
 
@@ -37,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-OPS = ("ping", "models", "metadata", "infer")
+OPS = ("ping", "models", "metadata", "infer", "index", "load", "unload", "split", "rollback")
 
 # dtypes a tensor may carry on the wire (ONNX's numeric + bool types).
 DTYPES = frozenset(

@@ -1,0 +1,215 @@
+"""Model versions while serving: load, unload, traffic splits, rollback.
+
+- **Load** (a version directory dropped into the repository): parse, publish
+  to shared memory and build the session in a background thread; a version
+  that fails (corrupt file, bad config, unsupported input) is refused with the
+  loader's message and the serving versions are untouched.
+- **Unload**: the version leaves the registry at once (no new request finds
+  it), its in-flight requests finish, then its session closes and its segment
+  is unlinked. A version that carries traffic in the split is refused.
+- **Traffic split** per model, e.g. ``{"1": 90, "2": 10}``: which version
+  answers an unpinned request. The edge chooses (sticky by a routing key) from
+  the split the ``models`` op lists. Persisted in ``<repo>/<model>/traffic.json``
+  with the history of previous splits, so a restart keeps it and **rollback**
+  restores the previous one in one call. No split: the highest version answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from daemon.loader import LoadedVersion
+from daemon.registry import Registry
+from daemon.repository import CONFIG_FILE, NAME_RE, RepositoryError, VersionEntry, scan
+
+log = logging.getLogger(__name__)
+
+TRAFFIC_FILE = "traffic.json"
+HISTORY = 20
+
+
+class LifecycleError(Exception):
+    """A management request cannot be done: unknown model or version, a split
+    that does not add up, nothing to roll back to, a version that failed to
+    load. The message says which and why; nothing was changed."""
+
+
+def check_split(split: Any, loaded: list[str]) -> dict[str, int]:
+    if not isinstance(split, dict) or not split:
+        raise LifecycleError("split: expected a map of version -> weight, e.g. {\"1\": 90, \"2\": 10}")
+    out = {}
+    for version, weight in split.items():
+        if str(version) not in loaded:
+            raise LifecycleError(f"split: version {version!r} is not loaded "
+                                 f"(loaded: {', '.join(loaded) or 'none'})")
+        if type(weight) is not int or weight < 0:
+            raise LifecycleError(f"split: weight of version {version!r} must be a "
+                                 f"non-negative integer, got {weight!r}")
+        out[str(version)] = weight
+    if sum(out.values()) <= 0:
+        raise LifecycleError("split: the weights add up to 0")
+    return out
+
+
+class Traffic:
+    """Splits and their history, one ``traffic.json`` per model directory."""
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self.splits: dict[str, dict[str, int]] = {}
+        self.history: dict[str, list[dict[str, int]]] = {}
+        for path in sorted(repo.glob(f"*/{TRAFFIC_FILE}")):
+            try:
+                doc = json.loads(path.read_text())
+                self.splits[path.parent.name] = {str(k): int(v) for k, v in doc["split"].items()}
+                self.history[path.parent.name] = doc.get("history", [])[-HISTORY:]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("ignoring %s: %s", path, exc)
+
+    def set(self, model: str, split: dict[str, int]) -> dict[str, int]:
+        old = self.splits.get(model, {})
+        self.history.setdefault(model, []).append(old)  # {}: "no split" is a state too
+        self.splits[model] = split
+        self._save(model)
+        return old
+
+    def previous(self, model: str) -> dict[str, int]:
+        history = self.history.get(model) or []
+        if not history:
+            raise LifecycleError(f"model {model!r} has no previous split to roll back to")
+        return history[-1]
+
+    def rollback(self, model: str) -> tuple[dict[str, int], dict[str, int]]:
+        self.previous(model)
+        old, new = self.splits.get(model, {}), self.history[model].pop()
+        self.splits[model] = new
+        self._save(model)
+        return old, new
+
+    def _save(self, model: str) -> None:
+        """Atomically: temp file, fsync, rename, fsync the directory."""
+        path = self.repo / model / TRAFFIC_FILE
+        tmp = path.with_suffix(".tmp")
+        doc = {"split": self.splits[model], "history": self.history.get(model, [])[-HISTORY:],
+               "updated": time.time()}
+        with open(tmp, "w") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Lifecycle:
+    """The management ops of the daemon (run on its event loop)."""
+
+    def __init__(self, registry: Registry, repo: Path) -> None:
+        self.registry = registry
+        self.repo = repo
+        self.traffic = Traffic(repo)
+        self._loads = ThreadPoolExecutor(1, thread_name_prefix="load")
+
+    def listing(self) -> list[dict[str, Any]]:
+        return self.registry.listing(self.traffic.splits)
+
+    def index(self) -> list[dict[str, Any]]:
+        """Every version in the repository and its state (the V2 repository index)."""
+        try:
+            entries = scan(self.repo)
+        except RepositoryError as exc:
+            raise LifecycleError(str(exc)) from None
+        loaded = {(lv.model, lv.version) for lv in self.registry.versions()}
+        out = []
+        for e in entries:
+            key = f"{e.model}/{e.version}"
+            state = "READY" if (e.model, e.version) in loaded else "UNAVAILABLE"
+            out.append({"name": e.model, "version": e.version, "state": state,
+                        "reason": self.registry.failures.get(key, "")})
+        return out
+
+    def _entries(self, model: str, version: str | None) -> list[VersionEntry]:
+        if not isinstance(model, str) or not NAME_RE.match(model):
+            raise LifecycleError(f"model: invalid name {model!r}")
+        if not (self.repo / model).is_dir():
+            raise LifecycleError(f"model {model!r} is not in the repository {self.repo}")
+        try:
+            entries = [e for e in scan(self.repo) if e.model == model]
+        except RepositoryError as exc:  # e.g. a broken config.toml: refuse, change nothing
+            raise LifecycleError(f"{model}/{CONFIG_FILE}: {exc}") from None
+        if version is not None:
+            entries = [e for e in entries if e.version == str(version)]
+            if not entries:
+                raise LifecycleError(f"model {model!r} has no version {version!r} in the repository")
+        return entries
+
+    async def load(self, model: str, version: str | None) -> list[str]:
+        entries = self._entries(model, version)
+        loop = asyncio.get_running_loop()
+        done = []
+        for entry in entries:
+            try:
+                lv = await loop.run_in_executor(self._loads, self.registry.load_one, entry)
+            except Exception as exc:  # the loader's own message: corrupt file, bad graph...
+                raise LifecycleError(f"{entry.model}/{entry.version} failed to load: {exc}") from None
+            done.append(lv.version)
+        return done
+
+    async def unload(self, model: str, version: str | None, drain_s: float = 30.0) -> list[str]:
+        loaded = [lv for lv in self.registry.versions() if lv.model == model
+                  and (version is None or lv.version == str(version))]
+        if not loaded:
+            raise LifecycleError(f"model {model!r} has no loaded version "
+                                 f"{version if version is not None else ''}".rstrip())
+        split = self.traffic.splits.get(model, {})
+        for lv in loaded:
+            if split.get(lv.version, 0) > 0 and len(loaded) < len(self._versions(model)):
+                raise LifecycleError(f"{model}/{lv.version} carries {split[lv.version]} of the "
+                                     "traffic split: change the split first")
+        for lv in loaded:
+            self.registry.remove(lv.model, lv.version)
+        for lv in loaded:
+            await self._retire(lv, drain_s)
+        if version is None:
+            self.traffic.splits.pop(model, None)
+        return [lv.version for lv in loaded]
+
+    def _versions(self, model: str) -> list[str]:
+        return [lv.version for lv in self.registry.versions() if lv.model == model]
+
+    async def _retire(self, lv: LoadedVersion, drain_s: float) -> None:
+        deadline = time.monotonic() + drain_s
+        while lv.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        lv.close(unlink=True)
+        log.info("model %s/%s unloaded", lv.model, lv.version)
+
+    def set_split(self, model: str, split: Any) -> dict[str, Any]:
+        versions = self._versions(model)
+        if not versions:
+            raise LifecycleError(f"model {model!r} is not loaded")
+        new = check_split(split, versions)
+        old = self.traffic.set(model, new)
+        log.info("model %s: traffic split %s -> %s", model, old or "default", new)
+        return {"model": model, "old": old, "new": new}
+
+    def rollback(self, model: str) -> dict[str, Any]:
+        previous = self.traffic.previous(model)
+        missing = [v for v, w in previous.items() if w > 0 and v not in self._versions(model)]
+        if missing:
+            raise LifecycleError(f"cannot roll back {model!r}: version(s) {', '.join(missing)} "
+                                 "of the previous split are not loaded")
+        old, new = self.traffic.rollback(model)
+        log.info("model %s: rolled back traffic split %s -> %s", model, old, new)
+        return {"model": model, "old": old, "new": new}
+

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from daemon import metrics
 from daemon.batcher import Batcher, BatchError, batch_policy
 from daemon.lifecycle import Lifecycle, LifecycleError
 from daemon.loader import LoadedVersion
@@ -45,6 +46,14 @@ class _Fail(Exception):
     def __init__(self, type_: str, message: str) -> None:
         super().__init__(message)
         self.type = type_
+
+
+def observe(lv: LoadedVersion, answer: Any) -> None:
+    labels = (lv.model, lv.version)
+    metrics.OUTCOMES.labels(*labels, "ok").inc()
+    metrics.QUEUE.labels(*labels).observe(answer.queue_s)
+    metrics.COMPUTE.labels(*labels).observe(answer.compute_s)
+    metrics.BATCH_ROWS.labels(*labels).observe(answer.batch_rows)
 
 
 class DaemonServer:
@@ -72,6 +81,7 @@ class DaemonServer:
     async def start(self, path: str) -> None:
         for lv in self.registry.versions():  # decide (and log) every version's batching now
             self.batcher(lv)
+            metrics.SHM_BYTES.labels(lv.model, lv.version).set(lv.weight_bytes)
         self._server = await asyncio.start_unix_server(self._connection, path=path,
                                                        limit=1 << 20)
         self.ready = True
@@ -165,13 +175,17 @@ class DaemonServer:
             if not isinstance(model, str):
                 raise LifecycleError("model: expected a model name")
             if op == "load":
-                return {"model": model, "loaded": await self.lifecycle.load(model, version)}
+                loaded = await self.lifecycle.load(model, version)
+                for lv in self.registry.versions():
+                    metrics.SHM_BYTES.labels(lv.model, lv.version).set(lv.weight_bytes)
+                return {"model": model, "loaded": loaded}
             if op == "unload":
                 going = [lv for lv in self.registry.versions() if lv.model == model
                          and version in (None, lv.version)]
                 unloaded = await self.lifecycle.unload(model, version)
                 for lv in going:
                     self._batchers.pop(id(lv), None)
+                    metrics.SHM_BYTES.labels(lv.model, lv.version).set(0)
                 return {"model": model, "unloaded": unloaded}
             if op == "split":
                 return self.lifecycle.set_split(model, req.get("split"))
@@ -219,16 +233,20 @@ class DaemonServer:
         deadline = received + budget / 1000.0
         self.inflight += 1
         lv.inflight += 1
+        metrics.INFLIGHT.inc()
         self._idle.clear()
         try:
             answer = await self.batcher(lv).infer(feeds, outputs, deadline)
         except BatchError as exc:
+            metrics.OUTCOMES.labels(lv.model, lv.version, exc.type).inc()
             raise _Fail(exc.type, str(exc)) from None
         finally:
             lv.inflight -= 1
             self.inflight -= 1
+            metrics.INFLIGHT.dec()
             if self.inflight == 0:
                 self._idle.set()
+        observe(lv, answer)
         return {"model": lv.model, "version": lv.version,
                 "outputs": [messages.encode_tensor(n, a)
                             for n, a in zip(outputs, answer.outputs, strict=True)],

@@ -14,10 +14,13 @@ Under ``ROOT`` (default ``/``) it writes:
   or ``ProtectHome=tmpfs`` plus ``BindReadOnlyPaths=`` when the interpreter, the
   venv or the checkout live under ``/home``, ``/root`` or ``/run/user`` -- a
   pyenv Python in ``/root/.pyenv``, say -- so that hardening does not hide them);
-- ``etc/falcon/falcon.toml``, ``etc/falcon/falcon.env`` (mode 0600: it may hold
-  the DSN's password) and ``etc/falcon/haproxy.cfg``, only when absent: they are
-  the operator's to edit (a kept file that differs from the project's is
-  reported);
+- ``etc/falcon/haproxy.cfg``: the project's ``ops/haproxy/haproxy.cfg``,
+  rewritten on every run too (it must match the environment ``falconctl`` gives
+  HAProxy, which changes with the code; a customised copy goes elsewhere, named
+  by ``haproxy.config``);
+- ``etc/falcon/falcon.toml`` and ``etc/falcon/falcon.env`` (mode 0600: it may
+  hold the DSN's password), only when absent: they are the operator's to edit (a
+  kept file that differs from the project's sample is reported);
 - ``var/lib/falcon/models``: the project's demo model repository, when that
   directory is empty or absent.
 
@@ -65,6 +68,11 @@ USER = "falcon"
 STATE_DIR = "/var/lib/falcon"
 HOME_DIRS = ("/home", "/root", "/run/user")
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
+HAPROXY_HEADER = """\
+# Installed by `falconctl install` from {src}; every install rewrites it, so that it
+# matches the environment falconctl gives HAProxy (falconctl.stack.haproxy_env).
+# To customise: copy it elsewhere and point haproxy.config in /etc/falcon/falcon.toml at it.
+"""
 
 
 class InstallError(RuntimeError):
@@ -264,7 +272,8 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
     write_config(etc / "falcon.toml", (prefix / "ops/systemd/falcon.toml").read_text(), report)
     write_config(etc / "falcon.env", (prefix / "ops/systemd/falcon.env").read_text(), report,
                  mode=0o600)
-    write_config(etc / "haproxy.cfg", (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)
+    write_generated(etc / "haproxy.cfg", HAPROXY_HEADER.format(src=prefix / "ops/haproxy/haproxy.cfg")
+                    + (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)
     state = root / STATE_DIR.lstrip("/")
     copied = install_models(prefix / "models", state / "models", report)
     if not real_root:

@@ -92,6 +92,16 @@ class HAProxySettings:
     max_body_bytes: int = key(16 << 20, "Body limit HAProxy enforces (413 beyond).",
                               min=1024, max=1 << 30)
     edge2: str = key("", "A second edge behind HAProxy (host:port); empty: the first edge only.")
+    rate_window_s: int = key(10, "Window of the rate limits, in seconds (HAProxy stick tables "
+                                 "store http_req_rate over it); also the 429's Retry-After.",
+                             min=1, max=3600)
+    rate_per_ip: int = key(100000, "Requests one source address may send per window "
+                                   "(429 beyond).", min=1, max=1 << 30)
+    rate_per_key: int = key(50000, "Requests one API key may send per window, for keys of "
+                                   "the default class (429 beyond).", min=1, max=1 << 30)
+    key_classes: str = key("", "Other per-key limits, 'class=requests,class=requests' (per "
+                               "window), e.g. 'high=500000,trial=100'; a key gets one with "
+                               "`falconctl keys create --class NAME`.")
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,18 @@ class CacheSettings:
 
 
 @dataclass(frozen=True)
+class AuthSettings:
+    enabled: bool = key(True, "Require an API key (Authorization: Bearer, or X-API-Key) for "
+                              "predictions and the management API; health, /metrics and "
+                              "/openapi.json stay open. Off: a loud warning at start-up.")
+    keys_file: str = key("", "The API keys file (written by `falconctl keys`); empty means "
+                             "<state_dir>/keys.json.")
+    reload_s: float = key(1.0, "How often each edge worker checks the keys file for changes "
+                               "(a revocation applies everywhere within this).",
+                          min=0, max=3600)
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     host: HostSettings = field(default_factory=HostSettings)
@@ -141,6 +163,7 @@ class Settings:
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
 
     @property
     def daemon_socket(self) -> str:
@@ -153,6 +176,10 @@ class Settings:
     @property
     def wal_dir(self) -> str:
         return self.audit.wal_dir or os.path.join(self.paths.state_dir, "wal")
+
+    @property
+    def keys_file(self) -> str:
+        return self.auth.keys_file or os.path.join(self.paths.state_dir, "keys.json")
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

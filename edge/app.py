@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import falcon
 
 from audit.wal import WalWriter
-from edge import http_errors, metrics, openapi, resources
+from edge import auth, http_errors, metrics, openapi, resources
 from edge.audit import Auditor
 from edge.breaker import Breaker
 from edge.cache import PredictionCache, parse_servers
@@ -35,8 +36,16 @@ ROUTES: list[tuple[str, type[resources.Resource]]] = [
 ]
 
 
-def create_app(core: Core, *, max_body: int) -> falcon.App:
-    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=[metrics.RequestMetrics()])
+# Routes that never need a key (resources.Resource subclasses declare their `scope`).
+OPEN_RESOURCES = (openapi.OpenAPI, metrics.Metrics)
+
+
+def create_app(core: Core, *, max_body: int,
+               authorizer: auth.Authorizer | None = None) -> falcon.App:
+    middleware: list[Any] = [metrics.RequestMetrics()]
+    if authorizer is not None:
+        middleware.append(auth.AuthMiddleware(authorizer, OPEN_RESOURCES))
+    app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
     for path, cls in ROUTES:
@@ -77,4 +86,5 @@ def from_settings(settings: Settings) -> falcon.App:
                 breaker=breaker, deadline_ms=settings.edge.deadline_ms,
                 max_rows=settings.edge.max_batch_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s)
-    return create_app(core, max_body=settings.edge.max_body_bytes)
+    return create_app(core, max_body=settings.edge.max_body_bytes,
+                      authorizer=auth.from_settings(settings))

@@ -54,3 +54,18 @@ class DeadlineExceeded(EdgeError):
 class InferenceFailed(EdgeError):
     """The model ran but failed on this input (an error inside ONNX Runtime).
     Not retryable; the message comes from the runtime."""
+
+
+class Unauthorized(EdgeError):
+    """No usable API key: none was sent, it is malformed, unknown, wrong, or
+    revoked. ``invalid`` is true when a key was sent but not accepted (the
+    client should get a new one rather than retry)."""
+
+    def __init__(self, message: str, invalid: bool = False) -> None:
+        super().__init__(message)
+        self.invalid = invalid
+
+
+class Forbidden(EdgeError):
+    """A valid API key that may not do this: it lacks the route's scope, or
+    the model is not in its allow list."""

@@ -27,6 +27,8 @@ STATUS: dict[type[errors.EdgeError], str] = {
     errors.ModelNotReady: falcon.HTTP_503,
     errors.Unavailable: falcon.HTTP_503,
     errors.DeadlineExceeded: falcon.HTTP_504,
+    errors.Unauthorized: falcon.HTTP_401,
+    errors.Forbidden: falcon.HTTP_403,
 }
 
 
@@ -48,6 +50,9 @@ def handle_edge_error(req: falcon.Request, resp: falcon.Response, exc: errors.Ed
     render_error(resp, status_for(exc), str(exc))
     if isinstance(exc, errors.Unavailable):
         resp.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
+    elif isinstance(exc, errors.Unauthorized):  # RFC 6750 section 3
+        resp.set_header("WWW-Authenticate", 'Bearer realm="falcon"' +
+                        (', error="invalid_token"' if exc.invalid else ""))
 
 
 def handle_http_error(req: falcon.Request, resp: falcon.Response, exc: falcon.HTTPError,

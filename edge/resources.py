@@ -18,6 +18,7 @@ import orjson
 
 from edge import v2codec
 from edge.audit import RequestContext
+from edge.auth import ADMIN, PREDICT
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.drain import draining
 from edge.errors import InvalidInput, PayloadTooLarge
@@ -38,7 +39,8 @@ def context(req: falcon.Request, resp: falcon.Response, face: str) -> RequestCon
     resp.set_header("X-Request-Id", rid)
     match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
     req.context.face = face
-    return RequestContext(rid, face, trace_id=match.group(1) if match else None)
+    return RequestContext(rid, face, trace_id=match.group(1) if match else None,
+                          api_key_id=req.context.get("api_key_id"))
 
 
 def label(req: falcon.Request, model: str, version: str, cached: bool = False) -> None:
@@ -90,6 +92,10 @@ def send_json(resp: falcon.Response, obj: Any) -> None:
 
 
 class Resource:
+    # The API key scope a route needs (edge.auth.AuthMiddleware); None: open.
+    # APPSEC: a resource that does not say needs admin.
+    scope: str | None = ADMIN
+
     def __init__(self, core: Core, max_body: int) -> None:
         self.core = core
         self.max_body = max_body
@@ -99,6 +105,8 @@ class Resource:
 
 
 class Live(Resource):
+    scope = None
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         send_json(resp, {"live": True})
 
@@ -107,6 +115,8 @@ class Ready(Resource):
     """200 only when the daemon answers and serves a model and this edge is not
     stopping; 503 otherwise, so HAProxy stops sending it work."""
 
+    scope = None
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         ready = not draining() and self.core.ready()
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_503
@@ -114,6 +124,8 @@ class Ready(Resource):
 
 
 class ServerMetadata(Resource):
+    scope = None
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         send_json(resp, {"name": SERVER_NAME, "version": SERVER_VERSION,
                          "extensions": list(EXTENSIONS)})
@@ -130,6 +142,8 @@ def model_metadata_body(meta: ModelMeta) -> dict[str, Any]:
 
 
 class ModelMetadata(Resource):
+    scope = PREDICT
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str,
                version: str | None = None) -> None:
         meta = self.core.metadata(model, version, self.deadline(req))
@@ -137,6 +151,8 @@ class ModelMetadata(Resource):
 
 
 class ModelReady(Resource):
+    scope = PREDICT
+
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str,
                version: str | None = None) -> None:
         ready = self.core.model_ready(model, version, self.deadline(req))
@@ -145,6 +161,8 @@ class ModelReady(Resource):
 
 
 class RepositoryIndex(Resource):
+    scope = ADMIN
+
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         listing = self.core.models(self.deadline(req))
         send_json(resp, [{"name": m["name"], "version": v, "state": "READY"}
@@ -152,6 +170,8 @@ class RepositoryIndex(Resource):
 
 
 class Infer(Resource):
+    scope = PREDICT
+
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
                 version: str | None = None) -> None:
         ctx = context(req, resp, "v2")
@@ -174,6 +194,8 @@ class Infer(Resource):
 
 class Predict(Resource):
     """``POST /v1/models/{model}/predict`` with ``{"instances": [[...], ...]}``."""
+
+    scope = PREDICT
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
                 version: str | None = None) -> None:

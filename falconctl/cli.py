@@ -10,6 +10,7 @@
     falconctl ship              run the audit shipper (WAL -> PostgreSQL)
     falconctl wal tail|dump|verify|reship   operators' WAL tools
     falconctl install           systemd units, /etc/falcon, the falcon user
+    falconctl keys create|list|revoke   API keys (shown once, stored as hashes)
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def cmd_models(s: Settings, args: argparse.Namespace) -> int:
 
 def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     from audit.pg import PgError
+    from edge.auth import KeysFileError
+    from falconctl.keys import create_demo_key
     from falconctl.stack import Stack, StackError
     from falconctl.up import banner, dev_env
 
@@ -128,11 +131,12 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda n, f: stop.update(signal=n))
     try:
+        key = create_demo_key(stack.settings) if stack.settings.auth.enabled else None
         stack.start(audit=True)
-    except (StackError, PgError) as exc:
+    except (StackError, PgError, KeysFileError) as exc:
         print(f"falconctl up: {exc}", file=sys.stderr)
         return 1
-    print(banner(stack.settings, Path(args.root).resolve()), flush=True)
+    print(banner(stack.settings, Path(args.root).resolve(), key), flush=True)
     while not stop["signal"]:
         dead = [p.name for p in stack.procs.values() if not p.alive()]
         if dead:
@@ -169,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     from audit.walcli import add_subcommands
 
     add_subcommands(sub, lambda s: Path(s.wal_dir), _store)
+    from falconctl.keys import add_subcommands as add_keys_subcommands
+
+    add_keys_subcommands(sub)
     u = sub.add_parser("up", help="run daemon, edge and HAProxy in the foreground")
     u.add_argument("--root", default=".", help="project checkout (state goes to ROOT/var)")
     u.set_defaults(func=cmd_up)

@@ -49,7 +49,10 @@ def haproxy_addr(edge_bind: str) -> str:
 
 
 def haproxy_env(s: Settings) -> dict[str, str]:
-    """The environment ``ops/haproxy/haproxy.cfg`` expands."""
+    """The environment ``ops/haproxy/haproxy.cfg`` expands. Also (re)writes the
+    per-key limits map it names, from the keys file (:mod:`falconctl.keys`)."""
+    from falconctl.keys import write_limits_map
+
     edge = haproxy_addr(s.edge.bind)
     return {
         "FALCON_HAPROXY_BIND": s.haproxy.bind,
@@ -61,6 +64,11 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_EDGE_MAXCONN": str(s.edge.workers * s.edge.threads),
         "FALCON_HAPROXY_SERVER_TIMEOUT": f"{s.edge.deadline_ms + 5000}ms",
         "FALCON_HAPROXY_QUEUE_TIMEOUT": f"{s.edge.deadline_ms}ms",
+        "FALCON_HAPROXY_RATE_WINDOW": f"{s.haproxy.rate_window_s}s",
+        "FALCON_HAPROXY_RETRY_AFTER": str(s.haproxy.rate_window_s),
+        "FALCON_HAPROXY_RATE_PER_IP": str(s.haproxy.rate_per_ip),
+        "FALCON_HAPROXY_RATE_PER_KEY": str(s.haproxy.rate_per_key),
+        "FALCON_HAPROXY_KEY_LIMITS_MAP": str(write_limits_map(s)),
     }
 
 

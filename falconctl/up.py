@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 from settings import Settings
@@ -33,18 +35,37 @@ def example_row(root: Path) -> list[float]:
         return [0.0] * 64
 
 
-def banner(s: Settings, root: Path) -> str:
+def key_lines(s: Settings, key: str | None) -> tuple[str, list[str]]:
+    """The curl line's auth header, and what to say about the key."""
+    if not s.auth.enabled:
+        return "", ["  API keys:          OFF (auth.enabled = false)"]
+    if key is not None:
+        return f" -H 'Authorization: Bearer {key}'", [
+            "  API key 'demo' (scope predict) created; it is shown only now."]
+    cmd = shlex.join([f"FALCON_PATHS_STATE_DIR={s.paths.state_dir}",
+                      f"FALCON_PATHS_RUN_DIR={s.paths.run_dir}",
+                      str(Path(sys.executable).parent / "falconctl"), "keys", "create",
+                      "--name", "me", "--scope", "predict"])
+    return " -H \"Authorization: Bearer $FALCON_KEY\"", [
+        "  API keys exist already, and are shown only when created. A new one:",
+        f"    export FALCON_KEY=$({cmd})"]
+
+
+def banner(s: Settings, root: Path, key: str | None = None) -> str:
+    """``key``: a key created by this run (:func:`falconctl.keys.create_demo_key`)."""
     url = f"http://{s.haproxy.bind}"
     body = json.dumps({"instances": [example_row(root)]}, separators=(",", ":"))
+    header, about_key = key_lines(s, key)
     return "\n".join([
         "",
         f"Falcon inference is up at {url}",
         f"  metrics (HAProxy): http://{s.haproxy.stats_bind}/metrics",
         f"  OpenAPI:           {url}/openapi.json",
+        *about_key,
         "",
         "Try:",
-        f"  curl -s {url}/v1/models/digits/predict -H 'Content-Type: application/json' "
-        f"-d '{body}'",
+        f"  curl -s {url}/v1/models/digits/predict -H 'Content-Type: application/json'"
+        f"{header} -d '{body}'",
         "",
         "Ctrl-C stops everything.",
         "",

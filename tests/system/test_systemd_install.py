@@ -1,0 +1,59 @@
+"""`falconctl install --root DIR`: what it writes, that it says what it skipped,
+and that a second run changes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+from pathlib import Path
+
+from systemd_falcon import FALCONCTL
+
+from falconctl.install import TEMPLATES, protect_home, render
+
+
+def install(root: Path) -> list[str]:
+    done = subprocess.run([FALCONCTL, "install", "--root", str(root)], capture_output=True,
+                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_install_under_a_root_then_again_changes_nothing(tmp_path: Path):
+    first = install(tmp_path)
+    units = tmp_path / "etc/systemd/system"
+    for name in TEMPLATES:
+        assert (units / name).is_file()
+        assert f"created    {units / name}" in first
+    config = tomllib.loads((tmp_path / "etc/falcon/falcon.toml").read_text())
+    assert config["paths"] == {"run_dir": "/run/falcon", "state_dir": "/var/lib/falcon"}
+    assert config["daemon"]["model_repository"] == "/var/lib/falcon/models"
+    assert config["haproxy"]["config"] == "/etc/falcon/haproxy.cfg"
+    assert (tmp_path / "etc/falcon/haproxy.cfg").is_file()
+    assert (tmp_path / "etc/falcon/falcon.env").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "var/lib/falcon/models/digits/1/model.onnx").is_file()
+    assert any(line.startswith("skipped") and "user falcon" in line for line in first), first
+
+    (tmp_path / "etc/falcon/falcon.toml").write_text("# mine\n")  # the operator's: kept
+    second = install(tmp_path)
+    assert all(line.split()[0] in ("unchanged", "kept", "skipped") for line in second), second
+    assert (tmp_path / "etc/falcon/falcon.toml").read_text() == "# mine\n"
+
+
+def test_protect_home_binds_what_lives_under_a_home():
+    assert protect_home(["/usr", "/opt/falcon/.venv"]) == "ProtectHome=yes"
+    assert protect_home(["/root/.pyenv/versions/3.11.7", "/root/.pyenv/versions/3.11.7/lib",
+                         "/srv/falcon"]) == \
+        "ProtectHome=tmpfs\nBindReadOnlyPaths=/root/.pyenv/versions/3.11.7"
+
+
+def test_render_refuses_unfilled_placeholders():
+    assert render("ExecStart=@VENV@/bin/x\nSystemCallFilter=~@privileged @resources\n",
+                  {"VENV": "/v"}) == \
+        "ExecStart=/v/bin/x\nSystemCallFilter=~@privileged @resources\n"
+    try:
+        render("ExecStart=@VENV@/bin/x @OTHER@", {"VENV": "/v"})
+    except RuntimeError as exc:
+        assert "@OTHER@" in str(exc)
+    else:
+        raise AssertionError("an unfilled placeholder went through")

@@ -1,0 +1,201 @@
+"""The whole stack under a real systemd: start, crash, hang, reload, stop.
+
+One sandbox and one installed stack for the module (see ``conftest.py``); the
+tests run in order and each first makes sure the target is started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import psycopg2
+import pytest
+from httpx_lite import Answer, request
+from loadgen import LoadGen
+from systemd_falcon import UNITS, Falcon
+from systemd_sandbox import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
+
+
+def predict(addr: str, rid: str = "", timeout: float = 5.0) -> Answer:
+    body = json.dumps({"instances": DIGITS["X"][:2].tolist()})
+    headers = {"Content-Type": "application/json", **({"X-Request-Id": rid} if rid else {})}
+    return request(addr, "POST", "/v1/models/digits/predict", body, headers, timeout=timeout)
+
+
+def serves_again(falcon: Falcon, after: str, timeout: float = 20.0) -> None:
+    """Wait until a prediction through HAProxy succeeds (bounded)."""
+    last: list[object] = []
+
+    def ok() -> bool:
+        try:
+            ans = predict(falcon.haproxy, timeout=2.0)
+        except OSError as exc:
+            last[:] = [exc]
+            return False
+        last[:] = [ans.status, ans.body[:200]]
+        return ans.status == 200
+    try:
+        wait_until(ok, timeout, f"predictions {after}", interval=0.2)
+    except TimeoutError:
+        pytest.fail(f"no prediction {after} within {timeout}s; last: {last}\n{journals(falcon)}")
+
+
+def journals(falcon: Falcon) -> str:
+    return "\n".join(f"--- {u}\n{falcon.box.journal(u, 40)}" for u in UNITS)
+
+
+def started(falcon: Falcon) -> None:
+    done = falcon.box.systemctl("start", "falcon.target", check=False, timeout=150)
+    states = {u: falcon.box.show(u, "ActiveState") for u in UNITS}
+    assert done.returncode == 0 and set(states.values()) == {"active"}, \
+        f"{done.stderr}\n{states}\n{journals(falcon)}"
+
+
+def main_pid(falcon: Falcon, unit: str) -> int:
+    return int(falcon.box.show(unit, "MainPID") or 0)
+
+
+def restarted(falcon: Falcon, unit: str, old_pid: int, timeout: float) -> int:
+    """Wait until ``unit`` runs again under a new main pid; that pid."""
+    def check() -> int:
+        pid = main_pid(falcon, unit)
+        active = falcon.box.show(unit, "ActiveState") == "active"
+        return pid if active and pid not in (0, old_pid) else 0
+    try:
+        return int(wait_until(check, timeout, f"{unit} restarted", interval=0.2))
+    except TimeoutError:
+        pytest.fail(f"{unit} not restarted within {timeout}s:\n{falcon.box.journal(unit)}")
+
+
+def test_start_brings_the_stack_up_and_a_prediction_succeeds_through_haproxy(falcon: Falcon):
+    t0 = time.monotonic()
+    started(falcon)
+    took = time.monotonic() - t0
+    # Type=notify everywhere: when `systemctl start` returns, everything serves.
+    ans = predict(falcon.haproxy, rid="sysd-first-prediction")
+    assert ans.status == 200, (ans.status, ans.body, journals(falcon))
+    doc = ans.json()
+    assert doc["model"] == "digits" and len(doc["predictions"]) == 2
+    assert doc["request_id"] == "sysd-first-prediction"
+    assert took < 60, took
+    for unit in UNITS:
+        assert falcon.box.show(unit, "NRestarts") == "0", falcon.box.journal(unit)
+
+    def shipped() -> bool:  # the shipper, hardened as it is, lands the audit record
+        with psycopg2.connect(falcon.dsn, connect_timeout=5) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM audit.predictions WHERE request_id = %s",
+                        ("sysd-first-prediction",))
+            row = cur.fetchone()
+        conn.close()
+        return bool(row and row[0] == 1)
+
+    wait_until(shipped, 30, "the prediction's audit row in PostgreSQL", interval=0.3)
+
+
+def test_daemon_killed_with_sigkill_is_restarted_and_serves_again(falcon: Falcon):
+    started(falcon)
+    box, unit = falcon.box, "falcon-daemon.service"
+    old, restarts = main_pid(falcon, unit), int(box.show(unit, "NRestarts"))
+    box.systemctl("kill", "-s", "KILL", unit)
+    restarted(falcon, unit, old, timeout=30)
+    assert int(box.show(unit, "NRestarts")) == restarts + 1
+    serves_again(falcon, "after the daemon's restart")
+    # the new daemon re-attached to the segments the killed one left
+    assert "re-attached" in box.journal(unit, 20)
+
+
+def test_restarting_one_unit_keeps_the_others_sockets_in_run_falcon(falcon: Falcon):
+    """Every unit declares RuntimeDirectory=falcon with RuntimeDirectoryPreserve=yes:
+    a unit that stops or restarts does not take /run/falcon with it."""
+    started(falcon)
+    box = falcon.box
+
+    def sockets() -> set[str]:
+        names = box.run(["ls", "-1", "/run/falcon"]).stdout.split()
+        return {n for n in names if n.endswith((".sock", ".ctl"))}
+    before = sockets()
+    assert {"daemon.sock", "haproxy.sock"} <= before and any(n.endswith(".ctl") for n in before)
+    box.systemctl("restart", "falcon-shipper.service")
+    box.systemctl("stop", "falcon-haproxy.service")
+    assert before - {"haproxy.sock"} <= sockets()  # (HAProxy leaves its own behind)
+    started(falcon)
+    assert sockets() == before
+    serves_again(falcon, "after restarting the shipper and HAProxy")
+
+
+def test_hung_daemon_is_killed_by_the_watchdog_and_restarted(falcon: Falcon):
+    started(falcon)
+    box, unit = falcon.box, "falcon-daemon.service"
+    old, restarts = main_pid(falcon, unit), int(box.show(unit, "NRestarts"))
+    t0 = time.monotonic()
+    box.systemctl("kill", "-s", "STOP", unit)  # alive, silent: only the watchdog notices
+    restarted(falcon, unit, old, timeout=30)
+    took = time.monotonic() - t0
+    log = box.journal(unit, 40)
+    assert "Watchdog timeout" in log, log
+    assert int(box.show(unit, "NRestarts")) == restarts + 1
+    assert took >= 3.5, took  # WatchdogSec=4s (drop-in): not killed before it expired
+    serves_again(falcon, "after the watchdog restart")
+
+
+def test_hung_edge_arbiter_is_killed_by_the_edge_watchdog(falcon: Falcon):
+    """gunicorn never pings: edge/watchdog.py does, from the arbiter, only while
+    the arbiter's loop turns. Stop the arbiter alone: its workers keep serving,
+    but the pings stop, and systemd kills and restarts the whole edge."""
+    started(falcon)
+    box, unit = falcon.box, "falcon-edge.service"
+    old = main_pid(falcon, unit)
+    box.systemctl("kill", "--kill-who=main", "-s", "STOP", unit)
+    restarted(falcon, unit, old, timeout=30)
+    log = box.journal(unit, 60)
+    assert "Watchdog timeout" in log, log
+    serves_again(falcon, "after the edge's restart")
+
+
+def test_edge_reload_under_load_fails_no_request(falcon: Falcon):
+    started(falcon)
+    box, unit = falcon.box, "falcon-edge.service"
+    arbiter = main_pid(falcon, unit)
+    old_workers = set(box.unit_pids(unit)) - {arbiter}
+    load = LoadGen(falcon.haproxy, DIGITS["X"], threads=3, timeout=10.0).start()
+    try:
+        time.sleep(1.0)
+        box.systemctl("reload", unit)  # ExecReload: gunicorn HUP, a rolling restart
+
+        def rolled() -> bool:
+            pids = set(box.unit_pids(unit)) - {arbiter}
+            return not (pids & old_workers) and len(pids) >= 2
+        wait_until(rolled, 45, "old workers replaced by new ones", interval=0.2)
+        time.sleep(1.0)
+    finally:
+        outcomes = load.stop()
+    counts: dict[int, int] = {}
+    for o in outcomes:
+        counts[o.status] = counts.get(o.status, 0) + 1
+    assert set(counts) == {200} and counts[200] > 20, counts
+    assert main_pid(falcon, unit) == arbiter  # reloaded, not restarted
+    assert box.show(unit, "ActiveState") == "active"
+
+
+def test_stop_leaves_no_process_and_no_segment(falcon: Falcon):
+    started(falcon)
+    assert falcon.segments(), "the running daemon should hold its segments"
+    box = falcon.box
+    box.systemctl("stop", "falcon.target")  # returns once the stop jobs are queued
+
+    def all_stopped() -> bool:
+        return all(box.show(u, "ActiveState") in ("inactive", "failed") for u in UNITS)
+    wait_until(all_stopped, 90, "every falcon unit stopped", interval=0.2)
+    for unit in UNITS:
+        assert box.show(unit, "ActiveState") == "inactive", box.journal(unit)
+        assert box.unit_pids(unit) == [], unit
+    leftover = {cg: pids for cg, pids in box.all_pids().items()
+                if cg not in ("init.scope", "system.slice/systemd-journald.service")}
+    assert leftover == {}, leftover
+    assert falcon.segments() == []

@@ -284,7 +284,12 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
     if copied:
         chown_tree(state)
         report.add(f"{state} owned by {USER}:{USER}", "changed")
-    daemon_reload(report)
+    units_changed = any(line.startswith(("created", "updated")) and str(unit_dir) in line
+                        for line in report.lines)
+    if units_changed:
+        daemon_reload(report)
+    else:
+        report.add("systemctl daemon-reload (no unit changed)", "skipped")
     return report
 
 

@@ -45,3 +45,10 @@ def test_units_run_the_venv_as_the_falcon_user(installed: Sandbox):
         assert "\nUser=falcon\n" in text and "\nType=notify\n" in text, unit
         assert "@" not in re.sub(r"SystemCallFilter=.*", "", text), unit  # all filled in
     assert installed.run(["id", "-u", "falcon"]).stdout.strip().isdigit()
+
+
+def test_install_again_on_the_real_root_changes_nothing(installed: Sandbox):
+    lines = installed.run([FALCONCTL, "install"], timeout=120).stdout.splitlines()
+    assert lines and all(ln.split()[0] in ("unchanged", "kept", "exists", "skipped")
+                         for ln in lines), lines
+    assert any(ln.startswith("exists") and "user falcon" in ln for ln in lines), lines

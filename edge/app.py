@@ -9,7 +9,7 @@ from typing import Any
 import falcon
 
 from audit.wal import WalWriter
-from edge import auth, http_errors, metrics, openapi, resources
+from edge import admin, auth, http_errors, metrics, openapi, resources
 from edge.audit import Auditor
 from edge.breaker import Breaker
 from edge.cache import PredictionCache, parse_servers
@@ -30,7 +30,6 @@ ROUTES: list[tuple[str, type[resources.Resource]]] = [
     ("/v2/models/{model}/versions/{version}/ready", resources.ModelReady),
     ("/v2/models/{model}/infer", resources.Infer),
     ("/v2/models/{model}/versions/{version}/infer", resources.Infer),
-    ("/v2/repository/index", resources.RepositoryIndex),
     ("/v1/models/{model}/predict", resources.Predict),
     ("/v1/models/{model}/versions/{version}/predict", resources.Predict),
 ]
@@ -48,7 +47,7 @@ def create_app(core: Core, *, max_body: int,
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
-    for path, cls in ROUTES:
+    for path, cls in ROUTES + admin.ROUTES:
         app.add_route(path, cls(core, max_body))
     app.add_route("/openapi.json", openapi.OpenAPI())
     app.add_route("/metrics", metrics.Metrics())

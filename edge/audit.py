@@ -42,6 +42,13 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     trace_id: str | None = None
     api_key_id: str | None = None
+    routing_key: str | None = None   # X-Routing-Key: which caller a traffic split keeps together
+
+    @property
+    def routing(self) -> str:
+        """What a traffic split is sticky on: the routing key, else the API key,
+        else nothing stable (the request id: a fresh draw per request)."""
+        return self.routing_key or self.api_key_id or self.request_id
 
 
 Canonical = tuple[bytes, list[dict[str, Any]]]
@@ -112,6 +119,10 @@ class Auditor:
             latency_ms=(time.monotonic() - ctx.started) * 1000.0,
             inputs=data if len(data) <= self.max_input_bytes else None,
             api_key_id=ctx.api_key_id, trace_id=ctx.trace_id)
+        self._append(rec)
+        return rec
+
+    def _append(self, rec: AuditRecord) -> None:
         writer = self._current()
         payload = rec.to_payload()
         try:
@@ -123,6 +134,17 @@ class Auditor:
             raise Unavailable(f"audit log refused the record: {exc}", retry_after=5) from None
         metrics.WAL_RECORDS.inc()
         metrics.WAL_BYTES.inc(len(payload))
+
+    def event(self, ctx: RequestContext, kind: str, model: str,
+              detail: dict[str, Any]) -> AuditRecord:
+        """A management change (traffic split, rollback) in the audit trail:
+        ``face = "admin"``, who in ``api_key_id``, what in ``extra``."""
+        rec = AuditRecord(
+            request_id=ctx.request_id, ts=time.time(), host=self.host, model=model,
+            version="", face="admin", input_digest="", input_meta=[], outputs={},
+            labels=None, cached=False, latency_ms=(time.monotonic() - ctx.started) * 1000.0,
+            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, extra={"event": kind, **detail})
+        self._append(rec)
         return rec
 
     def close(self) -> None:

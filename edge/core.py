@@ -11,6 +11,7 @@ Raises only :mod:`edge.errors` classes; the daemon's error data
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +31,8 @@ from wire.messages import MessageError, RemoteError
 
 SERVER_NAME = "falcon-inference"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "model_repository")
+LISTING_TTL_S = 0.5
 
 _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
     messages.NOT_FOUND: errors.ModelNotFound,
@@ -86,6 +88,7 @@ class Core:
         self.metadata_ttl_s = metadata_ttl_s
         self.clock = clock
         self._meta: dict[tuple[str, str], tuple[float, ModelMeta]] = {}
+        self._listing_cache: tuple[float, dict[str, dict[str, Any]]] | None = None
         self._lock = threading.Lock()
 
     # -- deadlines ---------------------------------------------------------
@@ -118,14 +121,42 @@ class Core:
     def models(self, deadline: float) -> list[dict[str, Any]]:
         return list(self._call("models", {}, deadline).get("models", []))
 
+    def _listing(self, deadline: float) -> dict[str, dict[str, Any]]:
+        """The daemon's models with their traffic splits, cached at most
+        ``LISTING_TTL_S`` so a split change reaches every worker within a second."""
+        now = self.clock()
+        with self._lock:
+            cached = self._listing_cache
+        if cached is not None and now - cached[0] < min(self.metadata_ttl_s, LISTING_TTL_S):
+            return cached[1]
+        listing = {m["name"]: m for m in self.models(deadline)}
+        with self._lock:
+            self._listing_cache = (now, listing)
+        return listing
+
+    def resolve(self, model: str, version: str | None, routing_key: str,
+                deadline: float) -> str:
+        """The version that answers: the pinned one, else the traffic split's
+        choice for this routing key (sticky), else the highest version."""
+        if version:
+            return version
+        entry = self._listing(deadline).get(model)
+        if entry is None:
+            raise errors.ModelNotFound(f"model {model!r} is not loaded")
+        split = entry.get("split") or {}
+        if split:
+            return choose(split, f"{model}\0{routing_key}")
+        return str(entry["default_version"])
+
     def metadata(self, model: str, version: str | None, deadline: float) -> ModelMeta:
-        key = (model, version or "")
+        version = version or self.resolve(model, None, "", deadline)
+        key = (model, version)
         now = self.clock()
         with self._lock:
             hit = self._meta.get(key)
         if hit is not None and now - hit[0] < self.metadata_ttl_s:
             return hit[1]
-        listing = {m["name"]: m for m in self.models(deadline)}
+        listing = self._listing(deadline)
         if model not in listing:
             raise errors.ModelNotFound(f"model {model!r} is not loaded")
         data = self._call("metadata", {"model": model, "version": version}, deadline)
@@ -133,6 +164,18 @@ class Core:
         with self._lock:
             self._meta[key] = (now, meta)
         return meta
+
+    def manage(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """A model-management op of the daemon (load, unload, split, rollback,
+        index); its refusal (bad split, failed load) is an InvalidInput."""
+        try:
+            result = self._call(op, args, deadline)
+        except errors.InvalidInput as exc:  # the daemon's message names the field itself
+            field, _, reason = exc.reason.partition(": ")
+            raise errors.InvalidInput(field, reason) if reason else exc from None
+        with self._lock:
+            self._listing_cache = None  # this worker sees the change at once
+        return result
 
     def model_ready(self, model: str, version: str | None, deadline: float) -> bool:
         try:
@@ -145,7 +188,7 @@ class Core:
     def infer(self, ctx: RequestContext, model: str, version: str | None,
               inputs: list[tuple[str, np.ndarray]], outputs: list[str] | None,
               deadline: float) -> InferResult:
-        meta = self.metadata(model, version, deadline)
+        meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
         check_tensors(meta, inputs, self.max_rows)
         if outputs is not None:
             known = {t.name for t in meta.outputs}
@@ -162,7 +205,7 @@ class Core:
     def predict(self, ctx: RequestContext, model: str, version: str | None, instances: Any,
                 deadline: float) -> Prediction:
         """The simple face: rows in, a label and class probabilities per row out."""
-        meta = self.metadata(model, version, deadline)
+        meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
         inputs = [instances_to_array(meta, instances, self.max_rows)]
         result, canon = self._answer(meta, inputs, deadline)
         rows = classify(meta, result)
@@ -203,6 +246,19 @@ class Core:
             raise errors.Unavailable(f"malformed daemon answer: {exc}") from None
         return InferResult(str(result.get("model")), str(result.get("version")), arrays,
                            int(result.get("queue_us", 0)), int(result.get("compute_us", 0)))
+
+
+def choose(split: dict[str, int], routing_key: str) -> str:
+    """The version of ``split`` (version -> weight) for ``routing_key``: the same
+    key always gets the same version (sticky), keys spread by weight."""
+    versions = sorted((v for v, w in split.items() if w > 0), key=int)
+    total = sum(split[v] for v in versions)
+    point = int.from_bytes(hashlib.sha256(routing_key.encode()).digest()[:8], "big") % total
+    for v in versions:
+        point -= split[v]
+        if point < 0:
+            return v
+    return versions[-1]
 
 
 def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:

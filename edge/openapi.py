@@ -78,6 +78,11 @@ def _get(summary: str, schema: str | None, params: list[dict[str, Any]], *codes:
     return {"get": {"summary": summary, "parameters": params, "responses": {"200": ok, **_errors(*codes)}}}
 
 
+def _admin(method: str, summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {method: {"summary": f"{summary} (API key scope: admin)", "parameters": params or [],
+                     "responses": {"200": {"description": "OK"}, **_errors(400, 404, 503)}}}
+
+
 def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
     return {"post": {
         "summary": "Run inference (JSON, or the binary tensor data extension with the "
@@ -112,8 +117,15 @@ def spec() -> dict[str, Any]:
                                                             [MODEL, VERSION], 400),
         "/v2/models/{model}/infer": _infer([MODEL]),
         "/v2/models/{model}/versions/{version}/infer": _infer([MODEL, VERSION]),
-        "/v2/repository/index": {"post": {"summary": "List loaded model versions",
-                                          "responses": {"200": {"description": "Index"}}}},
+        "/v2/repository/index": _admin("post", "Every version in the repository and its state"),
+        "/v2/repository/models/{model}/load": _admin("post", "Load a model's versions (body: "
+                                                     "{\"parameters\": {\"version\": \"2\"}})", [MODEL]),
+        "/v2/repository/models/{model}/unload": _admin("post", "Unload a model's versions "
+                                                       "(or one, as for load)", [MODEL]),
+        "/v1/models/{model}/traffic": {**_admin("get", "Versions and traffic split", [MODEL]),
+                                       **_admin("put", "Set the split: {\"split\": "
+                                                "{\"1\": 90, \"2\": 10}}", [MODEL])},
+        "/v1/models/{model}/rollback": _admin("post", "Back to the previous split", [MODEL]),
         "/v1/models/{model}/predict": _predict([MODEL]),
         "/v1/models/{model}/versions/{version}/predict": _predict([MODEL, VERSION]),
     }

@@ -39,8 +39,10 @@ def context(req: falcon.Request, resp: falcon.Response, face: str) -> RequestCon
     resp.set_header("X-Request-Id", rid)
     match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
     req.context.face = face
+    routing = req.get_header("X-Routing-Key")
     return RequestContext(rid, face, trace_id=match.group(1) if match else None,
-                          api_key_id=req.context.get("api_key_id"))
+                          api_key_id=req.context.get("api_key_id"),
+                          routing_key=routing if routing and REQUEST_ID_RE.match(routing) else None)
 
 
 def label(req: falcon.Request, model: str, version: str, cached: bool = False) -> None:
@@ -158,15 +160,6 @@ class ModelReady(Resource):
         ready = self.core.model_ready(model, version, self.deadline(req))
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_400
         send_json(resp, {"name": model, "ready": ready})
-
-
-class RepositoryIndex(Resource):
-    scope = ADMIN
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        listing = self.core.models(self.deadline(req))
-        send_json(resp, [{"name": m["name"], "version": v, "state": "READY"}
-                         for m in listing for v in m["versions"]])
 
 
 class Infer(Resource):

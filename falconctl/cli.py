@@ -6,7 +6,7 @@
     falconctl up                the whole stack in the foreground; Ctrl-C stops it
     falconctl config            print the effective configuration (TOML)
     falconctl config --describe every key, its environment variable, default and meaning
-    falconctl models            list the models the daemon serves
+    falconctl models list|status|load|unload|split|rollback   model versions while serving
     falconctl ship              run the audit shipper (WAL -> PostgreSQL)
     falconctl wal tail|dump|verify|reship   operators' WAL tools
     falconctl install           systemd units, /etc/falcon, the falcon user
@@ -103,20 +103,6 @@ def _store(s: Settings) -> Any:
     return PgStore(audit_dsn(s))
 
 
-def cmd_models(s: Settings, args: argparse.Namespace) -> int:
-    from edge.core import Core
-    from edge.daemon_client import DaemonClient
-    from edge.errors import EdgeError
-
-    core = Core(DaemonClient(s.daemon_socket))
-    try:
-        print(json.dumps(core.models(core.deadline()), indent=2))
-    except EdgeError as exc:
-        print(f"falconctl: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
 def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     from audit.pg import PgError
     from edge.auth import KeysFileError
@@ -168,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("edge", help="run the HTTP edge").set_defaults(func=cmd_edge)
     sub.add_parser("haproxy", help="run HAProxy with the project's config").set_defaults(
         func=cmd_haproxy)
-    sub.add_parser("models", help="list served models").set_defaults(func=cmd_models)
+    from falconctl.models import add_subcommands as add_models_subcommands
+
+    add_models_subcommands(sub)
     sub.add_parser("ship", help="run the audit shipper").set_defaults(func=cmd_ship)
     from audit.walcli import add_subcommands
 

@@ -46,3 +46,22 @@ def test_one_scrape_shows_edge_and_shipper(make_stack, pg_dsn):
     assert value(families["falcon_shipped_records"], "falcon_shipped_records_total") == 30
     assert "falcon_wal_pending_bytes" in families and "falcon_ship_lag_seconds" in families
     assert value(families["falcon_ship_postgres_up"], "falcon_ship_postgres_up") == 1
+
+
+def test_daemon_metrics_reach_the_same_scrape(make_stack):
+    stack = make_stack()
+    addr = stack.settings.haproxy.bind
+    for i in range(10):
+        assert post_json(addr, "/v1/models/digits/predict",
+                         {"instances": DIGITS["X"][i:i + 2].tolist()}).status == 200
+    families = scrape(addr)
+    labels = {"model": "digits", "version": "1"}
+    assert value(families["falcon_batch_rows"], "falcon_batch_rows_count", **labels) == 10
+    assert value(families["falcon_batch_rows"], "falcon_batch_rows_sum", **labels) >= 20
+    assert value(families["falcon_inference_compute_seconds"],
+                 "falcon_inference_compute_seconds_count", **labels) == 10
+    assert value(families["falcon_inference_queue_seconds"],
+                 "falcon_inference_queue_seconds_count", **labels) == 10
+    assert value(families["falcon_inference_requests"], "falcon_inference_requests_total",
+                 outcome="ok", **labels) == 10
+    assert value(families["falcon_shm_bytes"], "falcon_shm_bytes", **labels) > 1000

@@ -101,7 +101,7 @@ def test_metadata_openapi_and_health(addr):
     assert "/v1/models/{model}/predict" in spec["paths"]
     assert "/v2/models/{model}/infer" in spec["paths"]
     index = request(addr, "POST", "/v2/repository/index").json()
-    assert {"name": "digits", "version": "1", "state": "READY"} in index
+    assert {"name": "digits", "version": "1", "state": "READY", "reason": ""} in index
 
 
 def test_request_id_is_taken_from_the_client_when_well_formed(addr):

@@ -1,0 +1,133 @@
+"""Model versions while serving: load a new version under load, split traffic,
+roll back in one call, refuse a corrupt version — no restart, no failed request."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from httpx_lite import post_json, request
+from loadgen import LoadGen
+from modelfactory import write_mlp_model
+
+from audit.record import AuditRecord
+from audit.wal import START, StreamReader, list_streams
+
+WIDTH = 16
+ROW = [[0.25] * WIDTH]
+
+
+def mlp(repo: Path, version: str) -> Path:
+    return write_mlp_model(repo, "mlp", input_dim=WIDTH, hidden=32, layers=2, classes=4,
+                           seed=int(version), version=version)
+
+
+def ask(addr: str, key: str | None = None, version: str | None = None) -> tuple[int, str]:
+    path = f"/v1/models/mlp/versions/{version}/predict" if version else "/v1/models/mlp/predict"
+    ans = post_json(addr, path, {"instances": ROW},
+                    headers={"X-Routing-Key": key} if key else None)
+    return ans.status, ans.json().get("version", "") if ans.status == 200 else ans.body.decode()
+
+
+def admin(addr: str, method: str, path: str, doc: dict | None = None):
+    return request(addr, method, path, json.dumps(doc) if doc is not None else None,
+                   {"Content-Type": "application/json"}, timeout=120)
+
+
+def test_load_split_and_rollback_under_load(make_stack, tmp_path):
+    repo = tmp_path / "repo"
+    mlp(repo, "1")
+    stack = make_stack(repo=repo)
+    addr = stack.settings.haproxy.bind
+    pool = np.random.default_rng(0).normal(size=(32, WIDTH)).astype(np.float32)
+    load = LoadGen(addr, pool, threads=3, model="mlp").start()
+    try:
+        mlp(repo, "2")  # a new version directory appears; nothing restarts
+        ans = admin(addr, "POST", "/v2/repository/models/mlp/load", {"parameters": {"version": "2"}})
+        assert ans.status == 200 and ans.json()["loaded"] == ["2"], ans.body
+        time.sleep(1.0)  # every worker sees it within a second
+        assert ask(addr)[1] == "2"  # no split yet: the highest version answers
+        ans = admin(addr, "PUT", "/v1/models/mlp/traffic", {"split": {"1": 80, "2": 20}})
+        assert ans.status == 200 and ans.json()["new"] == {"1": 80, "2": 20}, ans.body
+        time.sleep(1.0)  # every worker sees a split change within a second
+
+        with ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(lambda i: ask(addr, f"caller-{i}"), range(2000)))
+        assert {status for status, _ in answers} == {200}
+        share = sum(v == "2" for _, v in answers) / len(answers)
+        assert abs(share - 0.20) <= 0.03, share
+        for i in range(0, 2000, 100):  # a caller stays on its version
+            assert {ask(addr, f"caller-{i}")[1] for _ in range(5)} == {answers[i][1]}
+
+        ans = admin(addr, "POST", "/v1/models/mlp/rollback")
+        assert ans.status == 200 and ans.json()["new"] == {} and ans.json()["old"] == {"1": 80, "2": 20}
+        time.sleep(1.0)
+        assert {ask(addr, f"caller-{i}")[1] for i in range(50)} == {"2"}  # the default again
+        ans = admin(addr, "PUT", "/v1/models/mlp/traffic", {"split": {"1": 100}})
+        assert ans.status == 200
+        time.sleep(1.0)
+        assert {ask(addr, f"caller-{i}")[1] for i in range(200)} == {"1"}
+    finally:
+        outcomes = load.stop()
+    assert {o.status for o in outcomes} == {200}, {o.status for o in outcomes}
+    assert len(outcomes) > 100
+
+    wal = Path(stack.settings.wal_dir)
+    events = [r for s in list_streams(wal) for _, p in StreamReader(wal, s).read(START, max_records=100000)
+              if (r := AuditRecord.from_payload(p)).face == "admin"]
+    events.sort(key=lambda e: e.ts)  # two workers, two streams
+    assert [(e.extra["event"], e.extra["old"], e.extra["new"]) for e in events] == [
+        ("split", {}, {"1": 80, "2": 20}), ("rollback", {"1": 80, "2": 20}, {}),
+        ("split", {}, {"1": 100})]
+
+
+def test_a_corrupt_version_is_refused_and_the_others_keep_serving(make_stack, tmp_path):
+    repo = tmp_path / "repo"
+    mlp(repo, "1")
+    mlp(repo, "2")
+    stack = make_stack(repo=repo)
+    addr = stack.settings.haproxy.bind
+    (repo / "mlp" / "3").mkdir()
+    (repo / "mlp" / "3" / "model.onnx").write_bytes(b"\x08\x07 this is not a model" * 50)
+    ans = admin(addr, "POST", "/v2/repository/models/mlp/load", {"parameters": {"version": "3"}})
+    assert ans.status == 400 and "mlp/3 failed to load" in ans.json()["error"], ans.body
+    index = admin(addr, "POST", "/v2/repository/index").json()
+    states = {(m["name"], m["version"]): m["state"] for m in index}
+    assert states[("mlp", "1")] == states[("mlp", "2")] == "READY"
+    assert states[("mlp", "3")] == "UNAVAILABLE"
+    assert ask(addr, version="1") == (200, "1") and ask(addr, version="2") == (200, "2")
+    assert ask(addr)[1] == "2"
+    bad = admin(addr, "PUT", "/v1/models/mlp/traffic", {"split": {"1": 50, "3": 50}})
+    assert bad.status == 400 and "version '3' is not loaded" in bad.json()["error"]
+
+
+def test_unload_and_falconctl_models(make_stack, tmp_path):
+    repo = tmp_path / "repo"
+    mlp(repo, "1")
+    mlp(repo, "2")
+    stack = make_stack(repo=repo)
+    addr = stack.settings.haproxy.bind
+
+    def ctl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "falconctl", "models", *args],
+                              env=stack.env, capture_output=True, text=True, timeout=120)
+
+    assert ctl("split", "mlp", "1=100").returncode == 0
+    refused = ctl("unload", "mlp", "--version", "1")
+    assert refused.returncode == 1 and "traffic split" in refused.stderr
+    assert json.loads(ctl("rollback", "mlp").stdout)["new"] == {}
+    out = ctl("unload", "mlp", "--version", "1")
+    assert out.returncode == 0 and json.loads(out.stdout)["unloaded"] == ["1"], out.stderr
+    time.sleep(0.6)
+    assert ask(addr, version="1")[0] == 404
+    assert ask(addr) == (200, "2")
+    status = json.loads(ctl("status").stdout)
+    assert {(m["version"], m["state"]) for m in status if m["name"] == "mlp"} == {
+        ("1", "UNAVAILABLE"), ("2", "READY")}
+    assert json.loads(ctl("load", "mlp", "--version", "1").stdout)["loaded"] == ["1"]
+    assert ask(addr, version="1") == (200, "1")

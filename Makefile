@@ -36,6 +36,9 @@ unit: venv
 integration: deps venv
 	$(PY) -m pytest -q tests/integration
 
+system: deps venv
+	$(PY) -m pytest -q tests/system
+
 check-model: venv
 	$(PY) models/build_digits.py --check
 

@@ -55,6 +55,9 @@ def stack_env(tmp: Path, repo: Path, **overrides: str) -> dict[str, str]:
         "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
         "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
         "FALCON_CONFIG": str(tmp / "falcon.toml"),
+        # Most tests call the API without a key; tests of auth turn it on
+        # (make_stack(FALCON_AUTH_ENABLED="true")).
+        "FALCON_AUTH_ENABLED": "false",
     })
     (tmp / "falcon.toml").write_text("# tests configure everything through the environment\n")
     env.update(overrides)
@@ -100,6 +103,19 @@ def make_stack(tmp_path: Path) -> Iterator[Callable[..., Stack]]:
     factory = StackFactory(tmp_path)
     yield factory
     assert factory.close() == [], "shared-memory segments left behind"
+
+
+def falconctl(stack: Stack, *args: str) -> subprocess.CompletedProcess:
+    """``falconctl ARGS`` with the stack's configuration; fails the test if it fails."""
+    out = subprocess.run([sys.executable, "-m", "falconctl", *args], env=stack.env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def create_key(stack: Stack, name: str, *args: str) -> str:
+    """A new API key for ``stack`` (``falconctl keys create --name NAME ARGS``)."""
+    return falconctl(stack, "keys", "create", "--name", name, *args).stdout.strip()
 
 
 @pytest.fixture(scope="module")

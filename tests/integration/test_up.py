@@ -33,6 +33,7 @@ def run_up(tmp_path: Path) -> None:
     env = stack_env(tmp_path, ROOT / "models")
     env.pop("FALCON_CONFIG")  # exercise the embedded defaults path of `up`
     env.pop("FALCON_DAEMON_MODEL_REPOSITORY")
+    env.pop("FALCON_AUTH_ENABLED")  # the default: on, with a demo key in the curl line
     proc = subprocess.Popen([sys.executable, "-m", "falconctl", "up", "--root", str(ROOT)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
@@ -54,7 +55,10 @@ def run_up(tmp_path: Path) -> None:
         body = argv[argv.index("-d") + 1]
         url = next(a for a in argv if a.startswith("http://"))
         path = url.split(bind, 1)[1]
-        ans = request(bind, "POST", path, body, {"Content-Type": "application/json"})
+        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+        assert headers["Authorization"].startswith("Bearer fk_"), curl
+        assert request(bind, "POST", path, body, {"Content-Type": "application/json"}).status == 401
+        ans = request(bind, "POST", path, body, headers)
         assert ans.status == 200, ans.body
         expected = json.loads((ROOT / "models/digits/example.json").read_text())["expected_labels"]
         assert [p["label"] for p in ans.json()["predictions"]] == expected

@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := haproxy postgresql memcached
+APT_PACKAGES := haproxy postgresql memcached prometheus
 
 .PHONY: up test lint unit integration system deps venv bench check-model clean
 

@@ -5,12 +5,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_PACKAGES := haproxy postgresql memcached prometheus
+APT_PACKAGES := haproxy postgresql memcached
+TEST_APT_PACKAGES := prometheus
 
 .PHONY: up test lint unit integration system deps venv bench check-model clean
 
 deps:
 	@./ops/install-deps.sh $(APT_PACKAGES)
+
+test-deps: deps
+	@./ops/install-deps.sh $(TEST_APT_PACKAGES)
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,17 +31,21 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: deps venv lint
+test: test-deps venv lint
 	$(PY) -m pytest -q tests
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
-integration: deps venv
+integration: test-deps venv
 	$(PY) -m pytest -q tests/integration
 
 system: deps venv
 	$(PY) -m pytest -q tests/system
+
+bench: deps venv
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/compare.py
 
 check-model: venv
 	$(PY) models/build_digits.py --check

@@ -10,5 +10,16 @@ done
 SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "installing Debian packages: ${missing[*]}"
+# Debian starts a package's own service on install (memcached on :11211, a
+# PostgreSQL cluster on :5432, Prometheus on :9090...). The stack runs its own
+# instances, so keep the packaged services from starting during the install.
+policy=/usr/sbin/policy-rc.d
+own_policy=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod +x "$policy"
+  own_policy=1
+fi
+trap 'if [ -n "$own_policy" ]; then $SUDO rm -f "$policy"; fi' EXIT
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

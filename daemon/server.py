@@ -239,6 +239,8 @@ class DaemonServer:
             answer = await self.batcher(lv).infer(feeds, outputs, deadline)
         except BatchError as exc:
             metrics.OUTCOMES.labels(lv.model, lv.version, exc.type).inc()
+            log.info("infer %s/%s failed (%s) trace=%s: %s", lv.model, lv.version, exc.type,
+                     req.get("trace"), exc)
             raise _Fail(exc.type, str(exc)) from None
         finally:
             lv.inflight -= 1

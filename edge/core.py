@@ -196,7 +196,7 @@ class Core:
                 if name not in known:
                     raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
                                               f"output {name!r} (outputs: {', '.join(sorted(known))})")
-        result, canon = self._answer(meta, inputs, deadline)
+        result, canon = self._answer(meta, inputs, deadline, ctx.trace_id)
         if outputs is not None:
             result.outputs = [(n, a) for n, a in result.outputs if n in outputs]
         self._audit(ctx, result, canon, None)
@@ -207,23 +207,23 @@ class Core:
         """The simple face: rows in, a label and class probabilities per row out."""
         meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
         inputs = [instances_to_array(meta, instances, self.max_rows)]
-        result, canon = self._answer(meta, inputs, deadline)
+        result, canon = self._answer(meta, inputs, deadline, ctx.trace_id)
         rows = classify(meta, result)
         self._audit(ctx, result, canon, [row.get("label") for row in rows])
         return Prediction(result.model, result.version, rows, result.cached)
 
     def _answer(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
-                deadline: float) -> tuple[InferResult, Canonical | None]:
+                deadline: float, trace_id: str | None = None) -> tuple[InferResult, Canonical | None]:
         """Every output of ``meta``'s version for ``inputs``: from the cache when
         the model allows it and it has them, else from the daemon."""
         canon = canonical(inputs) if self.cache or self.auditor else None
         if self.cache is None or not meta.cache_enabled or canon is None:
-            return self._run(meta, inputs, deadline), canon
+            return self._run(meta, inputs, deadline, trace_id), canon
         key = cache_key(meta.name, meta.version, input_digest(canon[0]))
         hit = self.cache.get(meta.name, key)
         if hit is not None:
             return InferResult(meta.name, meta.version, hit, cached=True), canon
-        result = self._run(meta, inputs, deadline)
+        result = self._run(meta, inputs, deadline, trace_id)
         if result.version == meta.version:
             self.cache.set(key, result.outputs, meta.cache_ttl_s)
         return result, canon
@@ -236,8 +236,8 @@ class Core:
                                 outputs=result.outputs, labels=labels, cached=result.cached)
 
     def _run(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
-             deadline: float) -> InferResult:
-        args = {"model": meta.name, "version": meta.version, "outputs": None,
+             deadline: float, trace_id: str | None = None) -> InferResult:
+        args = {"model": meta.name, "version": meta.version, "outputs": None, "trace": trace_id,
                 "inputs": [messages.encode_tensor(n, a) for n, a in inputs]}
         result = self._call("infer", args, deadline)
         try:

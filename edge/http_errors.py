@@ -47,7 +47,11 @@ def render_error(resp: falcon.Response, status: str, message: str) -> None:
 
 def handle_edge_error(req: falcon.Request, resp: falcon.Response, exc: errors.EdgeError,
                       params: dict[str, Any]) -> None:
-    render_error(resp, status_for(exc), str(exc))
+    status = status_for(exc)
+    render_error(resp, status, str(exc))
+    if status.startswith("5"):  # server-side failures, with the ids that follow them across processes
+        log.info("%s %s -> %s request_id=%s trace=%s: %s", req.method, req.path, status[:3],
+                 req.context.get("request_id"), req.context.get("trace_id"), exc)
     if isinstance(exc, errors.Unavailable):
         resp.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
     elif isinstance(exc, errors.Unauthorized):  # RFC 6750 section 3

@@ -9,6 +9,7 @@ Two faces over one :class:`~edge.core.Core`:
 from __future__ import annotations
 
 import re
+import secrets
 import time
 import uuid
 from typing import Any
@@ -33,14 +34,18 @@ TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{
 
 def context(req: falcon.Request, resp: falcon.Response, face: str) -> RequestContext:
     """Request id (the client's ``X-Request-Id`` when well-formed, else a new
-    one; echoed back) and trace id (from a W3C ``traceparent`` header)."""
+    one) and W3C trace context: the client's ``traceparent`` trace id, or a new
+    one; both echoed back (``traceparent`` with this edge's span id). The trace
+    id travels to the daemon, into logs and into the audit record."""
     given = req.get_header("X-Request-Id")
     rid = given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
     resp.set_header("X-Request-Id", rid)
     match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
-    req.context.face = face
+    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+    resp.set_header("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
+    req.context.face, req.context.request_id, req.context.trace_id = face, rid, trace_id
     routing = req.get_header("X-Routing-Key")
-    return RequestContext(rid, face, trace_id=match.group(1) if match else None,
+    return RequestContext(rid, face, trace_id=trace_id,
                           api_key_id=req.context.get("api_key_id"),
                           routing_key=routing if routing and REQUEST_ID_RE.match(routing) else None)
 

@@ -12,8 +12,10 @@ Request (kind ``REQUEST``)::
     op "models"    -> {"models": [{"name", "versions": [str], "default_version": str,
                                    "split": {version: weight}}]}
     op "metadata"  {"model", "version"?} -> model metadata (see daemon.registry)
-    op "infer"     {"model", "version"?, "inputs": [tensor], "outputs": [str] | None}
-                   -> {"model", "version", "outputs": [tensor], "queue_us", "compute_us"}
+    op "infer"     {"model", "version"?, "inputs": [tensor], "outputs": [str] | None,
+                    "trace"?: W3C trace id (logged with failures)}
+                   -> {"model", "version", "outputs": [tensor], "queue_us", "compute_us",
+                       "batch_rows"}
     op "index"     -> {"models": [{"name", "version", "state", "reason"}]} (whole repository)
     op "load"      {"model", "version"?} -> {"model", "loaded": [str]}
     op "unload"    {"model", "version"?} -> {"model", "unloaded": [str]}

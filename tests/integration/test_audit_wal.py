@@ -80,3 +80,17 @@ def test_wal_refusing_records_turns_predictions_into_503(make_stack):
     assert ans.status == 503, ans.body
     assert "audit" in ans.json()["error"] and ans.headers["retry-after"]
     assert wal_records(stack) == []
+
+
+def test_trace_context_is_taken_or_created_echoed_and_audited(make_stack):
+    stack = make_stack()
+    addr = stack.settings.haproxy.bind
+    row = {"instances": DIGITS["X"][:1].tolist()}
+    given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    ans = post_json(addr, "/v1/models/digits/predict", row, headers={"traceparent": given})
+    echoed = ans.headers["traceparent"].split("-")
+    assert echoed[1] == "4bf92f3577b34da6a3ce929d0e0e4736" and echoed[2] != "00f067aa0ba902b7"
+    fresh = post_json(addr, "/v1/models/digits/predict", row).headers["traceparent"].split("-")
+    assert len(fresh[1]) == 32 and fresh[1] != echoed[1]
+    traces = {r.trace_id for r in wal_records(stack)}
+    assert traces == {echoed[1], fresh[1]}

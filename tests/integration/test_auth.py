@@ -153,5 +153,8 @@ def test_revocation_reaches_every_worker_within_two_seconds(make_stack):
 def test_auth_off_is_logged_loudly_by_every_worker(make_stack):
     stack = make_stack()  # the test stacks' default: FALCON_AUTH_ENABLED=false
     assert predict(stack.settings.haproxy.bind, {}).status == 200
-    log = (stack.log_dir / "edge.log").read_text()
+    deadline = time.monotonic() + 10  # one worker serving is enough to be up: wait for both
+    while (log := (stack.log_dir / "edge.log").read_text()).count("Booting worker") < 2:
+        assert time.monotonic() < deadline, log
+        time.sleep(0.1)
     assert log.count("AUTH IS DISABLED") >= 1 + 2, log  # the arbiter, then each worker

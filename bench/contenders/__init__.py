@@ -1,0 +1,1 @@
+"""Contenders of ``bench/compare.py``: the apps it runs next to this platform."""

@@ -128,12 +128,19 @@ def protect_home(paths: Sequence[str]) -> str:
     paths under a home directory (``yes`` would hide them: the units could not
     even start their interpreter)."""
     needed: list[str] = []
-    for path in sorted(set(p.rstrip("/") or "/" for p in paths if _under_home(p))):
+    hidden = [p for p in paths if _under_home(p) or _under_tmp(p)]
+    for path in sorted(set(p.rstrip("/") or "/" for p in hidden)):
         if not any(path.startswith(n + "/") for n in needed):
             needed.append(path)
     if not needed:
         return "ProtectHome=yes"
-    return "ProtectHome=tmpfs\nBindReadOnlyPaths=" + " ".join(needed)
+    protect = "ProtectHome=tmpfs" if any(_under_home(p) for p in needed) else "ProtectHome=yes"
+    # NOTE: a checkout under /tmp (a CI clone) is hidden by PrivateTmp=yes too: bind it back
+    return f"{protect}\nBindReadOnlyPaths=" + " ".join(needed)
+
+
+def _under_tmp(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in ("/tmp", "/var/tmp"))
 
 
 def _check_path(what: str, path: str) -> None:

@@ -36,8 +36,13 @@ if [[ ${1:-} == --inner ]]; then   # PID 1 of the new pid namespace, in the priv
     n=${d%%:*} p=${d#*:}; mkdir -p "$S/$n.upper" "$S/$n.work"
     mount -t overlay overlay -o "lowerdir=$p,upperdir=$S/$n.upper,workdir=$S/$n.work" "$p"
   done
+  # SANDBOX_KEEP: host paths under /tmp or /var/tmp (a checkout, its venv) that must stay
+  # visible through the private /tmp: parked under the new /run, bound back afterwards.
+  keep=(); for k in ${SANDBOX_KEEP//:/ }; do case $k in /tmp/*|/var/tmp/*) keep+=("$k");; esac; done
+  for i in "${!keep[@]}"; do mkdir -p /run/keep/$i; mount --bind "${keep[$i]}" /run/keep/$i; done
   mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
   mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /var/tmp
+  for i in "${!keep[@]}"; do mkdir -p "${keep[$i]}"; mount --bind /run/keep/$i "${keep[$i]}"; done
   touch /run/console; mount --bind "$C" /run/console
   mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys
   mount -o remount,bind,ro /sys

@@ -343,6 +343,26 @@ def haproxy_env_text(s: Settings) -> str:
         "\n".join(lines) + "\n"
 
 
+def fresh_env(path: Path, env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without what systemd loaded from the previous ``path``.
+
+    systemd reads the unit's EnvironmentFiles once for the whole start-pre
+    step, so this ExecStartPre sees the file it is about to rewrite; its
+    ``FALCON_HAPROXY_*`` names are also settings' environment names, and the old
+    values would override a changed falcon.toml for ever. A variable whose value
+    equals the old file's is dropped (falcon.env, read after it, wins otherwise).
+    """
+    old: dict[str, str] = {}
+    try:
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                old[key.strip()] = value.strip().strip('"').replace('\\"', '"')
+    except OSError:
+        return dict(env)
+    return {k: v for k, v in env.items() if old.get(k) != v}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m falconctl.install")
     sub = p.add_subparsers(dest="command", required=True)
@@ -350,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     env.add_argument("path")
     args = p.parse_args(argv)
     try:
-        text = haproxy_env_text(settings_mod.load())
+        text = haproxy_env_text(settings_mod.load(env=fresh_env(Path(args.path), os.environ)))
     except ConfigError as exc:
         print(f"falconctl: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -144,7 +144,7 @@ class Core:
         if entry is None:
             raise errors.ModelNotFound(f"model {model!r} is not loaded")
         split = entry.get("split") or {}
-        if split:
+        if sum(w for w in split.values() if w > 0) > 0:  # (the daemon lists loaded versions only)
             return choose(split, f"{model}\0{routing_key}")
         return str(entry["default_version"])
 

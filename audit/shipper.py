@@ -75,7 +75,7 @@ class Shipper:
                 self._positions.pop(stream, None)  # re-read it: the commit may or may not be in
                 stats.errors.append(f"{stream}: {exc}")
                 break  # the database is the problem, not this stream: stop the pass
-            except WalError as exc:
+            except (WalError, OSError) as exc:  # this stream's problem (corrupt, permissions)
                 log.error("stream %s cannot be shipped: %s", stream, exc)
                 stats.errors.append(f"{stream}: {exc}")
         self._measure(stats)

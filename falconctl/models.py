@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 import time
 import uuid
@@ -35,10 +36,29 @@ def _record(s: Settings, event: str, result: dict[str, Any]) -> None:
     def writer(wal_dir: Path, stream: str) -> WalWriter:
         return WalWriter(wal_dir, stream, sync="always", min_free_bytes=s.audit.min_free_bytes)
 
-    auditor = Auditor(Path(s.wal_dir), f"{s.host_id}-falconctl", writer)
+    wal_dir = Path(s.wal_dir)
+    streams: list[str] = []
+
+    def tracked(wal_dir: Path, stream: str) -> WalWriter:
+        streams.append(stream)
+        return writer(wal_dir, stream)
+
+    auditor = Auditor(wal_dir, f"{s.host_id}-falconctl", tracked)
     ctx = RequestContext(uuid.uuid4().hex, "admin", api_key_id=f"falconctl:{getpass.getuser()}")
     auditor.event(ctx, event, result["model"], {"old": result["old"], "new": result["new"]})
     auditor.close()
+    _give_to_wal_owner(wal_dir, streams)
+
+
+def _give_to_wal_owner(wal_dir: Path, streams: list[str]) -> None:
+    """Run as root next to services running as ``falcon``: hand our stream to the
+    WAL directory's owner, or the shipper could not remove it once shipped."""
+    if os.geteuid() != 0:
+        return
+    st = wal_dir.stat()
+    for stream in streams:
+        for path in [wal_dir / stream, *(wal_dir / stream).iterdir()]:
+            os.chown(path, st.st_uid, st.st_gid)
 
 
 def parse_split(items: list[str]) -> dict[str, int]:

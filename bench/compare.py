@@ -418,7 +418,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of wrk before measuring")
     p.add_argument("--ceiling-seconds", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=8, help="gthread threads per worker")
+    p.add_argument("--threads", type=int, default=32, help="gthread threads per worker")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 

@@ -3,6 +3,7 @@ outcome recorded (request id, status, what the client received)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
 import time
@@ -62,7 +63,7 @@ class LoadGen:
                               json.dumps({"instances": rows}), {"X-Request-Id": rid},
                               timeout=self.timeout)
                 outcome = Outcome(rid, ans.status, ans.json() if ans.status == 200 else None, rows)
-            except (OSError, ValueError):
+            except (OSError, ValueError, http.client.HTTPException):  # no HTTP answer
                 outcome = Outcome(rid, 0)
                 time.sleep(0.01)
             outcome.seconds = time.monotonic() - started
@@ -90,7 +91,7 @@ def open_loop(addr: str, rows: np.ndarray, *, rate: float, seconds: float, model
                           json.dumps({"instances": batch}), {"X-Request-Id": rid},
                           timeout=timeout)
             outcome = Outcome(rid, ans.status)
-        except (OSError, ValueError):
+        except (OSError, ValueError, http.client.HTTPException):  # no HTTP answer
             outcome = Outcome(rid, 0)
         outcome.seconds = time.monotonic() - started
         with lock:

@@ -41,17 +41,21 @@ def migrate_until_ready(store: PgStore, stop: threading.Event) -> bool:
 
 
 class _Progress:
-    """Logs what the passes did, at most every few seconds, and pings the watchdog."""
+    """Logs what the passes did, at most every few seconds, and pings the
+    watchdog after every pass and every batch."""
 
     def __init__(self) -> None:
         self.last_log = 0.0
         self.shipped = 0
         self.watchdog = watchdog_interval() is not None
 
-    def __call__(self, stats: ShipStats) -> None:
-        metrics.observe(stats)
+    def ping(self) -> None:
         if self.watchdog:
             notify("WATCHDOG=1")
+
+    def __call__(self, stats: ShipStats) -> None:
+        metrics.observe(stats)
+        self.ping()
         self.shipped += stats.shipped
         now = time.monotonic()
         if stats.errors and now - self.last_log > 5:
@@ -72,10 +76,12 @@ def run(settings: Settings, dsn: str) -> int:
     store = PgStore(dsn)
     if not migrate_until_ready(store, stop):
         return 0
-    shipper = Shipper(wal_dir, store, batch=settings.audit.ship_batch)
+    progress = _Progress()
+    shipper = Shipper(wal_dir, store, batch=settings.audit.ship_batch,
+                      heartbeat=progress.ping)
     notify("READY=1\nSTATUS=shipping")
     log.info("shipping %s", wal_dir)
-    shipper.run(stop, poll_s=settings.audit.ship_poll_ms / 1000.0, on_pass=_Progress())
+    shipper.run(stop, poll_s=settings.audit.ship_poll_ms / 1000.0, on_pass=progress)
     notify("STOPPING=1")
     store.close()
     log.info("stopped")

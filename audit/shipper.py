@@ -55,7 +55,11 @@ class Shipper:
 
     def __init__(self, wal_dir: Path, store: PgStore, *, batch: int = 1000,
                  breaker: pybreaker.CircuitBreaker | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 heartbeat: Callable[[], None] = lambda: None) -> None:
+        """``heartbeat`` is called after every committed batch (the systemd
+        watchdog ping: a catch-up after a long outage is one long pass)."""
+        self.heartbeat = heartbeat
         self.wal_dir = wal_dir
         self.store = store
         self.batch = batch
@@ -119,6 +123,7 @@ class Shipper:
             end = batch[-1][0]
             stats.inserted += self.breaker.call(self.store.write, stream, records, tuple(end))
             stats.shipped += len(batch)
+            self.heartbeat()
             pos = self._positions[stream] = end
             if len(batch) < self.batch:
                 break

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +171,27 @@ def test_full_disk_stops_the_writer_with_503_and_keeps_what_was_acknowledged(mak
         seen += [AuditRecord.from_payload(p).request_id
                  for _, p in reader.read(START, max_records=100000)]
     assert set(acknowledged) <= set(seen)
+
+
+def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):
+    """A backlog is shipped in batches within one pass; every committed batch
+    beats the heartbeat (systemd's watchdog would otherwise kill a shipper
+    catching up after a long PostgreSQL outage)."""
+    from audit.shipper import Shipper
+    from audit.store import PgStore
+    from audit.wal import WalWriter
+    from edge.audit import Auditor, RequestContext
+
+    wal = tmp_path / "wal"
+    auditor = Auditor(wal, "hb", lambda d, s: WalWriter(d, s, sync="interval", min_free_bytes=0))
+    for _ in range(250):
+        auditor.event(RequestContext(uuid.uuid4().hex, "admin"), "split", "m", {"old": {}, "new": {}})
+    auditor.close()
+    beats = []
+    store = PgStore(pg_dsn)
+    store.migrate()
+    shipper = Shipper(wal, store, batch=50, heartbeat=lambda: beats.append(1))
+    stats = shipper.ship_once()
+    store.close()
+    assert stats.shipped == 250 and stats.errors == []
+    assert len(beats) == 5

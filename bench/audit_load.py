@@ -54,7 +54,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,13 +67,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import psycopg2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from procs import descendants, proc_stat, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
 from falconctl.stack import Stack, free_port  # noqa: E402
@@ -289,28 +289,6 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 GROUPS = ("edge", "daemon", "shipper", "postgres", "haproxy")
 
 
-def _stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command name (index 0 is the state)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def descendants(root: int) -> list[int]:
-    kids: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                kids.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
-            except (OSError, IndexError):
-                continue
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += kids.get(pid, [])
-    return out
-
-
 def postmaster_pid(stack: Stack) -> int | None:
     if stack.postgres is None:
         return None
@@ -328,9 +306,9 @@ def cpu_snapshot(stack: Stack) -> dict[int, tuple[str, float]]:
         roots["postgres"] = pg
     snap = {}
     for group, root in roots.items():
-        for pid in descendants(root):
+        for pid in descendants([root]):
             try:
-                f = _stat(pid)
+                f = proc_stat(pid)
                 snap[pid] = (group, (int(f[11]) + int(f[12])) / CLK_TCK)
             except (OSError, IndexError):
                 continue
@@ -746,15 +724,11 @@ def save(results: list[Result], out: Path) -> None:
     print(f"\nwrote {out}")
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextmanager
 def bench_context() -> Iterator[Bench]:
     """A Bench whose stacks are stopped, segments unlinked and temp root removed
     however we leave."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     root = make_root("falcon-bench-audit-")
     try:
         bench = Bench(root)

@@ -41,7 +41,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -51,11 +50,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from procs import descendants, pss_kb, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
 from falconctl.stack import Stack, free_port, http_status, split_hostport  # noqa: E402
@@ -79,39 +79,6 @@ def log(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- /proc
-
-
-def _ppid(pid: int) -> int:
-    with open(f"/proc/{pid}/stat") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def tree(roots: list[int]) -> list[int]:
-    """``roots`` and all their descendants (alive)."""
-    parent = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                parent[int(entry)] = _ppid(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    out, todo = [], [r for r in roots if r in parent]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo += [p for p, pp in parent.items() if pp == pid]
-    return sorted(out)
-
-
-def pss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 # ---------------------------------------------------------------- wrk
@@ -280,7 +247,7 @@ def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, lu
             runs.append(r)
             log(f"  {contender}/{model} c={c}: {r.rps:.0f} req/s, p50 {r.p50_ms:.1f} ms, "
                 f"p99 {r.p99_ms:.1f} ms, errors {r.errors}")
-        pids = tree([p.popen.pid for p in stack.procs.values()])
+        pids = descendants([p.popen.pid for p in stack.procs.values()])
         total = sum(pss_kb(p) for p in pids) / 1024
         for r in runs:
             r.pss_mb, r.procs = total, len(pids)
@@ -392,13 +359,9 @@ def plot(runs: list[Run], ceilings: list[dict[str, Any]], path: Path) -> None:
 # ---------------------------------------------------------------- main
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextmanager
 def bench_context(workers: int, threads: int) -> Iterator[Bench]:
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="falcon-bench-compare-") as tmp:
         bench = Bench(Path(tmp), workers, threads)
         try:

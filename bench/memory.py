@@ -54,11 +54,12 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from procs import children, rollup, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
 from falconctl.stack import Stack, split_hostport  # noqa: E402
@@ -91,36 +92,6 @@ EDGE_IMPORTS = {
 
 
 # ---------------------------------------------------------------- /proc
-
-
-def proc_stat(pid: int) -> list[str]:
-    """Fields of /proc/PID/stat after the command name (index 0 is the state)."""
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()
-
-
-def children(pid: int) -> list[int]:
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(proc_stat(int(entry))[1]) == pid:
-                    kids.append(int(entry))
-            except (OSError, IndexError):
-                continue
-    return sorted(kids)
-
-
-def rollup(pid: int) -> dict[str, int]:
-    """``/proc/PID/smaps_rollup`` as {key: kB}."""
-    out = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            parts = rest.split()
-            if len(parts) == 2 and parts[1] == "kB":
-                out[key] = int(parts[0])
-    return out
 
 
 def maps_has(pid: int, needle: str) -> bool:
@@ -194,6 +165,8 @@ def stack_env(tmp: Path, repo: Path, prefix: str, workers: int, threads: int) ->
             "FALCON_EDGE_THREADS": str(threads),
             "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
             "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
+            # the warm-up sends no API key; memory, not auth, is measured here
+            "FALCON_AUTH_ENABLED": "false",
         }
     )
     return env
@@ -347,6 +320,8 @@ def warm(stack: Stack, model: str, requests: int, concurrency: int) -> dict[str,
     if len(served) < len(workers):
         statuses += direct_warm(edge, model, workers, served)
     counts = {s: statuses.count(s) for s in set(statuses)}
+    if not counts.get(200):  # e.g. 401: nothing was computed, the numbers would mean nothing
+        raise RuntimeError(f"warm-up of {model} got no 200: {counts}")
     return {
         "statuses": counts,
         "workers": len(workers),
@@ -678,14 +653,10 @@ def save(result: dict[str, Any], out: Path) -> None:
     print(f"\nwrote {out}")
 
 
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @contextmanager
 def bench_context() -> Iterator[Bench]:
     """A Bench whose stacks are stopped and segments unlinked however we leave."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="falcon-bench-memory-") as tmp:
         bench = Bench(Path(tmp))
         try:

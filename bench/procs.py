@@ -1,0 +1,73 @@
+"""/proc helpers shared by the benchmarks: process trees, memory, signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+from types import FrameType
+
+
+def proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (index 0 is the state,
+    1 the parent pid)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def parents() -> dict[int, int]:
+    """pid -> parent pid, for every process alive now."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                out[int(entry)] = int(proc_stat(int(entry))[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def children(pid: int) -> list[int]:
+    return sorted(p for p, pp in parents().items() if pp == pid)
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """``roots`` (those alive) and all their descendants, sorted."""
+    parent = parents()
+    kids: dict[int, list[int]] = {}
+    for p, pp in parent.items():
+        kids.setdefault(pp, []).append(p)
+    out, todo = [], [r for r in roots if r in parent]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += kids.get(pid, [])
+    return sorted(out)
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """``/proc/PID/smaps_rollup`` as {key: kB}."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB":
+                out[key] = int(parts[0])
+    return out
+
+
+def pss_kb(pid: int) -> int:
+    """Proportional set size of a process in kB (0 if it is gone)."""
+    try:
+        return rollup(pid).get("Pss", 0)
+    except OSError:
+        return 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so a bench's ``finally`` stops what it started."""
+    signal.signal(signal.SIGTERM, _interrupt)

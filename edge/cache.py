@@ -6,11 +6,22 @@ version (or a rollback) never serves another version's answer. Value: the
 daemon's full answer (every output), as msgpack with raw tensor bytes
 (:mod:`wire.messages` tensors).
 
-Several servers are spread by pymemcache's ``HashClient`` (rendezvous hashing:
-losing one server loses only its share of keys). Any cache failure — down,
-slow (``timeout``), a corrupt value — is a miss: logged once per outage,
-counted in ``falcon_cache_requests_total{result="error"}``, and behind a
-breaker so a dead server costs nothing while it is open.
+A pool of servers (several hosts' edges share it) is spread by rendezvous
+hashing over *all* configured servers (pymemcache's ``RendezvousHash``), each
+reached through its own thread-safe ``PooledClient`` behind its own breaker.
+Losing one server loses exactly its share of keys — they become misses, the
+other servers' keys keep hitting, and no key moves, so no server suddenly
+takes a dead one's load of misses and fills. When it is back, its breaker's
+trial call closes it again: it rejoins without a restart, and every edge
+agrees on the key -> server map since it depends on the configured list only.
+(pymemcache's ``HashClient`` instead removes a dead node and re-adds it, with
+unlocked bookkeeping shared by all threads.)
+
+Any cache failure — down, slow (``timeout``), a corrupt value — is a miss:
+logged once per server outage, counted in
+``falcon_cache_requests_total{result="error"}``, and behind that server's
+breaker (``falcon_breaker_state{breaker="memcached:<host>:<port>"}``) so a dead
+server costs nothing while it is open.
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from typing import Any
 import msgpack
 import numpy as np
 from prometheus_client import Counter
-from pymemcache.client.hash import HashClient
+from pymemcache.client.base import PooledClient
+from pymemcache.client.rendezvous import RendezvousHash
 
 from edge.breaker import Breaker, Open
 from wire import messages
@@ -59,60 +71,82 @@ def decode(value: bytes) -> Outputs:
     return messages.decode_tensors(msgpack.unpackb(value, raw=False), "cached")
 
 
+class _Server:
+    """One memcached server of the pool: its client, breaker and outage flag."""
+
+    def __init__(self, name: str, client: Any, breaker: Breaker) -> None:
+        self.name, self.client, self.breaker = name, client, breaker
+        self.degraded = False
+        self.lock = threading.Lock()
+
+    def failed(self, exc: BaseException) -> None:
+        with self.lock:
+            first, self.degraded = not self.degraded, True
+        if first:
+            log.warning("prediction cache server %s unavailable, its keys are misses: %s",
+                        self.name, exc)
+
+    def recovered(self) -> None:
+        if self.degraded:
+            with self.lock:
+                was, self.degraded = self.degraded, False
+            if was:
+                log.warning("prediction cache server %s is back", self.name)
+
+
 class PredictionCache:
     """Thread-safe. ``get`` returns None on a miss *or any failure*; ``set``
-    never raises."""
+    never raises. ``client_factory(server, **kwargs)`` makes one server's client
+    (a seam for tests)."""
 
     def __init__(self, servers: list[tuple[str, int]], *, timeout_s: float = 0.05,
-                 client_factory: Callable[..., Any] = HashClient,
-                 breaker: Breaker | None = None) -> None:
-        self.client = client_factory(servers, connect_timeout=timeout_s, timeout=timeout_s,
-                                     use_pooling=True, ignore_exc=False, retry_attempts=1,
-                                     dead_timeout=1.0)
-        self.breaker = breaker or Breaker("memcached", fail_max=3, reset_timeout=2.0)
-        self._degraded = False
-        self._lock = threading.Lock()
+                 client_factory: Callable[..., Any] = PooledClient,
+                 fail_max: int = 3, reset_timeout_s: float = 2.0) -> None:
+        if not servers:
+            raise ValueError("a prediction cache needs at least one server")
+        self.servers: dict[str, _Server] = {}
+        for host, port in servers:
+            name = f"{host}:{port}"
+            client = client_factory((host, port), connect_timeout=timeout_s, timeout=timeout_s,
+                                    no_delay=True)
+            breaker = Breaker(f"memcached:{name}", fail_max=fail_max,
+                              reset_timeout=reset_timeout_s)
+            self.servers[name] = _Server(name, client, breaker)
+        self.hasher = RendezvousHash(nodes=list(self.servers))
+
+    def server_for(self, key: str) -> _Server:
+        return self.servers[self.hasher.get_node(key)]
 
     def get(self, model: str, key: str) -> Outputs | None:
+        server = self.server_for(key)
         try:
-            value = self.breaker.call(self.client.get, key)
+            value = server.breaker.call(server.client.get, key)
         except Open:
             LOOKUPS.labels(model, "bypass").inc()
             return None
         except Exception as exc:  # pymemcache raises socket, protocol and client errors
-            self._failed(model, exc)
+            LOOKUPS.labels(model, "error").inc()
+            server.failed(exc)
             return None
-        self._recovered()
+        server.recovered()
         if value is None:
             LOOKUPS.labels(model, "miss").inc()
             return None
         try:
             outputs = decode(value)
         except (ValueError, TypeError, msgpack.ExtraData) as exc:
-            self._failed(model, exc)
+            LOOKUPS.labels(model, "error").inc()
+            log.warning("prediction cache: undecodable value under %s: %s", key, exc)
             return None
         LOOKUPS.labels(model, "hit").inc()
         return outputs
 
     def set(self, key: str, outputs: Outputs, ttl_s: int) -> None:
+        server = self.server_for(key)
         try:
-            self.breaker.call(self.client.set, key, encode(outputs), expire=ttl_s, noreply=False)
+            server.breaker.call(server.client.set, key, encode(outputs), expire=ttl_s,
+                                noreply=False)
         except Open:
             pass
         except Exception as exc:  # see get()
-            self._failed("", exc, count=False)
-
-    def _failed(self, model: str, exc: BaseException, count: bool = True) -> None:
-        if count:
-            LOOKUPS.labels(model, "error").inc()
-        with self._lock:
-            first, self._degraded = not self._degraded, True
-        if first:
-            log.warning("prediction cache unavailable, serving without it: %s", exc)
-
-    def _recovered(self) -> None:
-        if self._degraded:
-            with self._lock:
-                was, self._degraded = self._degraded, False
-            if was:
-                log.warning("prediction cache is back")
+            server.failed(exc)

@@ -9,12 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from conftest import Memcached
 from httpx_lite import post_json, request
 from loadgen import LoadGen
 from modelfactory import write_mlp_model
+from pymemcache.client.rendezvous import RendezvousHash
 
 from audit.record import AuditRecord
 from audit.wal import START, StreamReader, list_streams
+from edge.audit import canonical, input_digest
+from edge.cache import cache_key
 
 WIDTH = 16
 
@@ -100,4 +104,42 @@ def test_memcached_killed_mid_load_only_200s(make_stack, memcached, tmp_path):
     metrics = request(addr, "GET", "/metrics").body.decode()
     assert 'falcon_cache_requests_total{model="mlp",result="error"}' in metrics or \
         'result="bypass"' in metrics
-    assert 'falcon_breaker_state{breaker="memcached"}' in metrics
+    assert f'falcon_breaker_state{{breaker="memcached:{memcached.addr}"}}' in metrics
+
+
+def test_losing_one_server_of_a_pool_loses_only_its_keys_and_it_rejoins(make_stack, tmp_path):
+    """Three memcached servers: kill -9 one, and exactly the keys rendezvous
+    hashing puts on it become misses (all answers 200, the other keys still
+    hit); restarted on its port, it takes its keys back without an edge restart."""
+    pool = [Memcached().start() for _ in range(3)]
+    try:
+        repo = tmp_path / "repo"
+        small_mlp(repo, "1", seed=1)
+        stack = make_stack(repo=repo, FALCON_CACHE_SERVERS=",".join(m.addr for m in pool),
+                           FALCON_EDGE_WORKERS="1")
+        addr = stack.settings.haproxy.bind
+        rows = [r[None, :] for r in np.random.default_rng(2).normal(size=(30, WIDTH))
+                .astype(np.float32)]
+        hasher = RendezvousHash(nodes=[m.addr for m in pool])
+        home = [hasher.get_node(cache_key("mlp", "1", input_digest(canonical([("input", r)])[0])))
+                for r in rows]
+        victim = pool[0]
+        on_victim = [h == victim.addr for h in home]
+        assert 0 < sum(on_victim) < len(rows)  # the test means something: keys on every side
+        assert not any(predict(addr, r)["cached"] for r in rows)   # fill
+        assert all(predict(addr, r)["cached"] for r in rows)
+
+        victim.stop(signal.SIGKILL)
+        after_kill = [predict(addr, r)["cached"] for r in rows]
+        assert after_kill == [not v for v in on_victim]
+
+        victim.start()  # empty, same port
+        time.sleep(2.5)  # the server's breaker trial (reset timeout 2 s)
+        for _ in range(3):  # the trial call, then misses that fill it
+            for r, v in zip(rows, on_victim, strict=True):
+                if v:
+                    predict(addr, r)
+        assert all(predict(addr, r)["cached"] for r in rows)
+    finally:
+        for m in pool:
+            m.stop()

@@ -147,6 +147,7 @@ class Bench:
     threads: int
     stacks: list[Stack] = field(default_factory=list)
     started: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # FALCON_* overrides (platform)
 
     def stack(self, name: str, repo: Path) -> Stack:
         self.started += 1
@@ -168,6 +169,7 @@ class Bench:
             "FALCON_AUTH_ENABLED": "false",
             "PYTHONPATH": str(ROOT),
         })
+        env.update(self.env)
         stack = Stack(env, tmp / "logs", python=PYTHON)
         self.stacks.append(stack)
         return stack

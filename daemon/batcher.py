@@ -35,6 +35,15 @@ only when the first dimension of every input and output is dynamic. An
 unbatched version sends every request to the pool at once, alone (as the daemon
 did before batching): no delay and no run-slot limit, so its queue is the pool's,
 bounded by the server's ``max_inflight``.
+PERF: a batching version whose recent runs (an exponential average of the
+compute time) took less than ``inline_below_s`` runs its batches on the event
+loop itself, not in the pool: for a model like the digits demo (~30 µs a run)
+the hand-off to a pool thread and the answer's way back through the loop's
+self-pipe cost several times the run. The loop is then blocked for at most about
+that long per batch. In that mode a request does not start a batch at once: the
+batcher pumps once per turn of the loop, after every request read in that turn
+has queued, so batches still form. The first runs, and any run after a slow one,
+go to the pool.
 Timing of each answer: ``queue_s`` from :meth:`Batcher.infer` to the start of
 its run, ``compute_s`` of the run (concatenate, run, split), ``batch_rows``.
 """
@@ -65,6 +74,8 @@ TimerFn = Callable[[float, Callable[[], None]], Any]
 
 _SOLO: Hashable = object()  # the group key of requests that always run alone
 UNLIMITED = 1 << 30  # max_running of an unbatched version
+INLINE_BELOW_S = 300e-6  # a batching version whose runs take less runs them on the loop
+RUN_EWMA = 0.2  # weight of the newest run in the recent run time
 
 
 class BatchError(Exception):
@@ -118,12 +129,13 @@ class BatchPolicy:
     max_queue_rows: int
     max_running: int = 1  # batches of this version in the pool at once
     reason: str = ""  # why batching is off
+    inline_below_s: float = 0.0  # runs this short run on the event loop (0: never)
 
     def to_wire(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "max_batch_size": self.max_batch_rows,
                 "max_queue_delay_us": round(self.max_queue_delay_s * 1e6),
                 "max_queue_rows": self.max_queue_rows, "max_running": self.max_running,
-                "reason": self.reason}
+                "inline_below_us": round(self.inline_below_s * 1e6), "reason": self.reason}
 
 
 def unbatchable(inputs: Sequence[_Spec], outputs: Sequence[_Spec]) -> str:
@@ -153,7 +165,7 @@ def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence
                        max_queue_delay_s=cfg.max_queue_delay_us / 1e6,
                        max_queue_rows=cfg.max_queue_rows or DEFAULT_QUEUE_BATCHES * rows,
                        max_running=UNLIMITED if why else cfg.max_concurrent_batches,
-                       reason=why)
+                       reason=why, inline_below_s=0.0 if why else INLINE_BELOW_S)
 
 
 @dataclass(frozen=True)
@@ -212,6 +224,8 @@ class Batcher:
         self._timer: Any = None
         self._timer_at = math.inf
         self._split_failed = False  # set from a pool thread; a bool store is atomic
+        self._recent_run_s = math.inf  # exponential average of compute_s; inf: unknown
+        self._pump_soon = False  # a pump is scheduled for the end of this loop turn
 
     @property
     def batching(self) -> bool:
@@ -231,8 +245,20 @@ class Batcher:
         group.items.append(req)
         group.rows += rows
         self.queued_rows += rows
-        self._pump()
+        if self._inline():
+            if not self._pump_soon:
+                self._pump_soon = True
+                asyncio.get_running_loop().call_soon(self._deferred_pump)
+        else:
+            self._pump()
         return await req.future
+
+    def _inline(self) -> bool:
+        return self.batching and self._recent_run_s < self.policy.inline_below_s
+
+    def _deferred_pump(self) -> None:
+        self._pump_soon = False
+        self._pump()
 
     def _classify(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> tuple[int, Hashable]:
         """``(rows, group key)``; the key is :data:`_SOLO` for a request that runs alone."""
@@ -309,6 +335,14 @@ class Batcher:
         self._pump()
 
     def _launch(self, batch: list[_Request]) -> None:
+        if self._inline():
+            try:
+                outcomes: list[Outcome] = self._compute(batch)
+            except Exception as exc:  # a bug in _compute: answer as data, keep serving
+                log.exception("model %s: batch failed", self.name)
+                outcomes = [BatchError(f"{type(exc).__name__}: {exc}") for _ in batch]
+            self._deliver(batch, outcomes)
+            return
         loop = asyncio.get_running_loop()
         try:
             done = loop.run_in_executor(self.executor, self._compute, batch)
@@ -329,6 +363,14 @@ class Batcher:
         except Exception as exc:  # a bug in _compute: answer as data, keep serving
             log.exception("model %s: batch failed", self.name)
             outcomes = [BatchError(f"{type(exc).__name__}: {exc}") for _ in batch]
+        self._deliver(batch, outcomes)
+        self._pump()
+
+    def _deliver(self, batch: list[_Request], outcomes: list[Outcome]) -> None:
+        ran = next((o for o in outcomes if isinstance(o, Answer)), None)
+        if ran is not None:  # (a batch's answers all carry the compute_s of its run)
+            self._recent_run_s = (ran.compute_s if self._recent_run_s == math.inf else
+                                  RUN_EWMA * ran.compute_s + (1 - RUN_EWMA) * self._recent_run_s)
         for req, outcome in zip(batch, outcomes, strict=True):
             if req.future.done():  # its caller went away
                 continue
@@ -336,7 +378,6 @@ class Batcher:
                 req.future.set_exception(outcome)
             else:
                 req.future.set_result(outcome)
-        self._pump()
 
     # ---------------------------------------------------------- in a pool thread
 

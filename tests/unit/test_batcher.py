@@ -132,9 +132,9 @@ class Harness:
 
 
 def policy(rows: int = 4, delay: float = 0.001, queue: int = 1000, running: int = 1,
-           enabled: bool = True) -> BatchPolicy:
+           enabled: bool = True, inline: float = 0.0) -> BatchPolicy:
     return BatchPolicy(enabled=enabled, max_batch_rows=rows, max_queue_delay_s=delay,
-                       max_queue_rows=queue, max_running=running)
+                       max_queue_rows=queue, max_running=running, inline_below_s=inline)
 
 
 def rows(n: int, start: float = 0.0) -> np.ndarray:
@@ -465,6 +465,52 @@ def test_with_the_real_loop_timer_and_pool():
             check(answer, x)
         assert model.rows == [sum(len(x) for x in xs)]
     run(go)
+
+
+# ------------------------------------------------------------------ runs on the loop
+
+
+def test_fast_runs_move_onto_the_loop_and_requests_of_one_turn_still_batch():
+    async def go() -> None:
+        h = Harness(policy(rows=8, delay=0.0, inline=0.001))
+        first = h.send(rows(1))
+        await settle()
+        assert len(h.pool.jobs) == 1  # its run time is unknown yet: the pool
+        await h.release()
+        check(first.result(), rows(1))
+        xs = [rows(1 + i % 2, 10 * i) for i in range(5)]
+        tasks = [h.send(x) for x in xs]
+        await settle()
+        assert not h.pool.jobs  # fast (the fake clock says 0 s): run on the loop
+        assert h.model.rows == [1, 7]  # the five requests of one turn: one run
+        for task, x in zip(tasks, xs, strict=True):
+            check(task.result(), x)
+            assert task.result().batch_rows == 7
+    run(go)
+
+
+def test_slow_runs_stay_in_the_pool():
+    async def go() -> None:
+        h = Harness(policy(rows=8, delay=0.0, inline=0.001))
+        model = h.model
+
+        def slow(feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+            h.time.now += 0.002  # each run takes 2 ms on the fake clock
+            return model(feeds, outputs)
+
+        h.batcher.run = slow
+        for i in range(3):
+            task = h.send(rows(1, i))
+            await settle()
+            assert len(h.pool.jobs) == 1
+            await h.release()
+            check(task.result(), rows(1, i))
+    run(go)
+
+
+def test_the_policy_runs_fast_models_on_the_loop_only_when_batching():
+    assert batch_policy(ModelConfig(), DYNAMIC_IN, DYNAMIC_OUT).inline_below_s > 0
+    assert batch_policy(ModelConfig(), [Spec("x", (1, 3))], DYNAMIC_OUT).inline_below_s == 0
 
 
 # ------------------------------------------------------------- config, policy

@@ -1,9 +1,9 @@
 """wire.frames and wire.messages against golden bytes and byte-level fakes.
 
-The golden frames live in tests/data/wire/ (made by make_golden.py there). Both
-readers (blocking socket, asyncio.StreamReader) run the same contract: the bytes
-go in at the boundary, through a real socketpair or a real StreamReader; nothing
-inside the package is patched.
+The golden frames live in tests/data/wire/ (made by make_golden.py there). The
+readers (blocking socket, its buffered FrameReader, asyncio.StreamReader) run the
+same contract: the bytes go in at the boundary, through a real socketpair or a real
+StreamReader; nothing inside the package is patched.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ Reader = Callable[..., Result]
 
 
 def read_socket(data: bytes, *, eof: bool = True, chunk: int = 0,
-                max_frame: int = frames.DEFAULT_MAX_FRAME) -> Result:
+                max_frame: int = frames.DEFAULT_MAX_FRAME, buffered: bool = False) -> Result:
     """Write ``data`` into one end of a socketpair (in ``chunk``-byte writes if
     given, then shut down unless ``eof`` is false); read frames from the other end
     until a WireError. A reader that blocks raises TimeoutError instead."""
@@ -72,10 +72,11 @@ def read_socket(data: bytes, *, eof: bool = True, chunk: int = 0,
         writer = threading.Thread(target=write)
         writer.start()
         got = []
+        reader = frames.FrameReader(ours, max_frame) if buffered else None
         try:
             while True:
                 try:
-                    got.append(frames.read_frame(ours, max_frame))
+                    got.append(reader.read() if reader else frames.read_frame(ours, max_frame))
                 except frames.WireError as exc:
                     return got, exc
         finally:
@@ -112,7 +113,13 @@ def read_stream_reader(data: bytes, *, eof: bool = True, chunk: int = 0,
     return asyncio.run(run())
 
 
-@pytest.fixture(params=[read_socket, read_stream_reader], ids=["socket", "asyncio"])
+def read_buffered(data: bytes, **kwargs: Any) -> Result:
+    """The same through :class:`frames.FrameReader` (one receive buffer)."""
+    return read_socket(data, buffered=True, **kwargs)
+
+
+@pytest.fixture(params=[read_socket, read_buffered, read_stream_reader],
+                ids=["socket", "buffered", "asyncio"])
 def read(request: pytest.FixtureRequest) -> Reader:
     return request.param
 

@@ -30,8 +30,10 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class AuditRecord:
-    request_id: str           # unique per response; the table's key (with ts)
-    ts: float                 # unix seconds when the response was produced
+    request_id: str           # unique per request; the table's key (with ts)
+    ts: float                 # unix seconds when the front (HAProxy) accepted the request,
+                              # else when the edge answered. A request HAProxy retried on
+                              # another edge has the same (request_id, ts) everywhere: one row.
     host: str                 # host id of the edge that answered
     model: str
     version: str              # the version that answered

@@ -94,7 +94,7 @@ def record(resource: Resource, req: falcon.Request, resp: falcon.Response, event
            result: dict[str, Any]) -> None:
     """The change in the audit trail: who (API key id), when, old -> new."""
     if resource.core.auditor is not None:
-        ctx = context(req, resp, "admin")
+        ctx = context(req, resp, "admin", resource.host_id)
         resource.core.auditor.event(ctx, event, result["model"],
                                     {"old": result["old"], "new": result["new"]})
 

@@ -39,8 +39,8 @@ ROUTES: list[tuple[str, type[resources.Resource]]] = [
 OPEN_RESOURCES = (openapi.OpenAPI, metrics.Metrics)
 
 
-def create_app(core: Core, *, max_body: int,
-               authorizer: auth.Authorizer | None = None) -> falcon.App:
+def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None = None,
+               host_id: str = "edge") -> falcon.App:
     middleware: list[Any] = [metrics.RequestMetrics()]
     if authorizer is not None:
         middleware.append(auth.AuthMiddleware(authorizer, OPEN_RESOURCES))
@@ -48,7 +48,7 @@ def create_app(core: Core, *, max_body: int,
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
     for path, cls in ROUTES + admin.ROUTES:
-        app.add_route(path, cls(core, max_body))
+        app.add_route(path, cls(core, max_body, host_id))
     app.add_route("/openapi.json", openapi.OpenAPI())
     app.add_route("/metrics", metrics.Metrics())
     return app
@@ -86,4 +86,4 @@ def from_settings(settings: Settings) -> falcon.App:
                 max_rows=settings.edge.max_batch_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s)
     return create_app(core, max_body=settings.edge.max_body_bytes,
-                      authorizer=auth.from_settings(settings))
+                      authorizer=auth.from_settings(settings), host_id=settings.host_id)

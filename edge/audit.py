@@ -41,6 +41,7 @@ class RequestContext:
     face: str                      # "v1" | "v2"
     started: float = field(default_factory=time.monotonic)
     trace_id: str | None = None
+    accepted: float | None = None    # unix time the front (HAProxy) accepted it, if known
     api_key_id: str | None = None
     routing_key: str | None = None   # X-Routing-Key: which caller a traffic split keeps together
 
@@ -113,8 +114,8 @@ class Auditor:
         """``canon``: :func:`canonical` of the request's inputs."""
         data, meta = canon
         rec = AuditRecord(
-            request_id=ctx.request_id, ts=time.time(), host=self.host, model=model,
-            version=version, face=ctx.face, input_digest=input_digest(data), input_meta=meta,
+            request_id=ctx.request_id, ts=ctx.accepted or time.time(), host=self.host,
+            model=model, version=version, face=ctx.face, input_digest=input_digest(data), input_meta=meta,
             outputs=outputs_doc(outputs), labels=labels, cached=cached,
             latency_ms=(time.monotonic() - ctx.started) * 1000.0,
             inputs=data if len(data) <= self.max_input_bytes else None,
@@ -140,8 +141,8 @@ class Auditor:
         """A management change (traffic split, rollback) in the audit trail:
         ``face = "admin"``, who in ``api_key_id``, what in ``extra``."""
         rec = AuditRecord(
-            request_id=ctx.request_id, ts=time.time(), host=self.host, model=model,
-            version="", face="admin", input_digest="", input_meta=[], outputs={},
+            request_id=ctx.request_id, ts=ctx.accepted or time.time(), host=self.host,
+            model=model, version="", face="admin", input_digest="", input_meta=[], outputs={},
             labels=None, cached=False, latency_ms=(time.monotonic() - ctx.started) * 1000.0,
             api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, extra={"event": kind, **detail})
         self._append(rec)

@@ -32,20 +32,27 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
-def context(req: falcon.Request, resp: falcon.Response, face: str) -> RequestContext:
-    """Request id (the client's ``X-Request-Id`` when well-formed, else a new
-    one) and W3C trace context: the client's ``traceparent`` trace id, or a new
-    one; both echoed back (``traceparent`` with this edge's span id). The trace
-    id travels to the daemon, into logs and into the audit record."""
+def context(req: falcon.Request, resp: falcon.Response, face: str,
+            host: str = "edge") -> RequestContext:
+    """Request id and W3C trace context, both echoed back.
+
+    The request id is ``X-Request-Id`` when well-formed — HAProxy sets it to
+    ``<front host id>-<uuid>`` unless the client sent one — else a new
+    ``<host>-<uuid>`` (an edge reached directly). With the front's accept time
+    (``X-Request-Start``) it keys the audit row, so a request HAProxy retried
+    on another edge or host is one row however many edges logged it.
+    The trace id is the client's ``traceparent`` trace id, or a new one
+    (echoed with this edge's span id); it travels to the daemon, into logs and
+    into the audit record."""
     given = req.get_header("X-Request-Id")
-    rid = given if given and REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+    rid = given if given and REQUEST_ID_RE.match(given) else f"{host}-{uuid.uuid4().hex}"
     resp.set_header("X-Request-Id", rid)
     match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
     trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
     resp.set_header("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
     req.context.face, req.context.request_id, req.context.trace_id = face, rid, trace_id
     routing = req.get_header("X-Routing-Key")
-    return RequestContext(rid, face, trace_id=trace_id,
+    return RequestContext(rid, face, trace_id=trace_id, accepted=accepted_at(req),
                           api_key_id=req.context.get("api_key_id"),
                           routing_key=routing if routing and REQUEST_ID_RE.match(routing) else None)
 
@@ -83,14 +90,21 @@ def requested_timeout(req: falcon.Request) -> int | None:
     return int(raw)
 
 
-def queued_s(req: falcon.Request) -> float:
-    """Seconds since HAProxy accepted the request (``X-Request-Start: t=<µs>``),
-    0 when absent or implausible (clock skew, a forged header)."""
+def accepted_at(req: falcon.Request) -> float | None:
+    """When HAProxy accepted the request (``X-Request-Start: t=<µs>``, unix
+    seconds), None when absent or implausible (clock skew beyond a second, more
+    than 10 minutes ago, a forged header)."""
     raw = req.get_header("X-Request-Start") or ""
-    if not raw.startswith("t=") or not raw[2:].isdigit():
-        return 0.0
-    waited = time.time() - int(raw[2:]) / 1e6
-    return waited if 0.0 < waited < 600.0 else 0.0
+    if not raw.startswith("t=") or not raw[2:].isdigit() or len(raw) > 20:
+        return None
+    accepted = int(raw[2:]) / 1e6
+    return accepted if -1.0 < time.time() - accepted < 600.0 else None
+
+
+def queued_s(req: falcon.Request) -> float:
+    """Seconds since HAProxy accepted the request, 0 when unknown."""
+    accepted = accepted_at(req)
+    return max(0.0, time.time() - accepted) if accepted is not None else 0.0
 
 
 def send_json(resp: falcon.Response, obj: Any) -> None:
@@ -103,9 +117,10 @@ class Resource:
     # APPSEC: a resource that does not say needs admin.
     scope: str | None = ADMIN
 
-    def __init__(self, core: Core, max_body: int) -> None:
+    def __init__(self, core: Core, max_body: int, host_id: str = "edge") -> None:
         self.core = core
         self.max_body = max_body
+        self.host_id = host_id  # prefix of the request ids this edge makes up
 
     def deadline(self, req: falcon.Request) -> float:
         return self.core.deadline(requested_timeout(req), queued_s(req))
@@ -172,7 +187,7 @@ class Infer(Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
                 version: str | None = None) -> None:
-        ctx = context(req, resp, "v2")
+        ctx = context(req, resp, "v2", self.host_id)
         deadline = self.deadline(req)
         body = read_body(req, self.max_body)
         header_length = v2codec.parse_header_length(req.get_header(v2codec.HEADER_LENGTH_HEADER))
@@ -197,7 +212,7 @@ class Predict(Resource):
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str,
                 version: str | None = None) -> None:
-        ctx = context(req, resp, "v1")
+        ctx = context(req, resp, "v1", self.host_id)
         deadline = self.deadline(req)
         doc = parse_json(read_body(req, self.max_body))
         if not isinstance(doc, dict):

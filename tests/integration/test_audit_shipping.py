@@ -195,3 +195,37 @@ def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):
     store.close()
     assert stats.shipped == 250 and stats.errors == []
     assert len(beats) == 5
+
+
+def test_a_request_logged_twice_is_one_row_and_request_ids_carry_the_host(make_stack, pg_dsn):
+    """HAProxy retries a request whose edge died before answering (retry-on);
+    that edge may already have logged it. Both logs carry the same key —
+    the request id and the front's accept time (X-Request-Start) — so the
+    table holds one row. Ids made up by HAProxy or an edge carry the host id."""
+    stack = make_stack(audit=True, FALCON_AUDIT_DSN=pg_dsn, FALCON_HOST_ID="host-x",
+                       FALCON_EDGE_WORKERS="1")
+    s = stack.settings
+    body = {"instances": DIGITS["X"][:1].tolist()}
+    via_haproxy = post_json(s.haproxy.bind, "/v1/models/digits/predict", body)
+    direct = post_json(s.edge.bind, "/v1/models/digits/predict", body)
+    ids = [via_haproxy.headers["x-request-id"], direct.headers["x-request-id"]]
+    assert all(rid.startswith("host-x-") for rid in ids) and ids[0] != ids[1]
+    assert [a.json()["request_id"] for a in (via_haproxy, direct)] == ids
+
+    accepted = time.time() - 0.2
+    retried = {"X-Request-Id": "retried-1", "X-Request-Start": f"t={int(accepted * 1e6)}"}
+    for _ in range(2):  # the dying edge's log, then the retry's
+        assert post_json(s.edge.bind, "/v1/models/digits/predict", body, retried).status == 200
+    reused = {"X-Request-Id": "retried-1", "X-Request-Start": f"t={int(time.time() * 1e6)}"}
+    assert post_json(s.edge.bind, "/v1/models/digits/predict", body, reused).status == 200
+    last = post_json(s.edge.bind, "/v1/models/digits/predict", body).headers["x-request-id"]
+    wait_for_rows(pg_dsn, {*ids, last})  # one stream, shipped in order: all before it landed
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT extract(epoch FROM ts)::float8, host FROM audit.predictions "
+                    "WHERE request_id = 'retried-1' ORDER BY ts")
+        got = cur.fetchall()
+    conn.close()
+    # one row for the retried request, keyed by the accept time; a client reusing
+    # its id later is another request, another row
+    assert len(got) == 2 and abs(got[0][0] - accepted) < 1e-5, got
+    assert {host for _, host in got} == {"host-x"}

@@ -131,9 +131,15 @@ class EmbeddedPostgres:
     """
 
     def __init__(self, data_dir: Path, port: int, socket_dir: Path | None = None, *,
-                 bindir: Path | None = None, os_user: str = OS_USER) -> None:
+                 bindir: Path | None = None, os_user: str = OS_USER, host: str = "127.0.0.1",
+                 wrap: Sequence[str] = ()) -> None:
+        """``host``: the one address it listens on; ``wrap``: a command prefix for
+        every PostgreSQL program (e.g. ``nsenter --net=...`` to run it in a test's
+        network namespace)."""
         self.data_dir = Path(data_dir).absolute()
         self.port = port
+        self.host = host
+        self.wrap = list(wrap)
         self.socket_dir = Path(socket_dir).absolute() if socket_dir else None
         self.os_user = os_user
         self._bindir = bindir
@@ -172,7 +178,8 @@ class EmbeddedPostgres:
         if self.running():
             return
         sockets = shlex.quote(str(self.socket_dir) if self.socket_dir else "")
-        options = f"-c listen_addresses=127.0.0.1 -p {int(self.port)} -k {sockets}"
+        options = (f"-c listen_addresses={shlex.quote(self.host)} -p {int(self.port)} "
+                   f"-k {sockets}")
         out = self._pg_ctl("start", "-w", "-t", str(max(1, round(timeout))),
                            "-l", str(self.log_path), "-o", options, timeout=timeout + 30)
         if out.returncode != 0:
@@ -199,7 +206,7 @@ class EmbeddedPostgres:
 
     def dsn(self, dbname: str = "falcon") -> str:
         """A libpq DSN for ``dbname`` over loopback TCP as the superuser."""
-        return str(make_dsn(host="127.0.0.1", port=self.port, dbname=dbname, user=SUPERUSER))
+        return str(make_dsn(host=self.host, port=self.port, dbname=dbname, user=SUPERUSER))
 
     def create_database(self, name: str) -> bool:
         """Create database ``name`` unless it exists; True if this call created it."""
@@ -264,7 +271,8 @@ class EmbeddedPostgres:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         env["LC_MESSAGES"] = "C"
         try:
-            return subprocess.run([*self._as_owner(), *argv], capture_output=True, text=True,
+            return subprocess.run([*self.wrap, *self._as_owner(), *argv], capture_output=True,
+                                  text=True,
                                   cwd="/", env=env, timeout=timeout, check=False)
         except subprocess.TimeoutExpired as exc:
             raise PgError(f"{argv[0]} did not finish within {timeout:.0f}s") from exc

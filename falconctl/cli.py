@@ -75,10 +75,9 @@ def cmd_edge(s: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_haproxy(s: Settings, args: argparse.Namespace) -> int:
-    from falconctl.stack import HAPROXY_CFG, haproxy_env
+    from falconctl.stack import haproxy_env, haproxy_files
 
-    cfg = s.haproxy.config or str(HAPROXY_CFG)
-    os.execvpe(s.haproxy.binary, [s.haproxy.binary, "-W", "-db", "-f", cfg],
+    os.execvpe(s.haproxy.binary, [s.haproxy.binary, "-W", "-db", *haproxy_files(s)],
                {**os.environ, **haproxy_env(s)})
 
 

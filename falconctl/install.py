@@ -329,10 +329,15 @@ def run(args: argparse.Namespace) -> int:
 
 def haproxy_env_text(s: Settings) -> str:
     """``KEY="value"`` lines for systemd's ``EnvironmentFile=``: what
-    ``haproxy.cfg`` expands, plus ``FALCON_HAPROXY_CONFIG`` (the file to load)."""
-    from falconctl.stack import HAPROXY_CFG, haproxy_env
+    ``haproxy.cfg`` expands, plus ``FALCON_HAPROXY_FILES`` (its ``-f`` arguments:
+    the config, and the rendered multi-host backend if ``haproxy.hosts`` is set;
+    the unit expands it unbraced, so split on spaces: paths without spaces)."""
+    from falconctl.stack import haproxy_env, haproxy_files
 
-    env = dict(haproxy_env(s), FALCON_HAPROXY_CONFIG=s.haproxy.config or str(HAPROXY_CFG))
+    files = haproxy_files(s)
+    if any(" " in f for f in files):
+        raise ConfigError(f"haproxy.config: a path with a space: {files}")
+    env = dict(haproxy_env(s), FALCON_HAPROXY_FILES=" ".join(files))
     lines = []
     for key, value in sorted(env.items()):
         if any(c in value for c in "\n\r\0"):

@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,8 @@ from wire import frames
 
 ROOT = Path(__file__).resolve().parent.parent
 HAPROXY_CFG = ROOT / "ops" / "haproxy" / "haproxy.cfg"
+HOSTS_CFG = ROOT / "ops" / "haproxy" / "hosts.cfg"
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
 class StackError(RuntimeError):
@@ -48,6 +51,52 @@ def haproxy_addr(edge_bind: str) -> str:
     return "unix@" + edge_bind[5:] if edge_bind.startswith("unix:") else edge_bind
 
 
+def parse_hosts(spec: str) -> list[tuple[str, str]]:
+    """``haproxy.hosts`` (``"a=10.0.0.2:8000,b=10.0.0.3:8000"``) -> [(name, address)].
+
+    Raises :class:`~settings.ConfigError` naming the key."""
+    hosts: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, addr = item.partition("=")
+        host, _, port = addr.rpartition(":")
+        if not sep or not HOST_NAME_RE.match(name) or not host or not port.isdigit() \
+                or not 0 < int(port) < 65536:
+            raise settings_mod.ConfigError(
+                f"haproxy.hosts: {item!r}: expected name=address:port (name: letters, "
+                "digits, '.', '_', '-')")
+        if name in dict(hosts):
+            raise settings_mod.ConfigError(f"haproxy.hosts: host {name!r} listed twice")
+        hosts.append((name, addr))
+    return hosts
+
+
+def hosts_config(s: Settings) -> Path | None:
+    """Render ``ops/haproxy/hosts.cfg`` with one ``server`` line per host of
+    ``haproxy.hosts`` into ``<run_dir>/haproxy-hosts.cfg``; None when the
+    setting is empty (single host)."""
+    hosts = parse_hosts(s.haproxy.hosts)
+    if not hosts:
+        return None
+    lines = [HOSTS_CFG.read_text()]
+    lines += [f"    server {name} {addr} check\n" for name, addr in hosts]
+    path = Path(s.paths.run_dir) / "haproxy-hosts.cfg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(lines))
+    os.replace(tmp, path)
+    return path
+
+
+def haproxy_files(s: Settings) -> list[str]:
+    """The ``-f`` arguments HAProxy runs with: the main config, then the
+    rendered multi-host backend when ``haproxy.hosts`` is set."""
+    files = [s.haproxy.config or str(HAPROXY_CFG)]
+    hosts = hosts_config(s)
+    if hosts is not None:
+        files.append(str(hosts))
+    return [arg for f in files for arg in ("-f", f)]
+
+
 def haproxy_env(s: Settings) -> dict[str, str]:
     """The environment ``ops/haproxy/haproxy.cfg`` expands. Also (re)writes the
     per-key limits map it names, from the keys file (:mod:`falconctl.keys`)."""
@@ -55,6 +104,8 @@ def haproxy_env(s: Settings) -> dict[str, str]:
 
     edge = haproxy_addr(s.edge.bind)
     return {
+        "FALCON_HAPROXY_ID": s.host_id,
+        "FALCON_HAPROXY_BACKEND": "hosts" if parse_hosts(s.haproxy.hosts) else "edges",
         "FALCON_HAPROXY_BIND": s.haproxy.bind,
         "FALCON_HAPROXY_STATS_BIND": s.haproxy.stats_bind,
         "FALCON_HAPROXY_ADMIN_SOCKET": os.path.join(s.paths.run_dir, "haproxy.sock"),
@@ -184,8 +235,7 @@ class Stack:
     def start_haproxy(self, timeout: float = 30.0) -> Proc:
         s = self.settings
         binary = shutil.which(s.haproxy.binary) or s.haproxy.binary
-        cfg = s.haproxy.config or str(HAPROXY_CFG)
-        proc = self._spawn("haproxy", [binary, "-W", "-db", "-f", cfg], haproxy_env(s))
+        proc = self._spawn("haproxy", [binary, "-W", "-db", *haproxy_files(s)], haproxy_env(s))
         host, port = split_hostport(s.haproxy.bind)
         self._wait(proc, lambda: http_status(host, port, "/v2/health/ready") == 200, timeout)
         return proc

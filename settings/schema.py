@@ -95,6 +95,9 @@ class HAProxySettings:
     max_body_bytes: int = key(16 << 20, "Body limit HAProxy enforces (413 beyond).",
                               min=1024, max=1 << 30)
     edge2: str = key("", "A second edge behind HAProxy (host:port); empty: the first edge only.")
+    hosts: str = key("", "Several serving hosts behind this HAProxy, 'name=address:port,...' "
+                         "(their edges' binds); empty: this host's own edge. See README "
+                         "'Running on several hosts' and ops/haproxy/hosts.cfg.")
     rate_window_s: int = key(10, "Window of the rate limits, in seconds (HAProxy stick tables "
                                  "store http_req_rate over it); also the 429's Retry-After.",
                              min=1, max=3600)

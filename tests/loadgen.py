@@ -22,6 +22,7 @@ class Outcome:
     doc: Any = None
     sent_rows: list[list[float]] | None = None
     seconds: float = 0.0  # as the client saw it
+    started: float = 0.0  # time.monotonic() when it was sent
 
 
 @dataclass
@@ -33,6 +34,7 @@ class LoadGen:
     rows_per_request: int = 0  # 0: 1 to 3 at random
     max_requests: int = 20000
     timeout: float = 10.0
+    netns: str | None = None   # send from this network namespace (tests/netns.py)
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -52,6 +54,15 @@ class LoadGen:
         return self.outcomes
 
     def _run(self, seed: int) -> None:
+        if self.netns is None:
+            self._loop(seed)
+            return
+        from netns import entered
+
+        with entered(self.netns):
+            self._loop(seed)
+
+    def _loop(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
         while not self._stop.is_set() and len(self.outcomes) < self.max_requests:
             size = self.rows_per_request or int(rng.integers(1, 4))
@@ -66,7 +77,7 @@ class LoadGen:
             except (OSError, ValueError, http.client.HTTPException):  # no HTTP answer
                 outcome = Outcome(rid, 0)
                 time.sleep(0.01)
-            outcome.seconds = time.monotonic() - started
+            outcome.seconds, outcome.started = time.monotonic() - started, started
             with self._lock:
                 self.outcomes.append(outcome)
 

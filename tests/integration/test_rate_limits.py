@@ -8,13 +8,15 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
 from conftest import create_key, falconctl
 from httpx_lite import Answer, post_json, request
 
 import settings
 from edge.auth import parse
-from falconctl.stack import HAPROXY_CFG, haproxy_env
+from falconctl.stack import haproxy_env, haproxy_files, parse_hosts
 
 PREDICT = "/v1/models/digits/predict"
 PER_KEY = 20  # requests per 10 s window, for keys of the default class
@@ -30,16 +32,40 @@ def assert_rate_limited(ans: Answer) -> None:
     assert ans.headers["retry-after"] == "10"
 
 
-def test_haproxy_accepts_the_config_with_the_default_settings(tmp_path):
+@pytest.mark.parametrize("hosts", ["", "host-a=10.0.0.2:8000,host-b=10.0.0.3:8000"])
+def test_haproxy_accepts_the_config_with_the_default_settings(tmp_path, hosts):
+    """Single host (backend edges) and several hosts (ops/haproxy/hosts.cfg rendered
+    with one server line per host)."""
     (tmp_path / "falcon.toml").write_text("")
-    env = haproxy_env(settings.load(tmp_path / "falcon.toml",
-                                    env={"FALCON_PATHS_RUN_DIR": str(tmp_path / "run"),
-                                         "FALCON_PATHS_STATE_DIR": str(tmp_path / "state")}))
+    s = settings.load(tmp_path / "falcon.toml",
+                      env={"FALCON_PATHS_RUN_DIR": str(tmp_path / "run"),
+                           "FALCON_PATHS_STATE_DIR": str(tmp_path / "state"),
+                           "FALCON_HAPROXY_HOSTS": hosts})
+    env = haproxy_env(s)
     assert env["FALCON_HAPROXY_RATE_PER_IP"] == "100000"
     assert env["FALCON_HAPROXY_RATE_PER_KEY"] == "50000"
-    out = subprocess.run(["haproxy", "-c", "-f", str(HAPROXY_CFG)], env={**os.environ, **env},
+    assert env["FALCON_HAPROXY_BACKEND"] == ("hosts" if hosts else "edges")
+    files = haproxy_files(s)
+    assert len(files) == (4 if hosts else 2)
+    if hosts:
+        rendered = Path(files[3]).read_text()
+        assert "server host-a 10.0.0.2:8000 check" in rendered
+        assert "server host-b 10.0.0.3:8000 check" in rendered
+    out = subprocess.run(["haproxy", "-c", *files], env={**os.environ, **env},
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("hosts, why", [
+    ("a=10.0.0.2", "expected name=address:port"),
+    ("10.0.0.2:8000", "expected name=address:port"),
+    ("a b=10.0.0.2:8000", "expected name=address:port"),
+    ("a=10.0.0.2:70000", "expected name=address:port"),
+    ("a=10.0.0.2:8000,a=10.0.0.3:8000", "listed twice"),
+])
+def test_a_bad_hosts_list_is_refused_naming_the_key(hosts, why):
+    with pytest.raises(settings.ConfigError, match=f"haproxy.hosts: .*{why}"):
+        parse_hosts(hosts)
 
 
 def test_a_noisy_key_is_limited_while_others_keep_full_service(make_stack):

@@ -11,6 +11,7 @@
     falconctl wal tail|dump|verify|reship   operators' WAL tools
     falconctl install           systemd units, /etc/falcon, the falcon user
     falconctl keys create|list|revoke   API keys (shown once, stored as hashes)
+    falconctl hosts list|drain|maint|ready   serving hosts behind HAProxy (runtime API)
 """
 
 from __future__ import annotations
@@ -163,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     from falconctl.keys import add_subcommands as add_keys_subcommands
 
     add_keys_subcommands(sub)
+    from falconctl.hosts import add_subcommands as add_hosts_subcommands
+
+    add_hosts_subcommands(sub)
     u = sub.add_parser("up", help="run daemon, edge and HAProxy in the foreground")
     u.add_argument("--root", default=".", help="project checkout (state goes to ROOT/var)")
     u.set_defaults(func=cmd_up)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pytest
-from conftest import make_repo, stack_env
+from conftest import falconctl, make_repo, stack_env
 from httpx_lite import post_json
 from loadgen import LoadGen, Outcome
 from netns import NetStack, Network, entered
@@ -202,6 +202,15 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
             wait_status(front, "host-a", "UP")
             to_up = time.monotonic() - returned
             time.sleep(2.0)  # both serve again
+            # an operator drains host-b: new requests go to host-a only
+            falconctl(front, "hosts", "drain", "host-b")
+            assert server_status(front)["host-b"] == "DRAIN"
+            time.sleep(0.5)  # requests already sent to host-b finish
+            drained = time.monotonic()
+            time.sleep(1.5)
+            after_drain = [o for o in load.outcomes if o.started > drained]
+            listing = falconctl(front, "hosts", "list").stdout
+            falconctl(front, "hosts", "ready", "host-b")
         finally:
             outcomes = load.stop()
 
@@ -223,6 +232,10 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
         assert all(stream.startswith(host + "-") for [(host, stream, _)] in rows.values())
         back = time.time() - (time.monotonic() - returned) + to_up
         assert any(host == "host-a" and ts > back for [(host, _, ts)] in rows.values())
+        assert {host_of[o.request_id] for o in after_drain} == {"host-a"} and \
+            {o.status for o in after_drain} == {200}
+        assert "host-b" in listing and "DRAIN" in listing, listing
+        assert server_status(front)["host-b"].startswith("UP")
         print(f"\nmulti-host: {len(ok)} answered 200, {len(failed)} failed (in flight at the "
               f"kill); host-a DOWN in HAProxy {to_down:.2f} s after kill -9; after its restart "
               f"began: its WAL tail ({len(tail)} records) shipped in {to_shipped:.2f} s, UP in "

@@ -83,9 +83,12 @@ def front_stack(net: Network, tmp: Path, hosts: list[str]) -> NetStack:
         tmp / "logs", netns=net.ns("front"))
 
 
-def host_stack(net: Network, tmp: Path, host: str, dsn: str) -> NetStack:
+def host_stack(net: Network, tmp: Path, host: str, dsn: str, cache: bool = True) -> NetStack:
+    """Daemon, edge and shipper of serving host ``host`` (digits with its cache
+    on, unless ``cache`` is false), auditing into ``dsn``."""
     caches = ",".join(f"{net.addr('front')}:{p}" for p in MEMCACHED_PORTS)
-    env = stack_env(tmp, cache_on(make_repo(tmp / "models")),
+    repo = make_repo(tmp / "models")
+    env = stack_env(tmp, cache_on(repo) if cache else repo,
                     FALCON_HOST_ID=f"host-{host}",
                     FALCON_EDGE_BIND=f"{net.addr(host)}:{EDGE_PORT}",
                     FALCON_AUDIT_DSN=dsn, FALCON_AUDIT_SHIP_BATCH="50",

@@ -11,7 +11,7 @@ is one transaction::
 
 so the rows and the stream's position commit together (STYLE 8) and a batch
 shipped twice lands once (key: request_id, ts). Partitions are ensured before
-any row is inserted, so no row of a day that has a partition goes to DEFAULT.
+any row is inserted (there is no DEFAULT partition: migration 0002 says why).
 
 Binary COPY layout (PostgreSQL "COPY BINARY", as psycopg's ``_copy_base.py``)::
 

@@ -81,13 +81,15 @@ def store(dsn: str) -> Any:
 
 def test_migrations_apply_once_then_are_a_no_op(dsn: str) -> None:
     with PgStore(dsn) as store:
-        assert store.migrate() == [1]
+        assert store.migrate() == [1, 2]
         assert store.migrate() == []
-    (first,) = migrate.load()
-    assert query(dsn, "SELECT version, name, checksum FROM audit.schema_migrations") == [
-        (1, "audit_schema", first.checksum)]
+    first, second = migrate.load()
+    assert query(dsn, "SELECT version, name, checksum FROM audit.schema_migrations "
+                      "ORDER BY version") == [(1, "audit_schema", first.checksum),
+                                              (2, "no_default_partition", second.checksum)]
     tables = {r[0] for r in query(dsn, "SELECT tablename FROM pg_tables WHERE schemaname = 'audit'")}
-    assert {"predictions_default", "ship_positions", "events", "schema_migrations"} <= tables
+    assert {"ship_positions", "events", "schema_migrations"} <= tables
+    assert "predictions_default" not in tables
 
 
 def test_concurrent_migrate_applies_each_version_once(dsn: str) -> None:
@@ -107,8 +109,8 @@ def test_concurrent_migrate_applies_each_version_once(dsn: str) -> None:
         t.start()
     for t in threads:
         t.join(60)
-    assert sorted(results, key=repr) == [[1], [], [], []], results  # one applied it, no errors
-    assert query(dsn, "SELECT count(*) FROM audit.schema_migrations") == [(1,)]
+    assert sorted(results, key=repr) == [[1, 2], [], [], []], results  # one applied them
+    assert query(dsn, "SELECT count(*) FROM audit.schema_migrations") == [(2,)]
 
 
 def test_changed_migration_is_refused_naming_the_file(dsn: str, tmp_path: Path) -> None:
@@ -123,13 +125,13 @@ def test_changed_migration_is_refused_naming_the_file(dsn: str, tmp_path: Path) 
 
 def test_failed_migration_rolls_back_and_names_the_file(dsn: str, tmp_path: Path) -> None:
     shutil.copytree(migrate.MIGRATIONS_DIR, tmp_path / "m")
-    (tmp_path / "m" / "0002_broken.sql").write_text(
+    (tmp_path / "m" / "0099_broken.sql").write_text(
         "CREATE TABLE audit.half_done (id int);\nSELECT no_such_column FROM audit.events;\n")
     with PgStore(dsn) as store:
-        with pytest.raises(migrate.MigrationFailed, match="0002_broken.sql"):
+        with pytest.raises(migrate.MigrationFailed, match="0099_broken.sql"):
             store.migrate(migrate.load(tmp_path / "m"))
-        assert store.count() == 0  # the connection is usable, 0001 stayed applied
-    assert query(dsn, "SELECT version FROM audit.schema_migrations") == [(1,)]
+        assert store.count() == 0  # the connection is usable, the others stayed applied
+    assert query(dsn, "SELECT version FROM audit.schema_migrations ORDER BY 1") == [(1,), (2,)]
     assert query(dsn, "SELECT to_regclass('audit.half_done') IS NULL") == [(True,)]
 
 
@@ -180,8 +182,7 @@ def test_batch_spanning_two_days_lands_in_two_partitions(store: PgStore, dsn: st
     children = {r[0] for r in query(
         dsn, "SELECT inhrelid::regclass::text FROM pg_inherits "
              "WHERE inhparent = 'audit.predictions'::regclass")}
-    assert {"audit.predictions_20250314", "audit.predictions_20250315",
-            "audit.predictions_default"} <= children
+    assert {"audit.predictions_20250314", "audit.predictions_20250315"} <= children
 
 
 def test_shippers_racing_into_a_new_day_all_land(store: PgStore, dsn: str) -> None:
@@ -205,14 +206,40 @@ def test_shippers_racing_into_a_new_day_all_land(store: PgStore, dsn: str) -> No
     assert rows_by_partition(dsn) == {"predictions_20250315": 400}
 
 
-def test_rows_in_default_move_to_the_new_partition(store: PgStore, dsn: str) -> None:
-    query(dsn, "INSERT INTO audit.predictions (request_id, ts, host, stream, model, version, "
-               "face, input_digest, input_meta, outputs, cached, latency_ms) VALUES "
-               "('manual', to_timestamp(%s), 'h', 's', 'm', '1', 'v1', 'd', '[]', '{}', "
-               "false, 1)", (DAY1 + 60,))
-    assert rows_by_partition(dsn) == {"predictions_default": 1}
-    assert store.write("edge-a.0", batch(2), (1, 1)) == 2
+def test_migration_2_moves_rows_out_of_default_and_drops_it(dsn: str) -> None:
+    first, _ = migrate.load()
+    with PgStore(dsn) as store:
+        assert store.migrate([first]) == [1]
+        query(dsn, "INSERT INTO audit.predictions (request_id, ts, host, stream, model, "
+                   "version, face, input_digest, input_meta, outputs, cached, latency_ms) "
+                   "VALUES ('manual', to_timestamp(%s), 'h', 's', 'm', '1', 'v1', 'd', '[]', "
+                   "'{}', false, 1)", (DAY1 + 60,))
+        assert rows_by_partition(dsn) == {"predictions_default": 1}
+        assert store.migrate() == [2]
+        assert rows_by_partition(dsn) == {"predictions_20250314": 1}
+        assert store.write("edge-a.0", batch(2), (1, 1)) == 2
     assert rows_by_partition(dsn) == {"predictions_20250314": 3}
+
+
+def test_an_open_reader_does_not_stall_the_first_batch_of_a_day(store: PgStore,
+                                                                 dsn: str) -> None:
+    """An idle transaction that read the table (psql left open, a report) must
+    not block the partition a new day needs (it did while DEFAULT existed)."""
+    assert store.write("edge-a.0", batch(2), (1, 1)) == 2
+    reader = psycopg2.connect(dsn)
+    try:
+        with reader.cursor() as cur:  # a transaction stays open after this
+            cur.execute("SELECT count(*) FROM audit.predictions")
+        results: list[Any] = []
+        later = batch(3, start=100, ts=DAY2 + 86400 * 3 + 60)  # a day with no partition
+        writer = threading.Thread(target=lambda: results.append(
+            store.write("edge-a.0", later, (1, 2))))
+        writer.start()
+        writer.join(10)
+        assert results == [3], "the new day's partition waited for the idle reader"
+    finally:
+        reader.rollback()
+        reader.close()
 
 
 def test_nonfinite_outputs_are_stored_as_null(store: PgStore, dsn: str) -> None:

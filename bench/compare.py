@@ -3,7 +3,8 @@
 Usage (``make bench`` runs it with the defaults)::
 
     python bench/compare.py [--models digits heavy] [--connections 16 64] [--duration 10]
-        [--warmup 3] [--workers 2] [--threads 8] [--out bench/out/compare.json]
+        [--warmup 3] [--workers 2] [--threads 32] [--fixed-seconds 10] [--rate MODEL=R ...]
+        [--out bench/out/compare.json]
 
 Contenders, each on free loopback ports behind the SAME HAProxy config
 (``ops/haproxy/haproxy.cfg`` via :meth:`Stack.start_haproxy`, its ``FALCON_EDGE_ADDR``
@@ -30,8 +31,12 @@ Output: a markdown table on stdout, ``bench/out/compare.json`` and ``bench/out/c
 Every process started is stopped by pid; temp dirs are removed; no shared-memory segment
 with our prefix is left behind, even on an error, Ctrl-C or SIGTERM.
 
-NOTE: no fixed-offered-rate run: wrk2 is not packaged in Debian, and this script does not
-have an open-loop generator yet.
+Fixed offered rate (the fair p99): after its wrk runs, every contender also gets
+``--fixed-seconds`` of open-loop load from ``bench/openloop.py`` at the SAME rate, half the
+seed design's best req/s on that model (the seed runs first to measure it; ``--rate
+MODEL=R`` sets it by hand). Its latencies run from each request's due time
+(coordinated omission corrected, as wrk2 does; wrk2 is not packaged in Debian). The table
+shows these rows as ``fixed R/s`` in the connections column.
 """
 
 from __future__ import annotations
@@ -106,6 +111,8 @@ class Run:
     socket_errors: int
     pss_mb: float = 0.0
     procs: int = 0
+    offered_rps: float = 0.0  # > 0: a fixed-offered-rate run (bench/openloop.py)
+    late_sends: int = 0  # requests the open-loop generator sent > 5 ms late
 
     @property
     def errors(self) -> int:
@@ -135,6 +142,18 @@ def wrk(url: str, lua: Path, connections: int, seconds: float) -> dict[str, Any]
             "-s", str(lua), url]
     res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return parse_wrk(res.stdout)
+
+
+def openloop(url: str, body: Path, rate: float, seconds: float) -> dict[str, Any]:
+    """A fixed offered rate, latency from each request's due time (bench/openloop.py)."""
+    argv = [PYTHON, str(ROOT / "bench" / "openloop.py"), url, str(body), f"{rate:.3f}",
+            f"{seconds:g}", "--timeout", "10"]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    doc = json.loads(res.stdout.strip().splitlines()[-1])
+    return {"rps": doc["achieved_rps"], "p50_ms": doc["p50_ms"], "p99_ms": doc["p99_ms"],
+            "requests": doc["sent"], "non2xx": doc["non2xx"],
+            "socket_errors": doc["socket_errors"], "offered_rps": rate,
+            "late_sends": doc["late_sends"], "connections": doc["connections"]}
 
 
 # ---------------------------------------------------------------- contenders
@@ -249,6 +268,16 @@ def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, lu
             runs.append(r)
             log(f"  {contender}/{model} c={c}: {r.rps:.0f} req/s, p50 {r.p50_ms:.1f} ms, "
                 f"p99 {r.p99_ms:.1f} ms, errors {r.errors}")
+        if contender == "seed" and not args.rate.get(model):
+            args.rate[model] = max(r.rps for r in runs) / 2  # half the seed's capacity
+        rate = args.rate.get(model)
+        if rate and args.fixed_seconds:
+            res = openloop(url, body, rate, args.fixed_seconds)
+            r = Run(contender, model, **res)
+            runs.append(r)
+            log(f"  {contender}/{model} fixed {rate:.0f}/s: {r.rps:.0f} req/s, p50 "
+                f"{r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}, "
+                f"{r.connections} connections, {r.late_sends} sent late")
         pids = descendants([p.popen.pid for p in stack.procs.values()])
         total = sum(pss_kb(p) for p in pids) / 1024
         for r in runs:
@@ -315,7 +344,8 @@ def table(runs: list[Run], ceilings: list[dict[str, Any]]) -> str:
             "total PSS MB (processes) |",
             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in runs:
-        rows.append(f"| {r.contender} | {r.model} | {r.connections} | {r.rps:,.0f} | "
+        conns = f"fixed {r.offered_rps:,.0f}/s" if r.offered_rps else str(r.connections)
+        rows.append(f"| {r.contender} | {r.model} | {conns} | {r.rps:,.0f} | "
                     f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {r.pss_mb:,.0f} ({r.procs}) |")
     for c in ceilings:
         rows.append(f"| ceiling, batch 1 (calls/s) | {c['model']} | - | {c['batch1']:,.0f} | - | "
@@ -335,7 +365,8 @@ def plot(runs: list[Run], ceilings: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 8), squeeze=False)
     for j, model in enumerate(models):
         mine = [r for r in runs if r.model == model]
-        labels = [f"{r.contender}\nc={r.connections}" for r in mine]
+        labels = [f"{r.contender}\n" + (f"{r.offered_rps:.0f}/s" if r.offered_rps
+                                         else f"c={r.connections}") for r in mine]
         colors = [f"C{CONTENDERS.index(r.contender)}" for r in mine]
         ax = axes[0][j]
         ax.bar(labels, [r.rps for r in mine], color=colors)
@@ -381,6 +412,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--connections", nargs="+", type=int, default=[16, 64])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of wrk before measuring")
+    p.add_argument("--fixed-seconds", type=float, default=10.0,
+                   help="seconds of the fixed-offered-rate run (0: none)")
+    p.add_argument("--rate", nargs="*", default=[], metavar="MODEL=REQ_PER_S",
+                   help="fixed offered rate per model (default: half the seed's best req/s, "
+                        "measured first in the same run)")
     p.add_argument("--ceiling-seconds", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=32, help="gthread threads per worker")
@@ -391,6 +427,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    args.rate = {m: float(r) for m, r in (kv.split("=", 1) for kv in args.rate)}
+    # the seed first: its capacity sets the fixed offered rate of every contender
+    args.contenders.sort(key=lambda c: c != "seed")
     os.chdir(ROOT)
     started = time.perf_counter()
     runs: list[Run] = []

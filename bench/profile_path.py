@@ -11,7 +11,8 @@ warm-up:
 
 1. **CPU split, no profiler attached**: wrk for ``--duration`` seconds while the CPU time
    (utime + stime from ``/proc/PID/stat``) of each process group is read before and
-   after: edge workers, the daemon, HAProxy, wrk itself, and the rest of the host
+   after: edge workers, the daemon, HAProxy, wrk itself (or, with ``--rate``, the
+   open-loop generator ``bench/openloop.py``), and the rest of the host
    (``/proc/stat``). Reported as cores busy and CPU microseconds per answered request.
 2. **py-spy** (``pip install py-spy``): ``py-spy record --nonblocking --threads
    --format raw --native`` on every edge worker and on the daemon during a second wrk run of
@@ -91,19 +92,19 @@ def edge_workers(stack: compare.Stack) -> list[int]:
     return children(stack.procs["edge"].popen.pid)
 
 
-def wrk_with_cpu(url: str, lua: Path, conns: int, seconds: float,
-                 stack: compare.Stack) -> dict[str, Any]:
+def load_with_cpu(url: str, lua: Path, body: Path, args: argparse.Namespace,
+                  stack: compare.Stack) -> dict[str, Any]:
     procs = groups(stack)
     before = {name: cpu_s(pids) for name, pids in procs.items()}
     kids0 = _children_cpu_s()
     host0 = host_busy_s()
-    argv = ["wrk", "-t2", f"-c{conns}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
-            "-s", str(lua), url]
     started = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    out, _ = p.communicate(timeout=seconds + 60)
+    if args.rate:  # open loop (the generator's CPU is then in the "wrk" row)
+        res = compare.openloop(url, body, args.rate, args.duration)
+        res["requests"] = round(res["rps"] * args.duration)
+    else:
+        res = compare.wrk(url, lua, args.connections, args.duration)
     wall = time.perf_counter() - started
-    res = compare.parse_wrk(out)
     after = {name: cpu_s(pids) for name, pids in procs.items()}
     host = host_busy_s() - host0
     cpu = {name: tuple(a - b for a, b in zip(after[name], before[name], strict=True))
@@ -179,9 +180,10 @@ def profile(contender: str, bench: compare.Bench, repo: Path, model: str, body: 
         url = f"http://{stack.env['FALCON_HAPROXY_BIND']}/v1/models/{model}/predict"
         compare.check(url, body)
         compare.wrk(url, lua, args.connections, args.warmup)
-        res = wrk_with_cpu(url, lua, args.connections, args.duration, stack)
+        res = load_with_cpu(url, lua, body, args, stack)
         n = max(1, res["requests"])
-        print(f"\n### {contender}/{model}, {args.connections} connections, {args.duration:g}s: "
+        how = f"fixed {args.rate:g}/s" if args.rate else f"{args.connections} connections"
+        print(f"\n### {contender}/{model}, {how}, {args.duration:g}s: "
               f"{res['rps']:,.0f} req/s, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
               f"errors {res['non2xx'] + res['socket_errors']}\n")
         print("| process group | cores busy | CPU µs / request (user + system) "
@@ -201,7 +203,7 @@ def profile(contender: str, bench: compare.Bench, repo: Path, model: str, body: 
             for role, pids in targets.items():
                 for pid in pids:
                     path = args.out_dir / f"{contender}-{model}-{role}-{pid}.txt"
-                    spies.append((role, path, spy(pid, path, args.duration, args.rate,
+                    spies.append((role, path, spy(pid, path, args.duration, args.spy_rate,
                                                   args.native, args.gil)))
             time.sleep(1.0)  # py-spy attaches
             compare.wrk(url, lua, args.connections, args.duration)
@@ -233,6 +235,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    choices=compare.CONTENDERS)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="open-loop requests/s (bench/openloop.py) instead of wrk's closed loop")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=32)
@@ -242,7 +246,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--native", action="store_true", help="py-spy --native (C frames too)")
     p.add_argument("--all-threads", dest="gil", action="store_false",
                    help="sample every running thread, not only the one holding the GIL")
-    p.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    p.add_argument("--spy-rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--top", type=int, default=15)
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     return p.parse_args(argv)

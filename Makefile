@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 APT_PACKAGES := haproxy postgresql memcached
-TEST_APT_PACKAGES := prometheus
+TEST_APT_PACKAGES := prometheus iproute2 util-linux  # ip netns + nsenter: the multi-host test
 
 .PHONY: up test lint unit integration system deps venv bench check-model clean
 

@@ -120,7 +120,7 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
         assert set(rows) - ok - probes <= {o.request_id for o in failed}
         host_of = {rid: r[0][0] for rid, r in rows.items()}
         assert {host_of[o.request_id] for o in alone} == {"host-b"}
-        assert {host_of[rid] for rid in tail} == {"host-a"}
+        assert {host_of[rid] for rid in tail} <= {"host-a"}  # empty if it had just shipped
         assert all(stream.startswith(host + "-") for [(host, stream, _)] in rows.values())
         back = time.time() - (time.monotonic() - returned) + to_up
         assert any(host == "host-a" and ts > back for [(host, _, ts)] in rows.values())

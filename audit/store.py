@@ -233,6 +233,30 @@ ON CONFLICT (stream) DO UPDATE
 SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset", updated_at = EXCLUDED.updated_at
 """
 COPY_CHUNK = 1 << 20
+# Management events (face "admin": traffic splits, rollbacks) go to audit.events
+# (migration 0003), keyed like predictions so a re-shipped one lands once.
+ADMIN_FACE = "admin"
+INSERT_EVENT = """
+INSERT INTO audit.events (ts, kind, actor, detail, request_id, host, stream, model, trace_id)
+VALUES (timestamptz '2000-01-01 00:00:00+00' + %s * interval '1 microsecond',
+        %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (request_id, ts) DO NOTHING
+"""
+
+
+def event_row(stream: str, record: AuditRecord) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_EVENT` for a management record."""
+    try:
+        micros = pg_micros(record.ts)
+    except (TypeError, ValueError) as exc:
+        raise StoreRejected(f"event {record.request_id!r}: ts: {exc}") from None
+    detail = {k: v for k, v in record.extra.items() if k != "event"}
+    where = nonfinite_path(detail)
+    if where is not None:
+        raise StoreRejected(f"event {record.request_id!r}: non-finite float at {where}")
+    return (micros, str(record.extra.get("event", ADMIN_FACE)), record.api_key_id,
+            orjson.dumps(detail).decode(), record.request_id, record.host, stream,
+            record.model, record.trace_id)
 
 
 def connect(dsn: str) -> Any:
@@ -285,14 +309,19 @@ class PgStore:
         The position is set, not maxed: an operator's re-ship may move it back.
         An empty batch only moves the position."""
         segment, offset = _check_position(end)
-        payload, days = encode_batch(stream, records)
+        predictions = [r for r in records if r.face != ADMIN_FACE]
+        events = [event_row(stream, r) for r in records if r.face == ADMIN_FACE]
+        payload, days = encode_batch(stream, predictions)
         with self._transaction() as cur:
             inserted = 0
-            if records:
+            if predictions:
                 cur.execute(ENSURE_PARTITIONS, (days + [days[-1] + timedelta(days=1)],))
                 self._load(cur, payload)
                 cur.execute(INSERT_ROWS)
                 inserted = cur.rowcount
+            for event in events:
+                cur.execute(INSERT_EVENT, event)
+                inserted += cur.rowcount
             cur.execute(UPSERT_POSITION, (stream, segment, offset))
         self._staging_ready = True
         return int(inserted)

@@ -34,7 +34,7 @@ with our prefix is left behind, even on an error, Ctrl-C or SIGTERM.
 Fixed offered rate (the fair p99): after its wrk runs, every contender also gets
 ``--fixed-seconds`` of open-loop load from ``bench/openloop.py`` at the SAME rate, half the
 seed design's best req/s on that model (the seed runs first to measure it; ``--rate
-MODEL=R`` sets it by hand). Its latencies run from each request's due time
+MODEL=R`` sets it by hand; capacity counts 2xx answers only). Its latencies run from each request's due time
 (coordinated omission corrected, as wrk2 does; wrk2 is not packaged in Debian). The table
 shows these rows as ``fixed R/s`` in the connections column.
 """
@@ -117,6 +117,11 @@ class Run:
     @property
     def errors(self) -> int:
         return self.non2xx + self.socket_errors
+
+    @property
+    def ok_rps(self) -> float:
+        """Answers per second that were 2xx (a 503 storm is not capacity)."""
+        return self.rps * (self.requests - self.non2xx) / self.requests if self.requests else 0.0
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
@@ -269,7 +274,7 @@ def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, lu
             log(f"  {contender}/{model} c={c}: {r.rps:.0f} req/s, p50 {r.p50_ms:.1f} ms, "
                 f"p99 {r.p99_ms:.1f} ms, errors {r.errors}")
         if contender == "seed" and not args.rate.get(model):
-            args.rate[model] = max(r.rps for r in runs) / 2  # half the seed's capacity
+            args.rate[model] = max(r.ok_rps for r in runs) / 2  # half the seed's capacity
         rate = args.rate.get(model)
         if rate and args.fixed_seconds:
             res = openloop(url, body, rate, args.fixed_seconds)

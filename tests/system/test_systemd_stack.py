@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import psycopg2
 import pytest
 from httpx_lite import Answer, request
 from loadgen import LoadGen
-from systemd_falcon import UNITS, Falcon
+from systemd_falcon import FALCONCTL, UNITS, Falcon, dump_toml
 from systemd_sandbox import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,6 +182,33 @@ def test_edge_reload_under_load_fails_no_request(falcon: Falcon):
     assert set(counts) == {200} and counts[200] > 20, counts
     assert main_pid(falcon, unit) == arbiter  # reloaded, not restarted
     assert box.show(unit, "ActiveState") == "active"
+
+
+def test_haproxy_over_a_hosts_list_under_systemd(falcon: Falcon):
+    """haproxy.hosts set: the unit's ExecStartPre renders ops/haproxy/hosts.cfg
+    into /run/falcon and HAProxy loads both files ($FALCON_HAPROXY_FILES); the
+    edge, listed as a host, serves through backend 'hosts'; `falconctl hosts`
+    drains and readies it through the runtime API."""
+    started(falcon)
+    box, conf = falcon.box, "/etc/falcon/falcon.toml"
+    original = box.read(conf)
+    config = tomllib.loads(original)
+    config["haproxy"]["hosts"] = f"host-local={falcon.edge}"
+    box.write(conf, dump_toml(config))
+    try:
+        box.systemctl("restart", "falcon-haproxy.service")
+        assert "server host-local" in box.read("/run/falcon/haproxy-hosts.cfg")
+        serves_again(falcon, "through backend 'hosts'")
+        listing = box.run([FALCONCTL, "hosts", "list"]).stdout
+        assert "host-local" in listing and "UP" in listing, listing
+        box.run([FALCONCTL, "hosts", "maint", "host-local"])
+        assert predict(falcon.haproxy).status == 503  # no host left in rotation
+        box.run([FALCONCTL, "hosts", "ready", "host-local"])
+        serves_again(falcon, "after 'falconctl hosts ready'")
+    finally:
+        box.write(conf, original)
+        box.systemctl("restart", "falcon-haproxy.service")
+    serves_again(falcon, "back on backend 'edges'")
 
 
 def test_stop_leaves_no_process_and_no_segment(falcon: Falcon):

@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from falconctl.commands import guarded
 from falconctl.keys import haproxy_command
 from falconctl.stack import parse_hosts
 from settings import ConfigError, Settings
@@ -81,17 +80,7 @@ def cmd_set(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-Command = Callable[[Settings, argparse.Namespace], int]
-
-
-def _guarded(func: Command) -> Command:
-    def run(s: Settings, args: argparse.Namespace) -> int:
-        try:
-            return func(s, args)
-        except (HostsError, ConfigError) as exc:
-            print(f"falconctl hosts: {exc}", file=sys.stderr)
-            return 1
-    return run
+_guarded = guarded("hosts", lambda: (HostsError, ConfigError))
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:

@@ -22,10 +22,11 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from falconctl.commands import guarded
 from settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -200,19 +201,13 @@ def cmd_revoke(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-Command = Callable[[Settings, argparse.Namespace], int]
+def _keys_errors() -> tuple[type[Exception], ...]:
+    from edge.auth import KeysFileError
+
+    return (KeysFileError,)
 
 
-def _guarded(func: Command) -> Command:
-    def run(s: Settings, args: argparse.Namespace) -> int:
-        from edge.auth import KeysFileError
-
-        try:
-            return func(s, args)
-        except KeysFileError as exc:
-            print(f"falconctl keys: {exc}", file=sys.stderr)
-            return 1
-    return run
+_guarded = guarded("keys", _keys_errors)
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:

@@ -22,6 +22,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[2]))  # the checkout, whatever the editable install maps
+sys.path.insert(0, str(HERE.parent))      # tests/data: golden_files
+
+from golden_files import write_or_check  # noqa: E402
 
 from audit.record import AuditRecord  # noqa: E402
 from audit.segment import HEADER, RECORD, segment_name  # noqa: E402
@@ -75,18 +78,7 @@ def golden() -> dict[str, bytes]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    stale = []
-    for name, data in golden().items():
-        path = HERE / name
-        if check:
-            if not path.exists() or path.read_bytes() != data:
-                stale.append(name)
-        else:
-            path.write_bytes(data)
-    for name in stale:
-        print(f"{name}: differs from what the writer produces now", file=sys.stderr)
-    return 1 if stale else 0
+    return write_or_check(golden(), HERE, argv, "the writer")
 
 
 if __name__ == "__main__":

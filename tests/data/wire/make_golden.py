@@ -24,6 +24,8 @@ import numpy as np
 from wire import frames, messages
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tests/data: golden_files
+from golden_files import write_or_check  # noqa: E402
 
 X = np.array([[0.0, 0.5, -1.5], [2.0, 1024.0, -0.25]], dtype=np.float32)
 MASK = np.array([True, False])
@@ -65,18 +67,7 @@ def golden() -> dict[str, bytes]:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    stale = []
-    for name, data in golden().items():
-        path = HERE / name
-        if check:
-            if not path.exists() or path.read_bytes() != data:
-                stale.append(name)
-        else:
-            path.write_bytes(data)
-    for name in stale:
-        print(f"{name}: differs from what encode() produces now", file=sys.stderr)
-    return 1 if stale else 0
+    return write_or_check(golden(), HERE, argv, "encode()")
 
 
 if __name__ == "__main__":

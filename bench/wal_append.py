@@ -36,19 +36,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.wal import WalWriter  # noqa: E402
+from tests.seams import CountingFsync  # noqa: E402
 
 POLICIES = ("always", "batch", "interval")
-
-
-class CountingFsync:
-    def __init__(self) -> None:
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, fd: int) -> None:
-        with self._lock:
-            self.calls += 1
-        os.fdatasync(fd)
 
 
 def bare_fsync_us(directory: Path, size: int, n: int = 500) -> float:

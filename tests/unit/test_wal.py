@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from seams import CountingFsync
 
 from audit.segment import HEADER, RECORD, decode_header, encode_header, encode_record
 from audit.wal import (
@@ -29,19 +30,6 @@ from audit.wal import (
     WalWriter,
     list_streams,
 )
-
-
-class CountingFsync:
-    """The fsync seam: the real fdatasync, counted."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, fd: int) -> None:
-        with self._lock:
-            self.calls += 1
-        os.fdatasync(fd)
 
 
 def writer(tmp_path: Path, stream: str = "s1", **kw: object) -> WalWriter:

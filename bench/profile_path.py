@@ -49,9 +49,10 @@ TICK = os.sysconf("SC_CLK_TCK")
 OUT_DIR = compare.ROOT / "bench" / "out" / "profile"
 
 
-def cpu_s(pids: list[int]) -> tuple[float, float, int]:
-    """(user s, system s, context switches) summed over ``pids`` and their threads."""
-    user = system = switches = 0
+def cpu_s(pids: list[int]) -> tuple[float, float, int, int]:
+    """(user s, system s, voluntary and involuntary context switches) summed over
+    ``pids`` and their threads."""
+    user = system = switches = preempted = 0
     for pid in pids:
         try:
             st = proc_stat(pid)
@@ -62,11 +63,14 @@ def cpu_s(pids: list[int]) -> tuple[float, float, int]:
         for tid in tasks:
             try:
                 with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    switches += sum(int(line.split()[1]) for line in f
-                                    if line.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+                    for line in f:
+                        if line.startswith("voluntary_ctxt"):
+                            switches += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt"):
+                            preempted += int(line.split()[1])
             except OSError:
                 continue
-    return user / TICK, system / TICK, switches
+    return user / TICK, system / TICK, switches, preempted
 
 
 def host_busy_s() -> float:
@@ -109,7 +113,7 @@ def load_with_cpu(url: str, lua: Path, body: Path, args: argparse.Namespace,
     host = host_busy_s() - host0
     cpu = {name: tuple(a - b for a, b in zip(after[name], before[name], strict=True))
            for name in procs}
-    cpu["wrk"] = (*_children_cpu_s(kids0), 0)  # wrk was reaped: in our children's usage
+    cpu["wrk"] = (*_children_cpu_s(kids0), 0, 0)  # wrk was reaped: in our children's usage
     res["cpu_s"] = cpu
     res["host_busy_s"] = host
     res["wall_s"] = wall
@@ -187,11 +191,12 @@ def profile(contender: str, bench: compare.Bench, repo: Path, model: str, body: 
               f"{res['rps']:,.0f} req/s, p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, "
               f"errors {res['non2xx'] + res['socket_errors']}\n")
         print("| process group | cores busy | CPU µs / request (user + system) "
-              "| context switches / request |\n|---|---:|---:|---:|")
-        for name, (user, system, switches) in res["cpu_s"].items():
+              "| context switches / request (voluntary + preempted) |\n|---|---:|---:|---:|")
+        for name, (user, system, switches, preempted) in res["cpu_s"].items():
             print(f"| {name} | {(user + system) / res['wall_s']:.2f} | "
                   f"{1e6 * (user + system) / n:,.0f} ({1e6 * user / n:,.0f} + "
-                  f"{1e6 * system / n:,.0f}) | {switches / n:.1f} |")
+                  f"{1e6 * system / n:,.0f}) | {(switches + preempted) / n:.1f} "
+                  f"({switches / n:.1f} + {preempted / n:.1f}) |")
         print(f"| host, all | {res['host_busy_s'] / res['wall_s']:.2f} | "
               f"{1e6 * res['host_busy_s'] / n:,.0f} | |")
         if args.py_spy:

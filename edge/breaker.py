@@ -18,7 +18,7 @@ Each breaker's state is exported as ``falcon_breaker_state{breaker}``
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pybreaker
@@ -60,7 +60,7 @@ class Breaker:
     def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run ``func`` unless the breaker is open (then raise :data:`Open` at once)."""
         with self.cb._lock:
-            self.cb.state.before_call(func, *args, **kwargs)
+            self._admit()
         try:
             result = func(*args, **kwargs)
         except self.count as exc:
@@ -73,6 +73,20 @@ class Breaker:
         with self.cb._lock:
             self.cb.state._handle_success()
         return result
+
+    def _admit(self) -> None:
+        """Under the lock: raise :data:`Open` while open within the reset timeout;
+        after it, half-open, and this call is the trial. (pybreaker's open-state
+        ``before_call`` would run the trial itself, inside the lock, and the
+        caller would then run it a second time.)"""
+        if self.cb.current_state == pybreaker.STATE_OPEN:
+            opened = self.cb._state_storage.opened_at
+            if opened is not None and \
+                    datetime.now(UTC) < opened + timedelta(seconds=self.cb.reset_timeout):
+                raise Open("Timeout not elapsed yet, circuit breaker still open")
+            self.cb.half_open()
+            _Exporter().state_change(self.cb, None, self.cb.state)
+        # closed, half-open: pybreaker's states admit every call
 
     def retry_after(self) -> float:
         """Seconds until an open breaker lets a trial call through."""

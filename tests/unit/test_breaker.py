@@ -70,9 +70,45 @@ def test_opens_after_fail_max_then_half_opens_and_closes():
         breaker.call(lambda: 1)
     assert 0 < breaker.retry_after() <= 0.2
     time.sleep(0.25)
-    assert breaker.call(lambda: 7) == 7
+    calls = []
+    assert breaker.call(lambda: calls.append(1) or 7) == 7
+    assert calls == [1]  # the trial ran once (pybreaker's open state would run it twice)
     assert breaker.state == "closed"
     assert STATE.labels("t-states")._value.get() == 0
+
+
+def test_a_failed_trial_opens_it_again_and_never_holds_the_lock():
+    breaker = Breaker("t-trial", fail_max=1, reset_timeout=0.1, count=(Down,))
+    with pytest.raises(Down):
+        breaker.call(fail)
+    time.sleep(0.15)
+    inside = threading.Event()
+    release = threading.Event()
+
+    def slow_trial() -> None:
+        inside.set()
+        release.wait(5)
+        raise Down("still down")
+
+    trial = threading.Thread(target=lambda: pytest.raises(Down, breaker.call, slow_trial))
+    trial.start()
+    assert inside.wait(5)
+    assert breaker.state == "half-open"
+    assert STATE.labels("t-trial")._value.get() == 1
+    # the breaker's lock is free during the trial: another thread can take it
+    got = []
+
+    def take_lock() -> None:
+        if breaker.cb._lock.acquire(timeout=1):
+            got.append(True)
+            breaker.cb._lock.release()
+    probe = threading.Thread(target=take_lock)
+    probe.start()
+    probe.join(2)
+    assert got == [True]
+    release.set()
+    trial.join(5)
+    assert breaker.state == "open"
 
 
 def test_errors_outside_count_do_not_trip_it():

@@ -13,12 +13,11 @@ from conftest import Memcached
 from httpx_lite import post_json, request
 from loadgen import LoadGen
 from modelfactory import write_mlp_model
-from pymemcache.client.rendezvous import RendezvousHash
 
 from audit.record import AuditRecord
 from audit.wal import START, StreamReader, list_streams
 from edge.audit import canonical, input_digest
-from edge.cache import cache_key
+from edge.cache import cache_key, rendezvous
 
 WIDTH = 16
 
@@ -120,8 +119,8 @@ def test_losing_one_server_of_a_pool_loses_only_its_keys_and_it_rejoins(make_sta
         addr = stack.settings.haproxy.bind
         rows = [r[None, :] for r in np.random.default_rng(2).normal(size=(30, WIDTH))
                 .astype(np.float32)]
-        hasher = RendezvousHash(nodes=[m.addr for m in pool])
-        home = [hasher.get_node(cache_key("mlp", "1", input_digest(canonical([("input", r)])[0])))
+        names = [m.addr for m in pool]
+        home = [rendezvous(cache_key("mlp", "1", input_digest(canonical([("input", r)])[0])), names)
                 for r in rows]
         victim = pool[0]
         on_victim = [h == victim.addr for h in home]

@@ -110,7 +110,16 @@ class Network:
         ip("-n", name, "link", "set", "lo", "up")
 
     def close(self) -> None:
+        """Kill whatever still runs in our namespaces (ours: a test that failed
+        half-way), then delete them."""
         for name in reversed(self.created):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                                  text=True, timeout=30).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             subprocess.run(["ip", "netns", "delete", name], capture_output=True, timeout=30)
         self.created.clear()
 

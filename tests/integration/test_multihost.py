@@ -86,8 +86,9 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
             to_down = down_at - killed
             time.sleep(2.0)  # host-b alone; its shipper keeps up
             alone = [o for o in load.outcomes if o.started > down_at]
-            # answered before the kill and still not in the table 2 s later (host-b's
-            # shipper lags ~0.2 s): host-a's unshipped tail, left in its WAL by the kill
+            # answered before the kill and still not in the table 2 s later: host-a's
+            # unshipped tail, left in its WAL by the kill (and, on a loaded box, maybe
+            # a few rows of host-b's whose shipper lags)
             tail = {o.request_id for o in load.outcomes
                     if o.status == 200 and o.started + o.seconds < killed} - \
                 set(audit_rows(net, dsn))
@@ -125,7 +126,7 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
         assert set(rows) - ok - probes <= {o.request_id for o in failed}
         host_of = {rid: r[0][0] for rid, r in rows.items()}
         assert {host_of[o.request_id] for o in alone} == {"host-b"}
-        assert {host_of[rid] for rid in tail} <= {"host-a"}  # empty if it had just shipped
+        tail_a = {rid for rid in tail if host_of[rid] == "host-a"}
         assert all(stream.startswith(host + "-") for [(host, stream, _)] in rows.values())
         back = time.time() - (time.monotonic() - returned) + to_up
         assert any(host == "host-a" and ts > back for [(host, _, ts)] in rows.values())
@@ -135,12 +136,15 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
         assert server_status(front)["host-b"].startswith("UP")
         print(f"\nmulti-host: {len(ok)} answered 200, {len(failed)} failed (in flight at the "
               f"kill); host-a DOWN in HAProxy {to_down:.2f} s after kill -9; after its restart "
-              f"began: its WAL tail ({len(tail)} records) shipped in {to_shipped:.2f} s, UP in "
+              f"began: its WAL tail ({len(tail_a)} records) shipped in {to_shipped:.2f} s, UP in "
               f"{to_up:.2f} s; rows a/b: {sum(h == 'host-a' for h in host_of.values())}/"
               f"{sum(h == 'host-b' for h in host_of.values())}")
     finally:
         front.stop()
         for stack in hosts.values():
             stack.stop()
-            prefix = stack.env["FALCON_DAEMON_SHM_PREFIX"]
-            assert shm.list_segments(prefix) == [], "shared-memory segments left behind"
+        leaked = [name for stack in hosts.values()
+                  for name in shm.list_segments(stack.env["FALCON_DAEMON_SHM_PREFIX"])]
+        for name in leaked:
+            shm.unlink(name)
+    assert leaked == [], "shared-memory segments left behind"

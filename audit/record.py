@@ -30,10 +30,11 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class AuditRecord:
-    request_id: str           # unique per request; the table's key (with ts)
+    request_id: str           # the client's X-Request-Id, else the front's request key
     ts: float                 # unix seconds when the front (HAProxy) accepted the request,
                               # else when the edge answered. A request HAProxy retried on
-                              # another edge has the same (request_id, ts) everywhere: one row.
+                              # another edge has the same (request_id, ts, request_key)
+                              # everywhere: one row.
     host: str                 # host id of the edge that answered
     model: str
     version: str              # the version that answered
@@ -48,11 +49,16 @@ class AuditRecord:
     api_key_id: str | None = None
     trace_id: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    request_key: str = ""     # the front's unique id of the HTTP request (HAProxy unique-id;
+                              # the same on every edge it was sent to): with request_id and
+                              # ts, the table's key. "" in records written before it existed.
 
     def to_payload(self) -> bytes:
         # PERF: a shallow dict; asdict() deep-copies every nested list and dict
         # (45 of the 66 us an edge spent per audited digits request).
         body = {f.name: getattr(self, f.name) for f in _FIELDS}
+        if not self.request_key:
+            del body["request_key"]  # as records were before it existed (same bytes)
         body["v"] = RECORD_VERSION
         return msgpack.packb(body, use_bin_type=True)
 

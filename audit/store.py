@@ -10,7 +10,7 @@ is one transaction::
     COMMIT
 
 so the rows and the stream's position commit together (STYLE 8) and a batch
-shipped twice lands once (key: request_id, ts). Partitions are ensured before
+shipped twice lands once (key: request_id, ts, request_key). Partitions are ensured before
 any row is inserted (there is no DEFAULT partition: migration 0002 says why).
 
 Binary COPY layout (PostgreSQL "COPY BINARY", as psycopg's ``_copy_base.py``)::
@@ -73,7 +73,7 @@ class StoreRejected(StoreError):
 
 COLUMNS = ("request_id", "ts", "host", "stream", "model", "version", "face", "input_digest",
            "input_meta", "outputs", "labels", "cached", "latency_ms", "inputs", "api_key_id",
-           "trace_id", "extra")
+           "trace_id", "extra", "request_key")
 NULLABLE = frozenset({"labels", "inputs", "api_key_id", "trace_id"})
 
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
@@ -137,6 +137,7 @@ ENCODERS: dict[str, Callable[[Any], bytes]] = {
     "version": _text, "face": _text, "input_digest": _text, "input_meta": _strict_jsonb,
     "outputs": _jsonb, "labels": _strict_jsonb, "cached": _boolean, "latency_ms": _float8,
     "inputs": _bytea, "api_key_id": _text, "trace_id": _text, "extra": _strict_jsonb,
+    "request_key": _text,
 }
 _SPEC = tuple((name, ENCODERS[name], name in NULLABLE) for name in COLUMNS)
 
@@ -234,13 +235,14 @@ SET segment = EXCLUDED.segment, "offset" = EXCLUDED."offset", updated_at = EXCLU
 """
 COPY_CHUNK = 1 << 20
 # Management events (face "admin": traffic splits, rollbacks) go to audit.events
-# (migration 0003), keyed like predictions so a re-shipped one lands once.
+# (migrations 0003, 0004), keyed like predictions so a re-shipped one lands once.
 ADMIN_FACE = "admin"
 INSERT_EVENT = """
-INSERT INTO audit.events (ts, kind, actor, detail, request_id, host, stream, model, trace_id)
+INSERT INTO audit.events (ts, kind, actor, detail, request_id, host, stream, model, trace_id,
+                          request_key)
 VALUES (timestamptz '2000-01-01 00:00:00+00' + %s * interval '1 microsecond',
-        %s, %s, %s, %s, %s, %s, %s, %s)
-ON CONFLICT (request_id, ts) DO NOTHING
+        %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (request_id, ts, request_key) DO NOTHING
 """
 
 
@@ -256,7 +258,7 @@ def event_row(stream: str, record: AuditRecord) -> tuple[Any, ...]:
         raise StoreRejected(f"event {record.request_id!r}: non-finite float at {where}")
     return (micros, str(record.extra.get("event", ADMIN_FACE)), record.api_key_id,
             orjson.dumps(detail).decode(), record.request_id, record.host, stream,
-            record.model, record.trace_id)
+            record.model, record.trace_id, record.request_key)
 
 
 def connect(dsn: str) -> Any:
@@ -290,9 +292,14 @@ class PgStore:
         """Apply pending schema migrations; the versions applied by this call."""
         conn = self._connection()
         try:
-            return migrations.migrate(conn, pending)
+            applied = migrations.migrate(conn, pending)
         except psycopg2.Error as exc:
             raise self._failed(exc) from exc
+        if applied and self._staging_ready:  # its columns are the old table's
+            with self._transaction() as cur:
+                cur.execute("DROP TABLE IF EXISTS pg_temp.audit_staging")
+            self._staging_ready = False
+        return applied
 
     def position(self, stream: str) -> tuple[int, int] | None:
         """The (segment, offset) shipped so far for ``stream``, None if never."""

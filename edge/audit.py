@@ -42,6 +42,7 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     trace_id: str | None = None
     accepted: float | None = None    # unix time the front (HAProxy) accepted it, if known
+    request_key: str = ""            # the front's unique id of the HTTP request
     api_key_id: str | None = None
     routing_key: str | None = None   # X-Routing-Key: which caller a traffic split keeps together
 
@@ -119,7 +120,7 @@ class Auditor:
             outputs=outputs_doc(outputs), labels=labels, cached=cached,
             latency_ms=(time.monotonic() - ctx.started) * 1000.0,
             inputs=data if len(data) <= self.max_input_bytes else None,
-            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id)
+            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, request_key=ctx.request_key)
         self._append(rec)
         return rec
 
@@ -144,7 +145,8 @@ class Auditor:
             request_id=ctx.request_id, ts=ctx.accepted or time.time(), host=self.host,
             model=model, version="", face="admin", input_digest="", input_meta=[], outputs={},
             labels=None, cached=False, latency_ms=(time.monotonic() - ctx.started) * 1000.0,
-            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, extra={"event": kind, **detail})
+            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, extra={"event": kind, **detail},
+            request_key=ctx.request_key)
         self._append(rec)
         return rec
 

@@ -32,28 +32,36 @@ TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 
+KEY_HEADER = "X-Falcon-Request-Key"
+
+
 def context(req: falcon.Request, resp: falcon.Response, face: str,
             host: str = "edge") -> RequestContext:
-    """Request id and W3C trace context, both echoed back.
+    """Request id, request key and W3C trace context.
 
-    The request id is ``X-Request-Id`` when well-formed — HAProxy sets it to
-    ``<front host id>-<uuid>`` unless the client sent one — else a new
-    ``<host>-<uuid>`` (an edge reached directly). With the front's accept time
-    (``X-Request-Start``) it keys the audit row, so a request HAProxy retried
-    on another edge or host is one row however many edges logged it.
-    The trace id is the client's ``traceparent`` trace id, or a new one
-    (echoed with this edge's span id); it travels to the daemon, into logs and
-    into the audit record."""
+    The request key is HAProxy's unique id for this HTTP request
+    (``X-Falcon-Request-Key`` = ``<front host id>-<uuid>``, set on every request,
+    the same on every edge a retry reaches); an edge reached directly makes one
+    up. The request id is the client's ``X-Request-Id`` when well-formed, else
+    the request key. With the front's accept time (``X-Request-Start``), the
+    pair keys the audit row: a request HAProxy re-sent to another edge or host
+    after the first had logged it is one row, and two requests that share a
+    client id are two. The trace id is the client's ``traceparent`` trace id, or
+    a new one (echoed with this edge's span id); it travels to the daemon, into
+    logs and into the audit record. Id and traceparent are echoed back."""
+    key = req.get_header(KEY_HEADER)
+    if not key or not REQUEST_ID_RE.match(key):
+        key = f"{host}-{uuid.uuid4().hex}"
     given = req.get_header("X-Request-Id")
-    rid = given if given and REQUEST_ID_RE.match(given) else f"{host}-{uuid.uuid4().hex}"
+    rid = given if given and REQUEST_ID_RE.match(given) else key
     resp.set_header("X-Request-Id", rid)
     match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
     trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
     resp.set_header("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
     req.context.face, req.context.request_id, req.context.trace_id = face, rid, trace_id
     routing = req.get_header("X-Routing-Key")
-    return RequestContext(rid, face, trace_id=trace_id, accepted=accepted_at(req),
-                          api_key_id=req.context.get("api_key_id"),
+    return RequestContext(rid, face, trace_id=trace_id, accepted=front_time(req),
+                          request_key=key, api_key_id=req.context.get("api_key_id"),
                           routing_key=routing if routing and REQUEST_ID_RE.match(routing) else None)
 
 
@@ -90,21 +98,26 @@ def requested_timeout(req: falcon.Request) -> int | None:
     return int(raw)
 
 
-def accepted_at(req: falcon.Request) -> float | None:
+def front_time(req: falcon.Request) -> float | None:
     """When HAProxy accepted the request (``X-Request-Start: t=<µs>``, unix
-    seconds), None when absent or implausible (clock skew beyond a second, more
-    than 10 minutes ago, a forged header)."""
+    seconds): the audit record's time, identical on every edge a retry reaches.
+    None when absent, malformed, or more than a day away from this host's clock
+    (a forged header must not create far-off partitions)."""
     raw = req.get_header("X-Request-Start") or ""
     if not raw.startswith("t=") or not raw[2:].isdigit() or len(raw) > 20:
         return None
     accepted = int(raw[2:]) / 1e6
-    return accepted if -1.0 < time.time() - accepted < 600.0 else None
+    return accepted if abs(time.time() - accepted) < 86400.0 else None
 
 
 def queued_s(req: falcon.Request) -> float:
-    """Seconds since HAProxy accepted the request, 0 when unknown."""
-    accepted = accepted_at(req)
-    return max(0.0, time.time() - accepted) if accepted is not None else 0.0
+    """Seconds since HAProxy accepted the request, 0 when unknown or implausible
+    (this clock behind the front's by more than a second, more than 10 minutes)."""
+    accepted = front_time(req)
+    if accepted is None:
+        return 0.0
+    waited = time.time() - accepted
+    return max(0.0, waited) if -1.0 < waited < 600.0 else 0.0
 
 
 def send_json(resp: falcon.Response, obj: Any) -> None:

@@ -199,9 +199,12 @@ def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):
 
 def test_a_request_logged_twice_is_one_row_and_request_ids_carry_the_host(make_stack, pg_dsn):
     """HAProxy retries a request whose edge died before answering (retry-on);
-    that edge may already have logged it. Both logs carry the same key —
-    the request id and the front's accept time (X-Request-Start) — so the
-    table holds one row. Ids made up by HAProxy or an edge carry the host id."""
+    that edge may already have logged it. Both logs carry the same key — the
+    request id, the front's accept time (X-Request-Start) and the front's request
+    key (X-Falcon-Request-Key) — so the table holds one row. Two requests that
+    share a client's id and an accept time (HAProxy's clock ticks coarsely) differ
+    by their request key: two rows. Ids made up by HAProxy or an edge carry the
+    host id."""
     stack = make_stack(audit=True, FALCON_AUDIT_DSN=pg_dsn, FALCON_HOST_ID="host-x",
                        FALCON_EDGE_WORKERS="1")
     s = stack.settings
@@ -211,21 +214,28 @@ def test_a_request_logged_twice_is_one_row_and_request_ids_carry_the_host(make_s
     ids = [via_haproxy.headers["x-request-id"], direct.headers["x-request-id"]]
     assert all(rid.startswith("host-x-") for rid in ids) and ids[0] != ids[1]
     assert [a.json()["request_id"] for a in (via_haproxy, direct)] == ids
+    # a client can't pick the key through HAProxy
+    forged = post_json(s.haproxy.bind, "/v1/models/digits/predict", body,
+                       {"X-Falcon-Request-Key": "forged-key"})
+    assert forged.headers["x-request-id"].startswith("host-x-")
 
     accepted = time.time() - 0.2
-    retried = {"X-Request-Id": "retried-1", "X-Request-Start": f"t={int(accepted * 1e6)}"}
+    start = f"t={int(accepted * 1e6)}"
+    same = {"X-Request-Id": "client-1", "X-Request-Start": start,
+            "X-Falcon-Request-Key": "front-k1"}
     for _ in range(2):  # the dying edge's log, then the retry's
-        assert post_json(s.edge.bind, "/v1/models/digits/predict", body, retried).status == 200
-    reused = {"X-Request-Id": "retried-1", "X-Request-Start": f"t={int(time.time() * 1e6)}"}
-    assert post_json(s.edge.bind, "/v1/models/digits/predict", body, reused).status == 200
+        assert post_json(s.edge.bind, "/v1/models/digits/predict", body, same).status == 200
+    other = {**same, "X-Falcon-Request-Key": "front-k2"}  # another request, same id and tick
+    assert post_json(s.edge.bind, "/v1/models/digits/predict", body, other).status == 200
+    later = {"X-Request-Id": "client-1", "X-Request-Start": f"t={int(time.time() * 1e6)}"}
+    assert post_json(s.edge.bind, "/v1/models/digits/predict", body, later).status == 200
     last = post_json(s.edge.bind, "/v1/models/digits/predict", body).headers["x-request-id"]
     wait_for_rows(pg_dsn, {*ids, last})  # one stream, shipped in order: all before it landed
     with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT extract(epoch FROM ts)::float8, host FROM audit.predictions "
-                    "WHERE request_id = 'retried-1' ORDER BY ts")
+        cur.execute("SELECT extract(epoch FROM ts)::float8, request_key, host "
+                    "FROM audit.predictions WHERE request_id = 'client-1' ORDER BY ts, 2")
         got = cur.fetchall()
     conn.close()
-    # one row for the retried request, keyed by the accept time; a client reusing
-    # its id later is another request, another row
-    assert len(got) == 2 and abs(got[0][0] - accepted) < 1e-5, got
-    assert {host for _, host in got} == {"host-x"}
+    assert [key for _, key, _ in got][:2] == ["front-k1", "front-k2"] and len(got) == 3, got
+    assert abs(got[0][0] - accepted) < 1e-5 and got[0][0] == got[1][0]
+    assert {host for _, _, host in got} == {"host-x"}

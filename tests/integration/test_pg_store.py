@@ -81,7 +81,7 @@ def store(dsn: str) -> Any:
 
 def test_migrations_apply_once_then_are_a_no_op(dsn: str) -> None:
     with PgStore(dsn) as store:
-        assert store.migrate() == [1, 2, 3]
+        assert store.migrate() == [1, 2, 3, 4]
         assert store.migrate() == []
     assert query(dsn, "SELECT version, name, checksum FROM audit.schema_migrations "
                       "ORDER BY version") == [(m.version, m.name, m.checksum)
@@ -111,8 +111,8 @@ def test_concurrent_migrate_applies_each_version_once(dsn: str) -> None:
     # no errors, and each version applied by exactly one of them (a migrator may
     # take the lock between two versions another one applies)
     assert all(isinstance(r, list) for r in results), results
-    assert sorted(v for r in results for v in r) == [1, 2, 3], results
-    assert query(dsn, "SELECT count(*) FROM audit.schema_migrations") == [(3,)]
+    assert sorted(v for r in results for v in r) == [1, 2, 3, 4], results
+    assert query(dsn, "SELECT count(*) FROM audit.schema_migrations") == [(4,)]
 
 
 def test_changed_migration_is_refused_naming_the_file(dsn: str, tmp_path: Path) -> None:
@@ -134,7 +134,7 @@ def test_failed_migration_rolls_back_and_names_the_file(dsn: str, tmp_path: Path
             store.migrate(migrate.load(tmp_path / "m"))
         assert store.count() == 0  # the connection is usable, the others stayed applied
     assert query(dsn, "SELECT version FROM audit.schema_migrations ORDER BY 1") == [
-        (1,), (2,), (3,)]
+        (1,), (2,), (3,), (4,)]
     assert query(dsn, "SELECT to_regclass('audit.half_done') IS NULL") == [(True,)]
 
 
@@ -218,7 +218,7 @@ def test_migration_2_moves_rows_out_of_default_and_drops_it(dsn: str) -> None:
                    "VALUES ('manual', to_timestamp(%s), 'h', 's', 'm', '1', 'v1', 'd', '[]', "
                    "'{}', false, 1)", (DAY1 + 60,))
         assert rows_by_partition(dsn) == {"predictions_default": 1}
-        assert store.migrate() == [2, 3]
+        assert store.migrate() == [2, 3, 4]
         assert rows_by_partition(dsn) == {"predictions_20250314": 1}
         assert store.write("edge-a.0", batch(2), (1, 1)) == 2
     assert rows_by_partition(dsn) == {"predictions_20250314": 3}
@@ -267,21 +267,38 @@ def test_management_events_land_in_events_once(store: PgStore, dsn: str) -> None
     assert abs(ts - mixed[1].ts) < 1e-6
 
 
+def test_the_request_key_tells_two_requests_with_one_client_id_apart(store: PgStore,
+                                                                      dsn: str) -> None:
+    """Same client id, same accept time (HAProxy's clock ticks coarsely): two
+    requests, two rows. The same request logged by two edges: one row."""
+    first = replace(record(0), request_id="client-7", request_key="front-a")
+    other = replace(first, request_key="front-b", host="edge-b")
+    retried = replace(first, host="edge-b")  # another edge answered the re-sent request
+    assert store.write("edge-a.0", [first], (1, 1)) == 1
+    assert store.write("edge-b.0", [other, retried], (1, 1)) == 1
+    assert query(dsn, "SELECT request_key, host FROM audit.predictions ORDER BY 1") == [
+        ("front-a", "edge-a"), ("front-b", "edge-b")]
+    events = [replace(admin_event(5), request_key=k) for k in ("k1", "k2", "k1")]
+    assert store.write("edge-a.0", events, (1, 2)) == 2
+    assert query(dsn, "SELECT count(*) FROM audit.events") == [(2,)]
+
+
 def test_migration_3_moves_admin_rows_to_events(dsn: str) -> None:
-    first, second, _ = migrate.load()
+    first, second, *_ = migrate.load()
     with PgStore(dsn) as store:
         store.migrate([first, second])
-        assert store.write("edge-a.0", [record(0)], (1, 1)) == 1
         # where earlier shippers put an event: among the predictions
+        query(dsn, "SELECT audit.ensure_partition((to_timestamp(%s) AT TIME ZONE 'UTC')::date)",
+              (DAY1 + 60,))
         query(dsn, "INSERT INTO audit.predictions (request_id, ts, host, stream, model, "
                    "version, face, input_digest, input_meta, outputs, cached, latency_ms, "
                    "api_key_id, extra) VALUES ('ev-1', to_timestamp(%s), 'h', 's', 'm', '', "
                    "'admin', '', '[]', '{}', false, 1, 'k1', "
                    "'{\"event\": \"split\", \"old\": {\"1\": 100}, "
                    "\"new\": {\"1\": 80, \"2\": 20}}')", (DAY1 + 60,))
-        assert store.migrate() == [3]
+        assert store.migrate() == [3, 4]
     assert query(dsn, "SELECT count(*) FROM audit.predictions WHERE face = 'admin'") == [(0,)]
-    assert query(dsn, "SELECT count(*) FROM audit.predictions") == [(1,)]
+    assert query(dsn, "SELECT count(*) FROM audit.predictions") == [(0,)]
     assert query(dsn, "SELECT kind, actor, detail FROM audit.events") == [
         ("split", "k1", {"old": {"1": 100}, "new": {"1": 80, "2": 20}})]
 

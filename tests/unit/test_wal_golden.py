@@ -9,6 +9,7 @@ records; corruption at the second record's offset, which recovery refuses to tou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import importlib.util
 import io
@@ -85,6 +86,16 @@ def test_good(tmp_path: Path) -> None:
     assert AuditRecord.from_payload(r.read(START)[1][1]).request_id == "req-2"
     assert r.recover() == Position(0, len(GOOD))
     assert r.path(0).read_bytes() == GOOD
+
+
+def test_records_written_before_the_request_key_read_back_with_an_empty_one() -> None:
+    """The golden records predate ``request_key``: they decode with "", and a
+    record that has one round-trips it."""
+    old = AuditRecord.from_payload(make_golden.PAYLOADS[0])
+    assert old.request_key == ""
+    keyed = dataclasses.replace(old, request_key="front-1234")
+    assert AuditRecord.from_payload(keyed.to_payload()) == keyed
+    assert keyed.to_payload() != make_golden.PAYLOADS[0]
 
 
 def test_torn(tmp_path: Path) -> None:

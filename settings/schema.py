@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -28,10 +29,11 @@ class ConfigError(ValueError):
 
 
 def key(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[str, ...] | None = None) -> Any:
-    """Declare one setting: its default, a description and optional bounds."""
-    return field(default=default,
-                 metadata={"doc": doc, "min": min, "max": max, "choices": choices})
+        choices: tuple[str, ...] | None = None, pattern: str | None = None) -> Any:
+    """Declare one setting: its default, a description and optional bounds
+    (``pattern``: a regular expression a non-empty string must match whole)."""
+    return field(default=default, metadata={"doc": doc, "min": min, "max": max,
+                                            "choices": choices, "pattern": pattern})
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,9 @@ class HAProxySettings:
 
 @dataclass(frozen=True)
 class HostSettings:
-    id: str = key("", "This host's id in request ids, WAL stream names and audit rows; "
-                      "empty means the hostname.")
+    id: str = key("", "This host's id in request ids and keys, WAL stream names and audit "
+                      "rows; empty means the hostname. Unique per host.",
+                  pattern=r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,8 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: {value!r} is above the maximum {meta['max']}")
     if meta.get("choices") and value not in meta["choices"]:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(meta['choices'])}")
+    if meta.get("pattern") and value and not re.fullmatch(meta["pattern"], value):
+        raise ConfigError(f"{where}: {value!r} does not match {meta['pattern']}")
 
 
 def _read_file(path: Path | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:

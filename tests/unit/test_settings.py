@@ -341,3 +341,10 @@ def test_non_finite_value_in_the_file_names_the_file(toml) -> None:
     path = toml("[daemon]\ndrain_timeout_s = nan\n")
     message = error(path)
     assert str(path) in message and "not a finite number" in message
+
+
+@pytest.mark.parametrize("value", ["bad id", "a/b", "x" * 65, "héte"])
+def test_a_host_id_that_cannot_go_into_ids_and_stream_names_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"host\.id .*does not match"):
+        load(env={"FALCON_HOST_ID": value})
+    assert load(env={"FALCON_HOST_ID": "host-a.rack_2"}).host_id == "host-a.rack_2"

@@ -315,8 +315,10 @@ def ceiling(repo: Path, model: str, body: Path, seconds: float) -> dict[str, Any
 # ---------------------------------------------------------------- models
 
 
-def repos(tmp: Path, models: list[str]) -> dict[str, tuple[Path, Path]]:
-    """{model: (repository, body.json)}, the body being one row in the v1 JSON shape."""
+def repos(tmp: Path, models: list[str], prepack: bool = False) -> dict[str, tuple[Path, Path]]:
+    """{model: (repository, body.json)}, the body being one row in the v1 JSON shape.
+    ``prepack``: the heavy model's config says ``prepack = true`` (the daemon then
+    lets ONNX Runtime prepack its weights: faster, one private copy)."""
     out = {}
     if "digits" in models:
         repo = tmp / "repo-digits"
@@ -332,6 +334,9 @@ def repos(tmp: Path, models: list[str]) -> dict[str, tuple[Path, Path]]:
         started = time.perf_counter()
         path = write_mlp_model(tmp / "repo-heavy", "heavy", input_dim=HEAVY_INPUT, hidden=4352,
                                layers=4, classes=10, seed=0)
+        if prepack:
+            config = path.parent.parent / "config.toml"
+            config.write_text(config.read_text().replace("prepack = false", "prepack = true"))
         log(f"generated heavy model ({path.stat().st_size / 1e6:.0f} MB) in "
             f"{time.perf_counter() - started:.1f}s")
         row = np.random.default_rng(0).standard_normal(HEAVY_INPUT).round(4).tolist()
@@ -425,6 +430,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ceiling-seconds", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=32, help="gthread threads per worker")
+    p.add_argument("--prepack", action="store_true",
+                   help="heavy model with prepack = true (a private prepacked copy in the daemon)")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 
@@ -442,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, str] = {}
     load_start = os.getloadavg()
     with bench_context(args.workers, args.threads) as bench:
-        for model, (repo, body) in repos(bench.tmp, args.models).items():
+        for model, (repo, body) in repos(bench.tmp, args.models, args.prepack).items():
             log(f"model {model}")
             lua = bench.tmp / f"post-{model}.lua"
             lua.write_text(LUA.format(body=body))

@@ -34,6 +34,7 @@ from typing import Any
 import psycopg2
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+LOCK_TIMEOUT_MS = 5000
 LOCK_KEY = 0x46414C434F4E4D47  # "FALCONMG": the migration advisory lock (bigint space)
 FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
@@ -161,7 +162,12 @@ def _applied(cur: Any) -> dict[int, tuple[str, str]]:
     return {int(v): (name, checksum) for v, name, checksum in cur.fetchall()}
 
 
-def _apply(cur: Any, migration: Migration) -> None:
+def _apply(cur: Any, migration: Migration, lock_timeout_ms: int = LOCK_TIMEOUT_MS) -> None:
+    # A migration that must wait for a table lock (an idle reader holds one) gives
+    # up after lock_timeout_ms instead of queueing: a queued ACCESS EXCLUSIVE
+    # request would block every new reader of the table behind it. The error is
+    # an OperationalError: the shipper logs it and tries again later.
+    cur.execute("SET LOCAL lock_timeout = %s", (f"{int(lock_timeout_ms)}ms",))
     try:
         cur.execute(migration.sql)
     except (psycopg2.OperationalError, psycopg2.InterfaceError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -222,6 +223,28 @@ def test_migration_2_moves_rows_out_of_default_and_drops_it(dsn: str) -> None:
         assert rows_by_partition(dsn) == {"predictions_20250314": 1}
         assert store.write("edge-a.0", batch(2), (1, 1)) == 2
     assert rows_by_partition(dsn) == {"predictions_20250314": 3}
+
+
+def test_a_migration_blocked_by_a_reader_gives_up_and_applies_later(dsn: str) -> None:
+    """0002 drops the DEFAULT partition (ACCESS EXCLUSIVE): behind an idle reader
+    it gives up after migrate.LOCK_TIMEOUT_MS instead of queueing (a queued
+    exclusive lock would stall every new reader), and applies once the reader
+    is gone."""
+    first = migrate.load()[0]
+    with PgStore(dsn) as store:
+        store.migrate([first])
+        reader = psycopg2.connect(dsn)
+        try:
+            with reader.cursor() as cur:  # a transaction stays open after this
+                cur.execute("SELECT count(*) FROM audit.predictions")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="lock timeout"):
+                store.migrate()
+            assert time.monotonic() - started < migrate.LOCK_TIMEOUT_MS / 1000 + 5
+        finally:
+            reader.rollback()
+            reader.close()
+        assert store.migrate() == [2, 3, 4]
 
 
 def test_an_open_reader_does_not_stall_the_first_batch_of_a_day(store: PgStore,

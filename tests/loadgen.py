@@ -35,6 +35,8 @@ class LoadGen:
     max_requests: int = 20000
     timeout: float = 10.0
     netns: str | None = None   # send from this network namespace (tests/netns.py)
+    send_ids: bool = True      # False: no X-Request-Id; the id is the one the answer names
+                               # (HAProxy's request key), "" when there was no answer
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -67,12 +69,13 @@ class LoadGen:
         while not self._stop.is_set() and len(self.outcomes) < self.max_requests:
             size = self.rows_per_request or int(rng.integers(1, 4))
             rows = self.rows[rng.integers(0, len(self.rows), size=size)].tolist()
-            rid = uuid.uuid4().hex
+            rid = uuid.uuid4().hex if self.send_ids else ""
             started = time.monotonic()
             try:
                 ans = request(self.addr, "POST", f"/v1/models/{self.model}/predict",
-                              json.dumps({"instances": rows}), {"X-Request-Id": rid},
-                              timeout=self.timeout)
+                              json.dumps({"instances": rows}),
+                              {"X-Request-Id": rid} if rid else {}, timeout=self.timeout)
+                rid = rid or ans.headers.get("x-request-id", "")
                 outcome = Outcome(rid, ans.status, ans.json() if ans.status == 200 else None, rows)
             except (OSError, ValueError, http.client.HTTPException):  # no HTTP answer
                 outcome = Outcome(rid, 0)

@@ -12,6 +12,7 @@
     falconctl install           systemd units, /etc/falcon, the falcon user
     falconctl keys create|list|revoke   API keys (shown once, stored as hashes)
     falconctl hosts list|drain|maint|ready   serving hosts behind HAProxy (runtime API)
+    falconctl hosts traffic|split|rollback   a model's traffic split on every host
 """
 
 from __future__ import annotations

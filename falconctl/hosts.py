@@ -7,6 +7,18 @@ them, and taking one out of rotation, through HAProxy's runtime API
     falconctl hosts maint host-a       out of rotation at once (health checks stop)
     falconctl hosts ready host-a       back in rotation
 
+    falconctl hosts traffic MODEL      each host's split of MODEL, and whether they agree
+    falconctl hosts split MODEL 1=90 2=10   set it on every host of haproxy.hosts
+    falconctl hosts rollback MODEL     roll it back on every host
+
+A split lives in each host's daemon (its repository's traffic.json), so on
+several hosts it must be set on each: the last three call every host's edge
+directly (its management API, not through HAProxy, which would reach one), with
+an admin API key (``--key`` or ``$FALCON_ADMIN_KEY``) when auth is on. Each host
+records its own audit event. They report per host and exit 1 if any host failed;
+then re-run ``split`` (setting a split is idempotent), never ``rollback`` (it
+would go back one more step on the hosts where it worked).
+
 The backend is ``hosts`` when ``haproxy.hosts`` lists several hosts, else this
 host's ``edges`` (servers ``edge1`` and the standby ``edge2``). A state set here
 lasts until HAProxy restarts (a reload keeps nothing either): to remove a host
@@ -17,12 +29,17 @@ from __future__ import annotations
 
 import argparse
 import csv
+import http.client
 import io
+import json
+import os
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from falconctl.commands import guarded
 from falconctl.keys import haproxy_command
-from falconctl.stack import parse_hosts
+from falconctl.stack import parse_hosts, split_hostport
 from settings import ConfigError, Settings
 
 STATES = ("ready", "drain", "maint")
@@ -80,11 +97,76 @@ def cmd_set(s: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def admin_call(addr: str, method: str, path: str, body: Any, key: str,
+               timeout: float = 60.0) -> tuple[int, Any]:
+    """One call to an edge's management API; (status, JSON answer). 0 and an
+    error document when the host cannot be reached."""
+    host, port = split_hostport(addr)
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+        try:
+            return resp.status, json.loads(raw)
+        except ValueError:
+            return resp.status, {"error": raw[:200].decode(errors="replace")}
+    except (OSError, http.client.HTTPException) as exc:
+        return 0, {"error": f"cannot reach {addr}: {exc}"}
+    finally:
+        conn.close()
+
+
+def every_host(s: Settings, method: str, path: str, body: Any,
+               key: str) -> list[tuple[str, int, Any]]:
+    """The same management call on every host of ``haproxy.hosts``, in order."""
+    hosts = parse_hosts(s.haproxy.hosts)
+    if not hosts:
+        raise HostsError("haproxy.hosts is empty (one host): use `falconctl models "
+                         "split|rollback` on it")
+    return [(name, *admin_call(addr, method, path, body, key)) for name, addr in hosts]
+
+
+def cmd_fleet(s: Settings, args: argparse.Namespace) -> int:
+    from falconctl.models import parse_split
+
+    key = args.key or os.environ.get("FALCON_ADMIN_KEY", "")
+    model = quote(args.model, safe="")
+    if args.hosts_command == "traffic":
+        results = every_host(s, "GET", f"/v1/models/{model}/traffic", None, key)
+    elif args.hosts_command == "split":
+        results = every_host(s, "PUT", f"/v1/models/{model}/traffic",
+                             {"split": parse_split(args.weights)}, key)
+    else:
+        results = every_host(s, "POST", f"/v1/models/{model}/rollback", None, key)
+    failed, splits = 0, set()
+    for name, status, doc in results:
+        if status != 200:
+            failed += 1
+            print(f"{name:<16} FAILED ({status or 'unreachable'}): {doc.get('error', doc)}")
+            continue
+        split = doc.get("split", doc.get("new"))
+        splits.add(json.dumps(split, sort_keys=True))
+        print(f"{name:<16} ok  split {json.dumps(split, sort_keys=True)}")
+    if failed:
+        print(f"falconctl hosts {args.hosts_command}: {failed} of {len(results)} hosts failed; "
+              "the hosts' splits may differ now (re-run `split`, never `rollback`)")
+        return 1
+    if len(splits) > 1:
+        print("falconctl hosts: the hosts' splits DIFFER")
+        return 1 if args.hosts_command == "traffic" else 0
+    return 0
+
+
 _guarded = guarded("hosts", lambda: (HostsError, ConfigError))
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hosts", help="serving hosts behind HAProxy: list, drain, maint, ready")
+    p = sub.add_parser("hosts", help="serving hosts behind HAProxy: list, drain, maint, ready; "
+                                     "traffic, split, rollback on every host")
     hs = p.add_subparsers(dest="hosts_command", required=True)
     hs.add_parser("list", help="each server's state and load").set_defaults(
         func=_guarded(cmd_list))
@@ -94,3 +176,12 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         c = hs.add_parser(state, help=doc)
         c.add_argument("server", help="host name as in haproxy.hosts (or edge1/edge2)")
         c.set_defaults(func=_guarded(cmd_set), state=state)
+    for name, doc in (("traffic", "each host's split of a model (exit 1 if they differ)"),
+                      ("split", "set a model's split on every host, e.g. 1=90 2=10"),
+                      ("rollback", "roll a model's split back on every host")):
+        c = hs.add_parser(name, help=doc)
+        c.add_argument("model")
+        if name == "split":
+            c.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
+        c.add_argument("--key", default="", help="an admin API key (default $FALCON_ADMIN_KEY)")
+        c.set_defaults(func=_guarded(cmd_fleet))

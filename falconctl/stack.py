@@ -1,5 +1,6 @@
 """Start and stop the processes of one host's stack: daemon, edge, HAProxy,
-and for the audit trail the shipper and (embedded default) PostgreSQL.
+for the audit trail the shipper and (embedded default) PostgreSQL, and for the
+prediction cache (embedded default of ``falconctl up``) a memcached.
 
 Used by ``falconctl up`` (foreground, Ctrl-C stops everything in order) and by
 the integration tests (real processes on free ports in a temp dir). Each
@@ -268,17 +269,48 @@ class Stack:
         self.env["FALCON_AUDIT_DSN"] = pg.dsn("falcon")
         return pg
 
+    def start_memcached(self, timeout: float = 30.0) -> Proc | None:
+        """A memcached of our own on a free loopback port for the prediction cache
+        (64 MB, no UDP), unless ``cache.servers`` names some; sets
+        ``FALCON_CACHE_SERVERS`` for the edge. As root it runs as ``memcache``
+        (Debian's package user), else as ``nobody``."""
+        if self.settings.cache.servers:
+            return None
+        port = free_port()
+        argv = [shutil.which("memcached") or "memcached", "-l", "127.0.0.1", "-p", str(port),
+                "-U", "0", "-m", "64"]
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam("memcache")
+                argv += ["-u", "memcache"]
+            except KeyError:
+                argv += ["-u", "nobody"]
+        proc = self._spawn("memcached", argv)
+
+        def accepting() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return True
+            except OSError:
+                return False
+        self._wait(proc, accepting, timeout)
+        self.env["FALCON_CACHE_SERVERS"] = f"127.0.0.1:{port}"
+        return proc
+
     def start_shipper(self, timeout: float = 60.0) -> Proc:
         proc = self._spawn("shipper", [self.python, "-m", "falconctl", "ship"])
         self._wait(proc, lambda: "shipping" in proc.tail(5), timeout)
         return proc
 
-    def start(self, audit: bool = False) -> None:
-        """daemon, edge, HAProxy; with ``audit`` also PostgreSQL and the shipper."""
+    def start(self, audit: bool = False, cache: bool = False) -> None:
+        """daemon, edge, HAProxy; with ``audit`` also PostgreSQL and the shipper;
+        with ``cache`` a memcached (unless ``cache.servers`` names some)."""
         try:
             if audit:
                 self.start_postgres()
                 self.start_shipper()
+            if cache:
+                self.start_memcached()
             self.start_daemon()
             self.start_edge()
             self.start_haproxy()
@@ -290,7 +322,8 @@ class Stack:
         """Stop outside-in; return each process's exit code."""
         codes = {}
         for name, sig in (("haproxy", signal.SIGUSR1), ("edge", signal.SIGTERM),
-                          ("edge2", signal.SIGTERM), ("shipper", signal.SIGTERM),
+                          ("edge2", signal.SIGTERM), ("memcached", signal.SIGTERM),
+                          ("shipper", signal.SIGTERM),
                           ("daemon", signal.SIGTERM)):
             proc = self.procs.pop(name, None)
             if proc is not None:

@@ -60,6 +60,8 @@ def banner(s: Settings, root: Path, key: str | None = None) -> str:
         "",
         f"Falcon inference is up at {url}",
         f"  metrics (HAProxy): http://{s.haproxy.stats_bind}/metrics",
+        f"  prediction cache:  memcached {s.cache.servers or 'off'} (per model: [cache] in "
+        "config.toml; digits ships it off)",
         f"  OpenAPI:           {url}/openapi.json",
         *about_key,
         "",

@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -63,12 +64,18 @@ def run_up(tmp_path: Path) -> None:
         expected = json.loads((ROOT / "models/digits/example.json").read_text())["expected_labels"]
         assert [p["label"] for p in ans.json()["predictions"]] == expected
         children = _descendants(proc.pid)
-        assert len(children) >= 5  # daemon, gunicorn arbiter + workers, haproxy, shipper
+        # daemon, gunicorn arbiter + workers, haproxy, shipper, memcached
+        assert len(children) >= 6
+        cache = re.search(r"prediction cache:  memcached (127\.0\.0\.1:\d+)", output)
+        assert cache, output
+        host, port = cache.group(1).split(":")
+        socket.create_connection((host, int(port)), timeout=5).close()  # it is up
         assert _wait_for_audit_row(env, ans.json()["request_id"])
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
         assert "stopped:" in rest and "daemon exit 0" in rest and "shipper exit 0" in rest, rest
+        assert "memcached exit 0" in rest, rest
         assert [p for p in children if Path(f"/proc/{p}").exists() and not _zombie(p)] == []
         assert shm.list_segments(env["FALCON_DAEMON_SHM_PREFIX"]) == []
     finally:

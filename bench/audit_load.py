@@ -74,10 +74,11 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from procs import descendants, proc_stat, stop_on_sigterm  # noqa: E402
+from procs import cleaned_up, descendants, proc_stat, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
-from falconctl.stack import Stack, free_port  # noqa: E402
+from falconctl.stack import Stack  # noqa: E402
+from tests.conftest import stack_env as test_stack_env  # noqa: E402
 from tests.pg_fixture import make_root  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "out" / "audit_load.json"
@@ -446,31 +447,12 @@ def drive(stack: Stack, case: str, args: argparse.Namespace) -> Result:
 
 
 def stack_env(tmp: Path, repo: Path, prefix: str, case: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_")}
-    (tmp / "falcon.toml").write_text("# bench/audit_load.py sets everything through the env\n")
-    env.update(
-        {
-            "FALCON_CONFIG": str(tmp / "falcon.toml"),
-            "FALCON_PATHS_RUN_DIR": str(tmp / "run"),
-            "FALCON_PATHS_STATE_DIR": str(tmp / "state"),
-            "FALCON_DAEMON_MODEL_REPOSITORY": str(repo),
-            "FALCON_DAEMON_SHM_PREFIX": prefix,
-            "FALCON_EDGE_BIND": f"127.0.0.1:{free_port()}",
-            "FALCON_EDGE_WORKERS": "2",
-            "FALCON_EDGE_THREADS": "8",
-            "FALCON_EDGE_DRAIN_S": "0",  # stop at once: nothing routes to a stopping bench
-            # API keys are not what this measures (and the wrk script sends none).
-            "FALCON_AUTH_ENABLED": "false",
-            "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
-            "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
-        }
-    )
-    if case == "off":
-        env["FALCON_AUDIT_ENABLED"] = "false"
-    else:
-        env["FALCON_AUDIT_ENABLED"] = "true"
-        env["FALCON_AUDIT_SYNC"] = case
-    return env
+    """The tests' stack environment (free loopback ports, API keys off, drain 0)
+    with this bench's edge and the audit ``case``: "off" or a WAL sync policy."""
+    audit = {"FALCON_AUDIT_ENABLED": "false"} if case == "off" else {
+        "FALCON_AUDIT_ENABLED": "true", "FALCON_AUDIT_SYNC": case}
+    return test_stack_env(tmp, repo, FALCON_DAEMON_SHM_PREFIX=prefix, FALCON_EDGE_WORKERS="2",
+                          FALCON_EDGE_THREADS="8", FALCON_EDGE_METADATA_TTL_S="2.0", **audit)
 
 
 class Bench:
@@ -731,13 +713,8 @@ def bench_context() -> Iterator[Bench]:
     stop_on_sigterm()
     root = make_root("falcon-bench-audit-")
     try:
-        bench = Bench(root)
-        try:
+        with cleaned_up(Bench(root)) as bench:
             yield bench
-        finally:
-            leaked = bench.close()
-            if leaked:
-                print(f"unlinked segments left behind: {leaked}", file=sys.stderr)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -60,7 +60,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from procs import descendants, pss_kb, stop_on_sigterm  # noqa: E402
+from procs import cleaned_up, descendants, pss_kb, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
 from falconctl.stack import Stack, free_port, http_status, split_hostport  # noqa: E402
@@ -405,14 +405,9 @@ def plot(runs: list[Run], ceilings: list[dict[str, Any]], path: Path) -> None:
 @contextmanager
 def bench_context(workers: int, threads: int) -> Iterator[Bench]:
     stop_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="falcon-bench-compare-") as tmp:
-        bench = Bench(Path(tmp), workers, threads)
-        try:
-            yield bench
-        finally:
-            leaked = bench.close()
-            if leaked:
-                print(f"unlinked segments left behind: {leaked}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="falcon-bench-compare-") as tmp, \
+            cleaned_up(Bench(Path(tmp), workers, threads)) as bench:
+        yield bench
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -42,7 +42,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,10 +58,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from procs import children, rollup, stop_on_sigterm  # noqa: E402
+from procs import children, cleaned_up, rollup, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
 from falconctl.stack import Stack, split_hostport  # noqa: E402
+from tests.conftest import stack_env as test_stack_env  # noqa: E402
 from tests.modelfactory import write_mlp_model  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "out" / "memory.json"
@@ -144,32 +144,12 @@ def stack_pids(stack: Stack) -> list[tuple[int, str]]:
 # ---------------------------------------------------------------- stacks
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def stack_env(tmp: Path, repo: Path, prefix: str, workers: int, threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_")}
-    (tmp / "falcon.toml").write_text("# bench/memory.py configures everything through the env\n")
-    env.update(
-        {
-            "FALCON_CONFIG": str(tmp / "falcon.toml"),
-            "FALCON_PATHS_RUN_DIR": str(tmp / "run"),
-            "FALCON_PATHS_STATE_DIR": str(tmp / "state"),
-            "FALCON_DAEMON_MODEL_REPOSITORY": str(repo),
-            "FALCON_DAEMON_SHM_PREFIX": prefix,
-            "FALCON_EDGE_BIND": f"127.0.0.1:{free_port()}",
-            "FALCON_EDGE_WORKERS": str(workers),
-            "FALCON_EDGE_THREADS": str(threads),
-            "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
-            "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
-            # the warm-up sends no API key; memory, not auth, is measured here
-            "FALCON_AUTH_ENABLED": "false",
-        }
-    )
-    return env
+    """The tests' stack environment (free loopback ports; API keys off: the warm-up
+    sends no key, memory is measured here) with this bench's workers and threads."""
+    return test_stack_env(tmp, repo, FALCON_DAEMON_SHM_PREFIX=prefix,
+                          FALCON_EDGE_WORKERS=str(workers), FALCON_EDGE_THREADS=str(threads),
+                          FALCON_EDGE_METADATA_TTL_S="2.0", FALCON_EDGE_DRAIN_S="2.5")
 
 
 class Bench:
@@ -657,14 +637,9 @@ def save(result: dict[str, Any], out: Path) -> None:
 def bench_context() -> Iterator[Bench]:
     """A Bench whose stacks are stopped and segments unlinked however we leave."""
     stop_on_sigterm()
-    with tempfile.TemporaryDirectory(prefix="falcon-bench-memory-") as tmp:
-        bench = Bench(Path(tmp))
-        try:
-            yield bench
-        finally:
-            leaked = bench.close()
-            if leaked:
-                print(f"unlinked segments left behind: {leaked}", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="falcon-bench-memory-") as tmp, \
+            cleaned_up(Bench(Path(tmp))) as bench:
+        yield bench
 
 
 def main(argv: list[str] | None = None) -> int:

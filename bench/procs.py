@@ -1,10 +1,15 @@
-"""/proc helpers shared by the benchmarks: process trees, memory, signals."""
+"""Helpers shared by the benchmarks: process trees and memory from /proc,
+signals, and cleaning up a bench's stacks."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
+from typing import Protocol, TypeVar
 
 
 def proc_stat(pid: int) -> list[str]:
@@ -71,3 +76,22 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def stop_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C, so a bench's ``finally`` stops what it started."""
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+class Closable(Protocol):
+    def close(self) -> list[str]: ...
+
+
+C = TypeVar("C", bound=Closable)
+
+
+@contextmanager
+def cleaned_up(bench: C) -> Iterator[C]:
+    """Yield ``bench``; then ``bench.close()`` (stop its stacks, unlink its
+    segments) however we leave, and say which segments were left behind."""
+    try:
+        yield bench
+    finally:
+        leaked = bench.close()
+        if leaked:
+            print(f"unlinked segments left behind: {leaked}", file=sys.stderr)

@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 import timeit
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,20 +30,20 @@ from edge.audit import Auditor, RequestContext, canonical, input_digest, outputs
 N = 20000
 
 
-def per_call_us(func: object, n: int = N) -> float:
-    return timeit.timeit(func, number=n) / n * 1e6  # type: ignore[arg-type]
+def per_call_us(func: Callable[[], object], n: int = N) -> float:
+    return timeit.timeit(func, number=n) / n * 1e6
 
 
 def main() -> int:
     x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
-    outs = [("label", np.array([3], dtype=np.int64)),
+    outs: list[tuple[str, np.ndarray]] = [("label", np.array([3], dtype=np.int64)),
             ("probabilities", np.random.default_rng(1).random((1, 10)).astype(np.float32))]
     data, meta = canonical([("input", x)])
     rec = AuditRecord(request_id="r" * 40, ts=time.time(), host="h", model="digits",
                       version="1", face="v1", input_digest=input_digest(data), input_meta=meta,
                       outputs=outputs_doc(outs), labels=[3], cached=False, latency_ms=1.0,
                       inputs=data, trace_id="t" * 32, request_key="front-" + "k" * 32)
-    rows = [("canonical", lambda: canonical([("input", x)])),
+    rows: list[tuple[str, Callable[[], object]]] = [("canonical", lambda: canonical([("input", x)])),
             ("input_digest", lambda: input_digest(data)),
             ("outputs_doc", lambda: outputs_doc(outs)),
             ("to_payload", rec.to_payload)]
@@ -51,7 +53,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="falcon-bench-record-") as tmp:
         for sync, n in (("interval", N), ("batch", 3000)):
             writer = WalWriter(Path(tmp), f"s-{sync}", sync=sync, min_free_bytes=0)
-            cost = per_call_us(lambda w=writer: w.append(payload), n)
+            cost = per_call_us(partial(writer.append, payload), n)
             print(f"{'append (' + sync + ')':<28} {cost:7.1f} us")
             writer.close()
         auditor = Auditor(Path(tmp), "h", lambda d, s: WalWriter(d, s, sync="interval",

@@ -29,6 +29,16 @@ coalesces queued requests and runs them in the inference thread pool::
   changes an answer). If an output's first dimension is not the batch's row
   count, it cannot be split: the requests run alone and the version is
   unbatched from then on (logged once).
+- A one-row request that runs alone in a batching version is run as two copies
+  of its row and answered with the first: ONNX Runtime's MatMul takes another
+  kernel for a single row (without prepacked weights a GEMV, whose sums round
+  differently from the GEMM that any batch of two or more rows uses), so the
+  same row would get an answer differing in the last bits depending on whether
+  it happened to share a run. Padded, a row's answer does not depend on what
+  it ran with: the cache, the audit trail and an HAProxy retry of a request
+  (recorded by its first attempt) all see the bits the client got.
+  PERF: that second row costs a heavy model without prepacked weights a full
+  GEMM instead of a GEMV at batch 1 (see README); batches of 2+ rows pay nothing.
 
 :func:`batch_policy` decides at load time whether a version batches at all:
 only when the first dimension of every input and output is dynamic. An
@@ -406,12 +416,7 @@ class Batcher:
             log.info("model %s: batch of %d requests failed (%s); running them alone",
                      self.name, len(batch), exc)
             return {}
-        bad = [n for n, a in zip(names, arrays, strict=True) if a.ndim == 0 or a.shape[0] != total]
-        if bad:
-            self._split_failed = True
-            log.warning("model %s: output %r is not batch-major (first dimension is not the "
-                        "batch's %d rows); batching is off for this version", self.name, bad[0],
-                        total)
+        if self._unsplittable(names, arrays, total):
             return {}
         offsets = np.cumsum(counts)[:-1]
         parts = [np.split(a, offsets) for a in arrays]
@@ -424,10 +429,32 @@ class Batcher:
         if req.deadline < started:
             return _expired(req, started)
         try:
-            arrays = self.run(req.feeds, list(req.outputs))
+            arrays = self._run_padded(req) if req.rows == 1 and self.batching else None
+            if arrays is None:
+                arrays = self.run(req.feeds, list(req.outputs))
         except Exception as exc:  # ORT's own exception classes: the input broke the graph
             return InferenceFailed(str(exc))
         return Answer(list(arrays), started - req.enqueued, self.clock() - started, req.rows)
+
+    def _run_padded(self, req: _Request) -> list[np.ndarray] | None:
+        """A one-row request's outputs from a run of its row twice (see the
+        module docstring); None when an output cannot be split by rows."""
+        feeds = {name: np.concatenate([a, a]) for name, a in req.feeds.items()}
+        arrays = self.run(feeds, list(req.outputs))
+        if self._unsplittable(req.outputs, arrays, 2):
+            return None
+        return [a[:1] for a in arrays]
+
+    def _unsplittable(self, names: Sequence[str], arrays: Sequence[np.ndarray], rows: int) -> bool:
+        """True (and the version unbatched from now on) when an output of a run
+        of ``rows`` rows does not have them as its first dimension."""
+        bad = [n for n, a in zip(names, arrays, strict=True) if a.ndim == 0 or a.shape[0] != rows]
+        if bad:
+            self._split_failed = True
+            log.warning("model %s: output %r is not batch-major (first dimension is not the "
+                        "run's %d rows); batching is off for this version", self.name, bad[0],
+                        rows)
+        return bool(bad)
 
 
 def _expired(req: _Request, now: float) -> DeadlineExceeded:

@@ -1,8 +1,8 @@
 """Dynamic batching in a real daemon: answers unchanged, batches formed, bounds kept.
 
 Many connections pipeline many small requests at once, so the daemon coalesces
-them; every answer is compared row by row with an in-process ONNX Runtime
-session run on that request's rows alone.
+them; every answer is compared row by row, bit for bit, with an in-process
+ONNX Runtime session run over all the rows at once.
 """
 
 from __future__ import annotations
@@ -80,7 +80,24 @@ def coalesced(answers: dict[int, dict[str, Any]], rows: dict[int, int]) -> int:
     return sum(a["result"]["batch_rows"] > rows[rid] for rid, a in answers.items())
 
 
-def test_digits_answers_are_unchanged_by_batching(make_stack):
+def daemon_like_session(model: Path) -> ort.InferenceSession:
+    """ONNX Runtime as the daemon runs a model whose config keeps prepack = false."""
+    so = ort.SessionOptions()
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+
+
+def one_by_one(path: str, reqs: list[bytes]) -> list[dict[str, Any]]:
+    """Each request sent only after the previous one is answered: each runs alone."""
+    with connect(path) as sock:
+        out = []
+        for req in reqs:
+            sock.sendall(req)
+            out.append(frames.read_frame(sock)[1])
+    return out
+
+
+def test_digits_answers_are_unchanged_by_batching_to_the_bit(make_stack):
     stack = make_stack(start=False)
     stack.start_daemon()
     rng = np.random.default_rng(7)
@@ -90,14 +107,22 @@ def test_digits_answers_are_unchanged_by_batching(make_stack):
     answers = pipelined(stack.settings.daemon_socket,
                         spread([infer(i, "digits", {"input": x}) for i, x in sent.items()]))
     assert sorted(answers) == list(range(n))
+    lone_rows = [x[:1] for x in list(sent.values())[:4]]
+    lone = one_by_one(stack.settings.daemon_socket,
+                      [infer(1000 + i, "digits", {"input": x}) for i, x in enumerate(lone_rows)])
+    assert [a["result"]["batch_rows"] for a in lone] == [1, 1, 1, 1]
     model = Path(stack.settings.daemon.model_repository) / "digits" / "1" / "model.onnx"
-    ref = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    for i, x in sent.items():
+    # the reference runs every row in one run: a row's answer must not depend on its company
+    every = np.concatenate(list(sent.values()))
+    label, probs = daemon_like_session(model).run(["label", "probabilities"], {"input": every})
+    offsets = np.cumsum([0] + [len(x) for x in sent.values()])
+    for i, start, stop in zip(sent, offsets[:-1], offsets[1:], strict=True):
         outs = outputs_of(answers[i])
-        label, probs = ref.run(["label", "probabilities"], {"input": x})
-        np.testing.assert_array_equal(outs["label"], label)
-        # NOTE: a MatMul over more rows may round the last ulp differently; labels are exact
-        np.testing.assert_allclose(outs["probabilities"], probs, atol=1e-6)
+        np.testing.assert_array_equal(outs["label"], label[start:stop])
+        np.testing.assert_array_equal(outs["probabilities"], probs[start:stop])
+    for x, answer in zip(lone_rows, lone, strict=True):
+        row = int(np.flatnonzero((every == x[0]).all(axis=1))[0])
+        np.testing.assert_array_equal(outputs_of(answer)["probabilities"], probs[row:row + 1])
     assert coalesced(answers, {i: len(x) for i, x in sent.items()}) > 0, \
         [a["result"]["batch_rows"] for a in answers.values()]
 

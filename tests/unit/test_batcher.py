@@ -241,7 +241,7 @@ def test_requests_queue_while_every_run_slot_is_busy_and_then_run_together():
         assert len(h.pool.jobs) == 1  # the slot is busy: the others wait and coalesce
         await h.release()
         await h.release()
-        assert h.model.rows == [1, 5]
+        assert h.model.rows == [2, 5]  # a lone row runs as two copies of itself
         check(first.result(), rows(1))
         for i, task in enumerate(later):
             check(task.result(), rows(1, i))
@@ -283,6 +283,40 @@ def test_disabled_batching_runs_every_request_alone():
     run(go)
 
 
+def test_a_lone_row_gets_the_bits_it_gets_in_any_batch():
+    """ONNX Runtime's MatMul rounds a single row (a GEMV without prepacked
+    weights) differently from two or more (a GEMM); this fake does the same."""
+    def gemv_differs(feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        x = feeds["x"]
+        return [x * 2 + (np.float32(0.5) if len(x) == 1 else np.float32(0))]
+
+    async def go() -> None:
+        h = Harness(policy(rows=8, delay=0.0, running=1), gemv_differs)
+        row = rows(1, 5)
+        alone = h.send(row, ("y",))  # runs at once, alone
+        await settle()
+        together = [h.send(row, ("y",)), h.send(rows(1, 9), ("y",))]  # wait for the slot
+        await settle()
+        await h.release()
+        await h.release()
+        assert alone.result().batch_rows == 1 and together[0].result().batch_rows == 2
+        np.testing.assert_array_equal(alone.result().outputs[0], row * 2)
+        np.testing.assert_array_equal(together[0].result().outputs[0], row * 2)
+        assert alone.result().outputs[0].shape == (1, 3)
+    run(go)
+
+
+def test_unbatched_versions_run_a_lone_row_as_it_is():
+    async def go() -> None:
+        h = Harness(policy(enabled=False))
+        task = h.send(rows(1))
+        await settle()
+        await h.release()
+        assert h.model.rows == [1]  # no second copy: it never shares a run anyway
+        check(task.result(), rows(1))
+    run(go)
+
+
 # ------------------------------------------------------------ deadlines, bounds
 
 
@@ -312,7 +346,7 @@ def test_a_deadline_that_passes_while_the_batch_waits_for_a_thread_is_checked_ag
         assert len(h.pool.jobs) == 1  # formed while both were alive
         h.time.advance(0.020)
         await h.release()
-        assert h.model.rows == [1]
+        assert h.model.rows == [2]  # padded
         with pytest.raises(DeadlineExceeded):
             late.result()
         check(ok.result(), rows(1))
@@ -361,7 +395,7 @@ def test_a_cancelled_caller_leaves_the_batch():
         h.time.advance(0.001)
         await settle()
         await h.release()
-        assert h.model.rows == [1]
+        assert h.model.rows == [2]  # padded
         check(kept.result(), rows(1))
     run(go)
 
@@ -388,7 +422,7 @@ def test_a_request_that_breaks_the_run_fails_alone_and_the_others_are_answered()
         good1, bad, good2 = h.send(rows(1)), h.send(rows(1, -9)), h.send(rows(1, 5))
         await settle()
         await h.release()
-        assert h.model.rows == [3, 1, 1, 1]  # the batch failed, then one by one
+        assert h.model.rows == [3, 2, 2, 2]  # the batch failed, then one by one (padded)
         with pytest.raises(InferenceFailed):
             bad.result()
         check(good1.result(), rows(1))
@@ -482,7 +516,7 @@ def test_fast_runs_move_onto_the_loop_and_requests_of_one_turn_still_batch():
         tasks = [h.send(x) for x in xs]
         await settle()
         assert not h.pool.jobs  # fast (the fake clock says 0 s): run on the loop
-        assert h.model.rows == [1, 7]  # the five requests of one turn: one run
+        assert h.model.rows == [2, 7]  # the five requests of one turn: one run
         for task, x in zip(tasks, xs, strict=True):
             check(task.result(), x)
             assert task.result().batch_rows == 7

@@ -33,13 +33,6 @@ signed/unsigned integers and floats)::
      "blobs":  [{"name": "graph.onnx", "offset": 802816, "nbytes": 5123}],
      "meta":   {"model": "mnist", "version": 3}}
 
-A blob published as *page-aligned* (``publish(..., page_aligned=[name])``) starts
-at a multiple of PAGE (4096) bytes from the start of the *file*, so a reader
-that maps the segment file itself at that offset (ONNX Runtime mapping its
-external weights file) gets it without a copy. Such a segment is still layout
-version 1: offsets stay multiples of 64, only larger; to put ``data_offset``
-where the offsets assume, the manifest JSON is padded with trailing spaces.
-
 There is no "complete" flag: a segment is never visible half-written because
 the publisher writes it under a temporary name and links it to its final name
 only when it is whole (see :mod:`shm.store`).
@@ -57,7 +50,7 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -68,7 +61,6 @@ from shm.errors import SegmentCorrupt
 MAGIC = b"FALCNSHM"
 LAYOUT_VERSION = 1
 ALIGN = 64
-PAGE = 4096
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 ALLOWED_KINDS = "biuf"  # bool, signed int, unsigned int, float
 
@@ -149,13 +141,9 @@ def build_manifest(
     arrays: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]],
     blob_sizes: Mapping[str, int],
     meta: Mapping[str, Any],
-    page_aligned: Collection[str] = (),
-    data_offset: int = 0,
 ) -> Manifest:
     """Lay the tensors (name -> stored dtype, shape) then blobs out back to back,
-    each at the next 64-byte boundary of the data region; the blobs named in
-    ``page_aligned`` at the next offset that is a multiple of PAGE from the
-    start of the file, given that the data region starts at ``data_offset``."""
+    each at the next 64-byte boundary of the data region."""
     cursor = 0
     array_entries = []
     for name, (dtype, shape) in arrays.items():
@@ -165,32 +153,9 @@ def build_manifest(
     blob_entries = []
     for name, nbytes in blob_sizes.items():
         offset = align_up(cursor)
-        if name in page_aligned:
-            offset = -(-(data_offset + offset) // PAGE) * PAGE - data_offset
         blob_entries.append(BlobEntry(name, offset, nbytes))
         cursor = offset + nbytes
     return Manifest(tuple(array_entries), tuple(blob_entries), dict(meta))
-
-
-def plan(
-    arrays: Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]],
-    blob_sizes: Mapping[str, int],
-    meta: Mapping[str, Any],
-    page_aligned: Collection[str] = (),
-) -> tuple[Manifest, bytes]:
-    """The manifest and its encoding, padded (trailing spaces, still the same
-    JSON) so that the data region starts where the page-aligned offsets assume.
-    Raises like :func:`encode_manifest`."""
-    manifest = build_manifest(arrays, blob_sizes, meta)
-    raw = encode_manifest(manifest)
-    if not page_aligned:
-        return manifest, raw
-    # offsets never need more than 20 more digits each: room for them, then pad to it
-    data_offset = align_up(HEADER.size + len(raw) + 20 * len(blob_sizes))
-    manifest = build_manifest(arrays, blob_sizes, meta, page_aligned, data_offset)
-    raw = encode_manifest(manifest)
-    assert align_up(HEADER.size + len(raw)) <= data_offset
-    return manifest, raw.ljust(data_offset - HEADER.size, b" ")
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -46,16 +46,6 @@ class Segment:
         self.blobs: dict[str, memoryview] = {
             e.name: self._buf[base + e.offset : base + e.offset + e.nbytes] for e in manifest.blobs
         }
-        self._file_offsets = {e.name: base + e.offset for e in manifest.blobs}
-
-    @property
-    def path(self) -> str:
-        """The segment's file (under ``/dev/shm``)."""
-        return names.segment_path(self.name)
-
-    def file_offset(self, blob: str) -> int:
-        """Where blob ``blob`` starts in :attr:`path`; KeyError if there is none."""
-        return self._file_offsets[blob]
 
     @property
     def closed(self) -> bool:

@@ -22,7 +22,7 @@ import math
 import mmap
 import os
 import stat
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -40,12 +40,9 @@ def publish(
     arrays: Mapping[str, npt.ArrayLike],
     blobs: Mapping[str, bytes] | None = None,
     meta: Mapping[str, Any] | None = None,
-    page_aligned: Collection[str] = (),
 ) -> Segment:
     """Write ``arrays``, ``blobs`` and ``meta`` into a new segment ``name`` and
-    return it attached (read-only, digest already known). The blobs named in
-    ``page_aligned`` start at a page boundary of the file
-    (:meth:`Segment.file_offset`), so the file itself can be mapped there.
+    return it attached (read-only, digest already known).
 
     Arrays are stored C-contiguous and little-endian (big-endian input is
     byte-swapped). Raises SegmentExists if ``name`` exists (nothing written),
@@ -56,12 +53,12 @@ def publish(
     path = segment_path(name)
     sources = {_key(k): np.asarray(a) for k, a in arrays.items()}
     blob_views = {_key(k): memoryview(b).cast("B") for k, b in (blobs or {}).items()}
-    manifest, raw = layout.plan(
+    manifest = layout.build_manifest(
         {k: (layout.storage_dtype(a.dtype), a.shape) for k, a in sources.items()},
         {k: v.nbytes for k, v in blob_views.items()},
         meta or {},
-        page_aligned,
     )
+    raw = layout.encode_manifest(manifest)
     if os.path.lexists(path):
         raise SegmentExists(f"segment {name!r} already exists")
     tmp = temp_path(name)

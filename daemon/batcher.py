@@ -38,7 +38,8 @@ coalesces queued requests and runs them in the inference thread pool::
   it ran with: the cache, the audit trail and an HAProxy retry of a request
   (recorded by its first attempt) all see the bits the client got.
   PERF: that second row costs a heavy model without prepacked weights a full
-  GEMM instead of a GEMV at batch 1 (see README); batches of 2+ rows pay nothing.
+  GEMM instead of a GEMV (the bench's heavy model: 17 instead of 9 ms); batches
+  of 2+ rows pay nothing. ``[batching] exact = false`` turns it off per model.
 
 :func:`batch_policy` decides at load time whether a version batches at all:
 only when the first dimension of every input and output is dynamic. An
@@ -140,12 +141,14 @@ class BatchPolicy:
     max_running: int = 1  # batches of this version in the pool at once
     reason: str = ""  # why batching is off
     inline_below_s: float = 0.0  # runs this short run on the event loop (0: never)
+    exact: bool = True  # a lone row runs padded to two rows (see the module docstring)
 
     def to_wire(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "max_batch_size": self.max_batch_rows,
                 "max_queue_delay_us": round(self.max_queue_delay_s * 1e6),
                 "max_queue_rows": self.max_queue_rows, "max_running": self.max_running,
-                "inline_below_us": round(self.inline_below_s * 1e6), "reason": self.reason}
+                "inline_below_us": round(self.inline_below_s * 1e6), "exact": self.exact,
+                "reason": self.reason}
 
 
 def unbatchable(inputs: Sequence[_Spec], outputs: Sequence[_Spec]) -> str:
@@ -175,7 +178,8 @@ def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence
                        max_queue_delay_s=cfg.max_queue_delay_us / 1e6,
                        max_queue_rows=cfg.max_queue_rows or DEFAULT_QUEUE_BATCHES * rows,
                        max_running=UNLIMITED if why else cfg.max_concurrent_batches,
-                       reason=why, inline_below_s=0.0 if why else INLINE_BELOW_S)
+                       reason=why, inline_below_s=0.0 if why else INLINE_BELOW_S,
+                       exact=cfg.exact)
 
 
 @dataclass(frozen=True)
@@ -429,7 +433,8 @@ class Batcher:
         if req.deadline < started:
             return _expired(req, started)
         try:
-            arrays = self._run_padded(req) if req.rows == 1 and self.batching else None
+            arrays = (self._run_padded(req)
+                      if req.rows == 1 and self.batching and self.policy.exact else None)
             if arrays is None:
                 arrays = self.run(req.feeds, list(req.outputs))
         except Exception as exc:  # ORT's own exception classes: the input broke the graph

@@ -62,6 +62,15 @@ class BatchingConfig:
     the daemon's other inference threads serve other versions).
     ``max_queue_rows``: rows waiting (not yet running) beyond which a request
     is refused ``Overloaded`` at once (default 8 full batches).
+    ``exact``: a row's answer never depends on what it ran with (default
+    ``true``): a one-row request that runs alone runs as two copies of its row,
+    because ONNX Runtime rounds a single row differently (see
+    :mod:`daemon.batcher`). ``false`` saves that second row: free for small
+    models and for ``prepack = true``, but a big MatMul model without
+    prepacking runs a lone row up to 2x faster (the bench's heavy model: 9 against
+    17 ms), and its answer may then differ in the last bits from the one the same
+    row gets in a batch, from a cached answer, and from the audit row of a request
+    HAProxy re-sent after a worker died.
 
     NOTE: the defaults come from ``bench/daemon_batching.py`` on 2 cores: a
     delay costs a lone request at least 1 ms (asyncio's epoll timer rounds up to
@@ -75,6 +84,7 @@ class BatchingConfig:
     max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
     max_queue_rows: int | None = None
     max_concurrent_batches: int = DEFAULT_CONCURRENT_BATCHES
+    exact: bool = True
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
 _BATCHING: dict[str, tuple[type, int, int]] = {
     "enabled": (bool, 0, 0), "max_batch_size": (int, 1, 1 << 20),
     "max_queue_delay_us": (int, 0, MAX_QUEUE_DELAY_US), "max_queue_rows": (int, 1, 1 << 24),
-    "max_concurrent_batches": (int, 1, 64),
+    "max_concurrent_batches": (int, 1, 64), "exact": (bool, 0, 0),
 }
 
 

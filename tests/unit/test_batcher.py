@@ -132,9 +132,10 @@ class Harness:
 
 
 def policy(rows: int = 4, delay: float = 0.001, queue: int = 1000, running: int = 1,
-           enabled: bool = True, inline: float = 0.0) -> BatchPolicy:
+           enabled: bool = True, inline: float = 0.0, exact: bool = True) -> BatchPolicy:
     return BatchPolicy(enabled=enabled, max_batch_rows=rows, max_queue_delay_s=delay,
-                       max_queue_rows=queue, max_running=running, inline_below_s=inline)
+                       max_queue_rows=queue, max_running=running, inline_below_s=inline,
+                       exact=exact)
 
 
 def rows(n: int, start: float = 0.0) -> np.ndarray:
@@ -306,13 +307,15 @@ def test_a_lone_row_gets_the_bits_it_gets_in_any_batch():
     run(go)
 
 
-def test_unbatched_versions_run_a_lone_row_as_it_is():
+@pytest.mark.parametrize("pol", [policy(enabled=False), policy(exact=False, delay=0.0)],
+                         ids=["unbatched", "exact-off"])
+def test_without_exact_batching_a_lone_row_runs_as_it_is(pol: BatchPolicy):
     async def go() -> None:
-        h = Harness(policy(enabled=False))
+        h = Harness(pol)
         task = h.send(rows(1))
         await settle()
         await h.release()
-        assert h.model.rows == [1]  # no second copy: it never shares a run anyway
+        assert h.model.rows == [1]  # no second copy
         check(task.result(), rows(1))
     run(go)
 
@@ -585,13 +588,16 @@ def test_a_model_without_a_batch_dimension_is_not_batched(inputs, outputs, culpr
 def test_policy_from_a_config_file(tmp_path: Path):
     path = tmp_path / "config.toml"
     path.write_text("max_batch_size = 64\n[batching]\nenabled = true\nmax_batch_size = 16\n"
-                    "max_queue_delay_us = 2000\nmax_queue_rows = 40\nmax_concurrent_batches = 3\n")
+                    "max_queue_delay_us = 2000\nmax_queue_rows = 40\nmax_concurrent_batches = 3\n"
+                    "exact = false\n")
     cfg = parse_config(path)
-    assert cfg.batching == BatchingConfig(True, 16, 2000, 40, 3)
+    assert cfg.batching == BatchingConfig(True, 16, 2000, 40, 3, False)
     assert "batching" not in cfg.extra
     p = batch_policy(cfg, DYNAMIC_IN, DYNAMIC_OUT)
-    assert (p.enabled, p.max_batch_rows, p.max_queue_delay_s, p.max_queue_rows, p.max_running) == (
-        True, 16, 0.002, 40, 3)
+    assert (p.enabled, p.max_batch_rows, p.max_queue_delay_s, p.max_queue_rows, p.max_running,
+            p.exact) == (True, 16, 0.002, 40, 3, False)
+    assert p.to_wire()["exact"] is False
+    assert batch_policy(ModelConfig(), DYNAMIC_IN, DYNAMIC_OUT).exact is True
     path.write_text("[batching]\nenabled = false\n")
     p = batch_policy(parse_config(path), DYNAMIC_IN, DYNAMIC_OUT)
     assert not p.enabled and "disabled" in p.reason
@@ -606,6 +612,7 @@ def test_policy_from_a_config_file(tmp_path: Path):
     ("max_queue_delay_us = 2.5", "batching.max_queue_delay_us must be int"),
     ("max_queue_rows = 0", "batching.max_queue_rows must be between 1"),
     ("max_concurrent_batches = 0", "batching.max_concurrent_batches must be between 1"),
+    ("exact = \"yes\"", "batching.exact must be bool"),
 ])
 def test_a_bad_batching_section_names_the_file_and_key(tmp_path: Path, section, message):
     path = tmp_path / "config.toml"

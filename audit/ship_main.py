@@ -3,6 +3,12 @@
 It tells systemd ``READY=1`` once the schema is in place (it keeps retrying,
 with a growing delay, while PostgreSQL is unreachable at start), pings the
 watchdog after every pass, and on SIGTERM finishes the batch in hand and exits.
+Until READY it keeps asking systemd for more start time
+(``EXTEND_TIMEOUT_USEC``, every :data:`EXTEND_EVERY_S`), so neither a long
+migration (0004 rebuilds the primary key of every day's partition) nor a
+database that is down at boot runs into the unit's ``TimeoutStartSec`` and a
+kill in the middle; ``systemctl status`` shows what it waits for. Nothing is
+ordered after the shipper, so a slow start holds up no other unit.
 PostgreSQL going away later is not fatal: the breaker opens, the WAL grows,
 and shipping resumes when the database returns.
 """
@@ -23,21 +29,41 @@ from settings import Settings
 
 log = logging.getLogger("shipper")
 
+EXTEND_EVERY_S = 10.0
+EXTEND_BY_S = 30.0
+
 
 def migrate_until_ready(store: PgStore, stop: threading.Event) -> bool:
     delay = 0.5
-    while not stop.is_set():
-        try:
-            applied = store.migrate()
-        except StoreError as exc:
-            log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
-            stop.wait(delay)
-            delay = min(delay * 2, 10.0)
-            continue
-        if applied:
-            log.info("applied migrations %s", applied)
-        return True
-    return False
+    done = threading.Event()
+    extender = threading.Thread(target=_extend_start, args=(done,), daemon=True,
+                                name="extend-start")
+    extender.start()
+    try:
+        while not stop.is_set():
+            try:
+                applied = store.migrate()
+            except StoreError as exc:
+                log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            if applied:
+                log.info("applied migrations %s", applied)
+            return True
+        return False
+    finally:
+        done.set()
+        extender.join()
+
+
+def _extend_start(done: threading.Event) -> None:
+    """Until ``done``: ask systemd for EXTEND_BY_S more start time, every EXTEND_EVERY_S."""
+    while True:
+        notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}\n"
+               "STATUS=applying migrations / waiting for PostgreSQL")
+        if done.wait(EXTEND_EVERY_S):
+            return
 
 
 class _Progress:

@@ -315,10 +315,12 @@ def ceiling(repo: Path, model: str, body: Path, seconds: float) -> dict[str, Any
 # ---------------------------------------------------------------- models
 
 
-def repos(tmp: Path, models: list[str], prepack: bool = False) -> dict[str, tuple[Path, Path]]:
+def repos(tmp: Path, models: list[str], prepack: bool = False,
+          inexact: bool = False) -> dict[str, tuple[Path, Path]]:
     """{model: (repository, body.json)}, the body being one row in the v1 JSON shape.
     ``prepack``: the heavy model's config says ``prepack = true`` (the daemon then
-    lets ONNX Runtime prepack its weights: faster, one private copy)."""
+    lets ONNX Runtime prepack its weights: faster, one private copy). ``inexact``:
+    its ``[batching] exact = false`` (a lone row runs unpadded)."""
     out = {}
     if "digits" in models:
         repo = tmp / "repo-digits"
@@ -337,6 +339,9 @@ def repos(tmp: Path, models: list[str], prepack: bool = False) -> dict[str, tupl
         if prepack:
             config = path.parent.parent / "config.toml"
             config.write_text(config.read_text().replace("prepack = false", "prepack = true"))
+        if inexact:
+            config = path.parent.parent / "config.toml"
+            config.write_text(config.read_text() + "\n[batching]\nexact = false\n")
         log(f"generated heavy model ({path.stat().st_size / 1e6:.0f} MB) in "
             f"{time.perf_counter() - started:.1f}s")
         row = np.random.default_rng(0).standard_normal(HEAVY_INPUT).round(4).tolist()
@@ -427,6 +432,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=32, help="gthread threads per worker")
     p.add_argument("--prepack", action="store_true",
                    help="heavy model with prepack = true (a private prepacked copy in the daemon)")
+    p.add_argument("--inexact", action="store_true",
+                   help="heavy model with [batching] exact = false (a lone row runs unpadded)")
     p.add_argument("--out", type=Path, default=OUT)
     return p.parse_args(argv)
 
@@ -444,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, str] = {}
     load_start = os.getloadavg()
     with bench_context(args.workers, args.threads) as bench:
-        for model, (repo, body) in repos(bench.tmp, args.models, args.prepack).items():
+        for model, (repo, body) in repos(bench.tmp, args.models, args.prepack,
+                                           args.inexact).items():
             log(f"model {model}")
             lua = bench.tmp / f"post-{model}.lua"
             lua.write_text(LUA.format(body=body))

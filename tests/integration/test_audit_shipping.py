@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ import pytest
 from httpx_lite import post_json
 from loadgen import LoadGen
 from pg_fixture import fresh_database, running_cluster
+
+from falconctl.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
@@ -171,6 +174,30 @@ def test_full_disk_stops_the_writer_with_503_and_keeps_what_was_acknowledged(mak
         seen += [AuditRecord.from_payload(p).request_id
                  for _, p in reader.read(START, max_records=100000)]
     assert set(acknowledged) <= set(seen)
+
+
+def test_until_ready_the_shipper_keeps_asking_systemd_for_start_time(make_stack, tmp_path):
+    """PostgreSQL down at boot (or a long migration) must not run into the unit's
+    TimeoutStartSec: the shipper sends EXTEND_TIMEOUT_USEC until it is ready."""
+    notify_path = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(notify_path)
+    listener.settimeout(30)
+    closed = f"host=127.0.0.1 port={free_port()} dbname=nothing user=nobody connect_timeout=2"
+    stack = make_stack(start=False, NOTIFY_SOCKET=notify_path, FALCON_AUDIT_ENABLED="true",
+                       FALCON_AUDIT_DSN=closed)
+    proc = stack._spawn("shipper", [stack.python, "-m", "falconctl", "ship"])
+    try:
+        message = listener.recv(4096).decode()
+        assert "EXTEND_TIMEOUT_USEC=30000000" in message and "STATUS=" in message, message
+        listener.settimeout(3)
+        with pytest.raises(TimeoutError):  # still waiting: never READY without the schema
+            while "READY=1" not in listener.recv(4096).decode():
+                pass
+        assert "PostgreSQL not ready" in proc.tail()
+    finally:
+        listener.close()
+    assert proc.stop(signal.SIGTERM) == 0
 
 
 def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):

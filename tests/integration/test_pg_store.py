@@ -82,7 +82,7 @@ def store(dsn: str) -> Any:
 
 def test_migrations_apply_once_then_are_a_no_op(dsn: str) -> None:
     with PgStore(dsn) as store:
-        assert store.migrate() == [1, 2, 3, 4]
+        assert store.migrate() == [1, 2, 3, 4, 5]
         assert store.migrate() == []
     assert query(dsn, "SELECT version, name, checksum FROM audit.schema_migrations "
                       "ORDER BY version") == [(m.version, m.name, m.checksum)
@@ -112,8 +112,8 @@ def test_concurrent_migrate_applies_each_version_once(dsn: str) -> None:
     # no errors, and each version applied by exactly one of them (a migrator may
     # take the lock between two versions another one applies)
     assert all(isinstance(r, list) for r in results), results
-    assert sorted(v for r in results for v in r) == [1, 2, 3, 4], results
-    assert query(dsn, "SELECT count(*) FROM audit.schema_migrations") == [(4,)]
+    assert sorted(v for r in results for v in r) == [1, 2, 3, 4, 5], results
+    assert query(dsn, "SELECT count(*) FROM audit.schema_migrations") == [(5,)]
 
 
 def test_changed_migration_is_refused_naming_the_file(dsn: str, tmp_path: Path) -> None:
@@ -135,7 +135,7 @@ def test_failed_migration_rolls_back_and_names_the_file(dsn: str, tmp_path: Path
             store.migrate(migrate.load(tmp_path / "m"))
         assert store.count() == 0  # the connection is usable, the others stayed applied
     assert query(dsn, "SELECT version FROM audit.schema_migrations ORDER BY 1") == [
-        (1,), (2,), (3,), (4,)]
+        (1,), (2,), (3,), (4,), (5,)]
     assert query(dsn, "SELECT to_regclass('audit.half_done') IS NULL") == [(True,)]
 
 
@@ -189,6 +189,28 @@ def test_batch_spanning_two_days_lands_in_two_partitions(store: PgStore, dsn: st
     assert {"audit.predictions_20250314", "audit.predictions_20250315"} <= children
 
 
+def test_a_detached_day_kept_as_a_table_gets_a_new_partition(store: PgStore, dsn: str) -> None:
+    """An operator archived a day (DETACH, table kept); a late record of it still lands."""
+    assert store.write("edge-a.0", [record(0)], (1, 1)) == 1
+    query(dsn, "ALTER TABLE audit.predictions DETACH PARTITION audit.predictions_20250314")
+    assert store.write("edge-a.0", [record(1)], (1, 2)) == 1
+    assert rows_by_partition(dsn) == {"predictions_20250314_2": 1}
+    assert query(dsn, "SELECT count(*) FROM audit.predictions_20250314") == [(1,)]  # untouched
+    assert store.write("edge-a.0", [record(2)], (1, 3)) == 1  # the day is found now
+    assert rows_by_partition(dsn) == {"predictions_20250314_2": 2}
+
+
+def test_a_day_covered_by_a_partition_of_another_name_lands_there(store: PgStore,
+                                                                  dsn: str) -> None:
+    query(dsn, "CREATE TABLE audit.restored_archive (LIKE audit.predictions INCLUDING DEFAULTS)")
+    query(dsn, "ALTER TABLE audit.predictions ATTACH PARTITION audit.restored_archive "
+               "FOR VALUES FROM (to_timestamp(%s)) TO (to_timestamp(%s))", (DAY1, DAY2))
+    assert store.write("edge-a.0", [record(0)], (1, 1)) == 1
+    assert rows_by_partition(dsn) == {"restored_archive": 1}
+    assert query(dsn, "SELECT relname FROM pg_class WHERE relname LIKE 'predictions_20250314%%'"
+                 ) == []  # no stray table for the day
+
+
 def test_shippers_racing_into_a_new_day_all_land(store: PgStore, dsn: str) -> None:
     gate = threading.Barrier(4)
     results: list[Any] = []
@@ -219,7 +241,7 @@ def test_migration_2_moves_rows_out_of_default_and_drops_it(dsn: str) -> None:
                    "VALUES ('manual', to_timestamp(%s), 'h', 's', 'm', '1', 'v1', 'd', '[]', "
                    "'{}', false, 1)", (DAY1 + 60,))
         assert rows_by_partition(dsn) == {"predictions_default": 1}
-        assert store.migrate() == [2, 3, 4]
+        assert store.migrate() == [2, 3, 4, 5]
         assert rows_by_partition(dsn) == {"predictions_20250314": 1}
         assert store.write("edge-a.0", batch(2), (1, 1)) == 2
     assert rows_by_partition(dsn) == {"predictions_20250314": 3}
@@ -244,7 +266,7 @@ def test_a_migration_blocked_by_a_reader_gives_up_and_applies_later(dsn: str) ->
         finally:
             reader.rollback()
             reader.close()
-        assert store.migrate() == [2, 3, 4]
+        assert store.migrate() == [2, 3, 4, 5]
 
 
 def test_an_open_reader_does_not_stall_the_first_batch_of_a_day(store: PgStore,
@@ -319,7 +341,7 @@ def test_migration_3_moves_admin_rows_to_events(dsn: str) -> None:
                    "'admin', '', '[]', '{}', false, 1, 'k1', "
                    "'{\"event\": \"split\", \"old\": {\"1\": 100}, "
                    "\"new\": {\"1\": 80, \"2\": 20}}')", (DAY1 + 60,))
-        assert store.migrate() == [3, 4]
+        assert store.migrate() == [3, 4, 5]
     assert query(dsn, "SELECT count(*) FROM audit.predictions WHERE face = 'admin'") == [(0,)]
     assert query(dsn, "SELECT count(*) FROM audit.predictions") == [(0,)]
     assert query(dsn, "SELECT kind, actor, detail FROM audit.events") == [

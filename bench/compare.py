@@ -172,6 +172,7 @@ class Bench:
     stacks: list[Stack] = field(default_factory=list)
     started: int = 0
     env: dict[str, str] = field(default_factory=dict)  # FALCON_* overrides (platform)
+    floor_class: str = "gthread"  # the floor's gunicorn worker class
 
     def stack(self, name: str, repo: Path) -> Stack:
         self.started += 1
@@ -238,7 +239,10 @@ def start(contender: str, bench: Bench, repo: Path, model: str) -> Stack:
                               "--dirty-workers", "1", "--dirty-timeout", "10",
                               "bench.contenders.falcon_apps:dirty"], model, model_path)
         elif contender == "floor":
-            start_app(stack, [*gunicorn, "bench.contenders.falcon_apps:floor"], model, model_path)
+            argv = gunicorn if bench.floor_class == "gthread" else [
+                PYTHON, "-m", "gunicorn", "-w", w, "-k", "sync", "-b", f"127.0.0.1:{port}",
+                "--log-level", "warning"]
+            start_app(stack, [*argv, "bench.contenders.falcon_apps:floor"], model, model_path)
         else:
             raise ValueError(contender)
         stack.start_haproxy()
@@ -430,6 +434,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--ceiling-seconds", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=32, help="gthread threads per worker")
+    p.add_argument("--floor-class", choices=("gthread", "sync"), default="gthread",
+                   help="the floor's gunicorn worker class (sync: one request per worker, "
+                        "every connection closed; pair it with --threads 1 so HAProxy's "
+                        "server maxconn is the worker count)")
     p.add_argument("--prepack", action="store_true",
                    help="heavy model with prepack = true (a private prepacked copy in the daemon)")
     p.add_argument("--inexact", action="store_true",
@@ -451,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: dict[str, str] = {}
     load_start = os.getloadavg()
     with bench_context(args.workers, args.threads) as bench:
+        bench.floor_class = args.floor_class
         for model, (repo, body) in repos(bench.tmp, args.models, args.prepack,
                                            args.inexact).items():
             log(f"model {model}")

@@ -180,6 +180,40 @@ def test_batch_groups_fsyncs_under_concurrency(tmp_path: Path) -> None:
     assert sorted(acked) == [pos for pos, _ in got]
 
 
+def test_batch_returns_only_once_an_fsync_covered_the_record(tmp_path: Path) -> None:
+    """The group commit's contract, checked at every return under contention: a slow
+    fsync records how many bytes of the file it made durable (the size when it began)."""
+    durable = {"bytes": 0}
+    guard = threading.Lock()
+
+    def slow_fsync(fd: int) -> None:
+        size = os.fstat(fd).st_size
+        time.sleep(0.002)
+        os.fdatasync(fd)
+        with guard:
+            durable["bytes"] = max(durable["bytes"], size)
+
+    w = writer(tmp_path, sync="batch", fsync=slow_fsync)
+    late: list[tuple[Position, int]] = []
+
+    def work(t: int) -> None:
+        for i in range(60):
+            pos = w.append(payload(t * 1000 + i))
+            with guard:
+                covered = durable["bytes"]
+            if pos.segment != 0 or covered < pos.offset:
+                late.append((pos, covered))
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    w.close()
+    assert late == []
+    assert len(read_all(StreamReader(tmp_path, "s1"))) == 16 * 60
+
+
 def test_batch_single_thread_is_durable_per_append(tmp_path: Path) -> None:
     fsync = CountingFsync()
     w = writer(tmp_path, sync="batch", fsync=fsync)

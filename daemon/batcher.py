@@ -433,19 +433,32 @@ class Batcher:
         if req.deadline < started:
             return _expired(req, started)
         try:
-            arrays = (self._run_padded(req)
-                      if req.rows == 1 and self.batching and self.policy.exact else None)
+            arrays = self._run_padded(req) if req.rows == 1 and self._pads() else None
             if arrays is None:
                 arrays = self.run(req.feeds, list(req.outputs))
         except Exception as exc:  # ORT's own exception classes: the input broke the graph
             return InferenceFailed(str(exc))
         return Answer(list(arrays), started - req.enqueued, self.clock() - started, req.rows)
 
+    def _pads(self) -> bool:
+        """Whether a lone one-row request runs padded: only where rows can share a run."""
+        return self.batching and self.policy.exact and self.policy.max_batch_rows >= 2
+
     def _run_padded(self, req: _Request) -> list[np.ndarray] | None:
         """A one-row request's outputs from a run of its row twice (see the
-        module docstring); None when an output cannot be split by rows."""
+        module docstring); None when an output cannot be split by rows. If the
+        two-row run raises, the row runs alone (its error, if any, is then the
+        request's own); if alone it works, the version cannot take what batching
+        gives it and is unbatched from then on (logged once)."""
         feeds = {name: np.concatenate([a, a]) for name, a in req.feeds.items()}
-        arrays = self.run(feeds, list(req.outputs))
+        try:
+            arrays = self.run(feeds, list(req.outputs))
+        except Exception as exc:  # ORT's own classes
+            arrays = self.run(req.feeds, list(req.outputs))  # raises: the request's own error
+            self._split_failed = True
+            log.warning("model %s: a run of two rows failed where one row works (%s); "
+                        "batching is off for this version", self.name, exc)
+            return arrays
         if self._unsplittable(req.outputs, arrays, 2):
             return None
         return [a[:1] for a in arrays]

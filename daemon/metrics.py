@@ -14,7 +14,8 @@ QUEUE = Histogram("falcon_inference_queue_seconds", "Time a request waited in th
                   buckets=SECONDS)
 COMPUTE = Histogram("falcon_inference_compute_seconds", "ONNX Runtime time of the run that "
                     "answered a request.", ["model", "version"], buckets=SECONDS)
-BATCH_ROWS = Histogram("falcon_batch_rows", "Rows in the run that answered a request.",
+BATCH_ROWS = Histogram("falcon_batch_rows", "Request rows in the run that answered a request "
+                       "(a lone row run padded to two counts 1).",
                        ["model", "version"], buckets=ROWS)
 OUTCOMES = Counter("falcon_inference_requests_total", "Infer requests answered by the daemon.",
                    ["model", "version", "outcome"])

@@ -307,8 +307,52 @@ def test_a_lone_row_gets_the_bits_it_gets_in_any_batch():
     run(go)
 
 
-@pytest.mark.parametrize("pol", [policy(enabled=False), policy(exact=False, delay=0.0)],
-                         ids=["unbatched", "exact-off"])
+def test_a_model_that_takes_one_row_only_is_served_alone_and_unbatched(caplog):
+    """A dynamic first dimension that only works with 1 row (a Reshape to [1, -1]):
+    the padded run fails, the row runs alone and answers, batching goes off."""
+    runs: list[int] = []
+
+    def one_row_only(feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        x = feeds["x"]
+        runs.append(len(x))
+        if len(x) != 1:
+            raise RuntimeError(f"cannot reshape {{{len(x)},3}} to {{1,3}}")
+        return [x * 2]
+
+    async def go() -> None:
+        h = Harness(policy(rows=8, delay=0.0), one_row_only)
+        first = h.send(rows(1), ("y",))
+        await settle()
+        await h.release()
+        np.testing.assert_array_equal(first.result().outputs[0], rows(1) * 2)
+        assert runs == [2, 1] and h.batcher.batching is False
+        later = [h.send(rows(1, i), ("y",)) for i in range(3)]
+        await settle()
+        while await h.release():
+            pass
+        assert runs[2:] == [1, 1, 1]  # alone and unpadded from then on
+        for i, task in enumerate(later):
+            np.testing.assert_array_equal(task.result().outputs[0], rows(1, i) * 2)
+    run(go)
+    assert "batching is off" in caplog.text
+
+
+def test_a_bad_lone_row_fails_with_its_own_error():
+    async def go() -> None:
+        h = Harness(policy(rows=8, delay=0.0))
+        bad = h.send(rows(1, -9))  # FakeModel raises for a negative first value
+        await settle()
+        await h.release()
+        with pytest.raises(InferenceFailed, match="bad row"):
+            bad.result()
+        assert h.model.rows == [2, 1]  # padded, then alone: the error is the row's own
+        assert h.batcher.batching is True  # the row is bad, not the model
+    run(go)
+
+
+@pytest.mark.parametrize("pol", [policy(enabled=False), policy(exact=False, delay=0.0),
+                                 policy(rows=1, delay=0.0)],
+                         ids=["unbatched", "exact-off", "batches-of-one-row"])
 def test_without_exact_batching_a_lone_row_runs_as_it_is(pol: BatchPolicy):
     async def go() -> None:
         h = Harness(pol)
@@ -425,7 +469,8 @@ def test_a_request_that_breaks_the_run_fails_alone_and_the_others_are_answered()
         good1, bad, good2 = h.send(rows(1)), h.send(rows(1, -9)), h.send(rows(1, 5))
         await settle()
         await h.release()
-        assert h.model.rows == [3, 2, 2, 2]  # the batch failed, then one by one (padded)
+        assert h.model.rows == [3, 2, 2, 1, 2]  # the batch failed, then one by one (padded;
+        # the bad row's padded run fails too, and alone it gives its own error)
         with pytest.raises(InferenceFailed):
             bad.result()
         check(good1.result(), rows(1))

@@ -16,8 +16,9 @@ nothing. What the sync policy decides is when the bytes reach the disk:
                  began) and releases its lock; a released waiter returns without taking
                  the writer's lock again. With a Condition and ``notify_all`` every waiter
                  woke, queued for the writer's lock, and all but one went back to sleep:
-                 ``bench/wal_append.py --policies batch --threads 8,32`` measured 78-86 µs
-                 of CPU and 6-8 voluntary context switches per record that way.
+                 ``bench/wal_append.py --policies batch --threads 8,32`` measured 70-91 µs
+                 of CPU and 6.1-8.4 voluntary context switches per record that way, 64-73 µs
+                 and 4.6-6.3 now (README, "WAL append cost per record").
 - ``interval`` — append returns after the write; a background thread fdatasyncs every
                  ``interval_ms`` (a power loss may lose that long; a process crash loses
                  nothing).
@@ -209,7 +210,15 @@ class WalWriter:
                     self._lead_sync()
                 waiter = _Waiter(ticket)
                 self._waiters.append(waiter)
-            waiter.lock.acquire()  # released by _wake with the outcome
+            try:
+                waiter.lock.acquire()  # released by _wake with the outcome
+            except BaseException:  # interrupted (KeyboardInterrupt): leave, pass on a lead
+                with self._cond:
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    elif waiter.role == _LEAD and not self._syncing:
+                        self._wake()
+                raise
             if waiter.role == _DONE:
                 return
             if waiter.role == _FAILED:
@@ -289,20 +298,22 @@ class WalWriter:
         self._syncing = True
         fd, target = self._fd, self._written
         error: OSError | None = None
+        synced = False
         self._cond.release()
         try:
             self._fsync(fd)
+            synced = True
         except OSError as exc:
             error = exc
-        finally:
+        finally:  # also for what is not an OSError (KeyboardInterrupt...): nothing is durable
             self._cond.acquire()
             self._syncing = False
-            if error is None:
+            if synced:
                 self._synced = max(self._synced, target)
             if self.failed is not None:  # an appender failed meanwhile; the fd is ours to close
                 self._release()
-            if error is None:
-                self._wake()
+            if error is None:  # (an OSError fails the writer below, which wakes them)
+                self._wake()   # uncovered waiters: the first leads the next fsync
             self._cond.notify_all()  # _roll and close wait for the fsync to end
         if error is not None:
             raise self._fail(error) from error

@@ -209,6 +209,7 @@ def test_batch_returns_only_once_an_fsync_covered_the_record(tmp_path: Path) -> 
         t.start()
     for t in threads:
         t.join(60)
+        assert not t.is_alive(), "an appender never returned (a lost wake-up)"
     w.close()
     assert late == []
     assert len(read_all(StreamReader(tmp_path, "s1"))) == 16 * 60

@@ -107,6 +107,57 @@ def test_a_failed_group_commit_fails_every_waiter(tmp_path: Path) -> None:
     assert_acked_readable(acked, recovered(tmp_path, "s1"))
 
 
+def test_an_fsync_that_raises_something_else_makes_nothing_durable(tmp_path: Path) -> None:
+    """A waiter whose bytes the raising fsync would have covered is not told they are
+    durable: it leads an fsync of its own. A, B, C append; A's fsync is held until B
+    and C wait; B then leads one that raises RuntimeError (not an OSError)."""
+    held, durable = threading.Event(), {"bytes": 0}
+    calls: list[str] = []
+
+    def seam(fd: int) -> None:
+        n = len(calls)
+        calls.append("")
+        if n == 1:
+            held.wait(10)
+        if n == 2:
+            raise RuntimeError("not an OSError")
+        size = os.fstat(fd).st_size
+        os.fdatasync(fd)
+        durable["bytes"] = max(durable["bytes"], size)
+
+    w = WalWriter(tmp_path, "s1", sync="batch", fsync=seam, min_free_bytes=0)
+    assert len(calls) == 1  # the first segment's header
+    results: dict[str, object] = {}
+
+    def append(name: str, i: int) -> None:
+        try:
+            results[name] = w.append(payload(i))
+        except BaseException as exc:  # noqa: BLE001 - recorded for the asserts
+            results[name] = exc
+
+    a = threading.Thread(target=append, args=("a", 0))
+    a.start()
+    while len(calls) < 2:
+        time.sleep(0.001)
+    others = [threading.Thread(target=append, args=(n, i)) for i, n in ((1, "b"), (2, "c"))]
+    for t in others:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(w._waiters) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    held.set()
+    for t in [a, *others]:
+        t.join(10)
+        assert not t.is_alive()
+    raised = [n for n in "bc" if isinstance(results[n], RuntimeError)]
+    assert len(raised) == 1  # whichever of B and C led the failing fsync
+    ok = "c" if raised == ["b"] else "b"
+    pos = results[ok]
+    assert isinstance(pos, Position) and pos.offset <= durable["bytes"]
+    assert len(calls) == 4  # A's, the failed one, and the one the survivor led
+    w.close()
+
+
 def test_a_failed_background_fsync_fails_later_appends(tmp_path: Path) -> None:
     fsync = FailingFsync(ok=1)
     w = WalWriter(tmp_path, "s1", sync="interval", interval_ms=10, fsync=fsync,

@@ -3,12 +3,15 @@
 It tells systemd ``READY=1`` once the schema is in place (it keeps retrying,
 with a growing delay, while PostgreSQL is unreachable at start), pings the
 watchdog after every pass, and on SIGTERM finishes the batch in hand and exits.
-Until READY it keeps asking systemd for more start time
-(``EXTEND_TIMEOUT_USEC``, every :data:`EXTEND_EVERY_S`), so neither a long
-migration (0004 rebuilds the primary key of every day's partition) nor a
-database that is down at boot runs into the unit's ``TimeoutStartSec`` and a
-kill in the middle; ``systemctl status`` shows what it waits for. Nothing is
-ordered after the shipper, so a slow start holds up no other unit.
+While it applies migrations on a live connection it asks systemd for more
+start time (``EXTEND_TIMEOUT_USEC`` every :data:`EXTEND_EVERY_S`), for at most
+:data:`MIGRATE_EXTEND_MAX_S` in all, so a long migration (0004 rebuilds the
+primary key of every day's partition) is not killed half-way by the unit's
+``TimeoutStartSec``, and a migration stuck on a dead connection still is, in
+the end. While PostgreSQL cannot be reached nothing is extended: the unit's
+start gives up after ``TimeoutStartSec`` and systemd restarts it, as before.
+That bound matters: ``falcon.target`` wants the shipper, and a target's start
+waits for the units it wants (an implicit ``After=``).
 PostgreSQL going away later is not fatal: the breaker opens, the WAL grows,
 and shipping resumes when the database returns.
 """
@@ -19,6 +22,8 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from audit import metrics
@@ -31,39 +36,55 @@ log = logging.getLogger("shipper")
 
 EXTEND_EVERY_S = 10.0
 EXTEND_BY_S = 30.0
+MIGRATE_EXTEND_MAX_S = 1800.0
 
 
-def migrate_until_ready(store: PgStore, stop: threading.Event) -> bool:
+def migrate_until_ready(store: PgStore, stop: threading.Event,
+                        extend_max_s: float = MIGRATE_EXTEND_MAX_S) -> bool:
     delay = 0.5
-    done = threading.Event()
-    extender = threading.Thread(target=_extend_start, args=(done,), daemon=True,
-                                name="extend-start")
-    extender.start()
-    try:
-        while not stop.is_set():
-            try:
+    extend_until = time.monotonic() + extend_max_s
+    while not stop.is_set():
+        try:
+            store.connect()  # unreachable: no extension (see the module docstring)
+            with extending_start(extend_until):
                 applied = store.migrate()
-            except StoreError as exc:
-                log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
-                stop.wait(delay)
-                delay = min(delay * 2, 10.0)
-                continue
-            if applied:
-                log.info("applied migrations %s", applied)
-            return True
-        return False
+        except StoreError as exc:
+            log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
+            stop.wait(delay)
+            delay = min(delay * 2, 10.0)
+            continue
+        if applied:
+            log.info("applied migrations %s", applied)
+        return True
+    return False
+
+
+@contextmanager
+def extending_start(until: float, every: float = EXTEND_EVERY_S) -> Iterator[None]:
+    """While in the block, ask systemd for EXTEND_BY_S more start time every
+    ``every`` seconds, but not past ``until`` (a ``time.monotonic()`` time)."""
+    done = threading.Event()
+
+    def extend() -> None:
+        while time.monotonic() < until:
+            try:
+                notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}\n"
+                       "STATUS=applying audit schema migrations")
+            except OSError as exc:
+                log.warning("cannot extend the start timeout: %s", exc)
+                return
+            if done.wait(every):
+                return
+        log.warning("migrations still running after the %.0f s allowed at start: "
+                    "systemd's start timeout applies from here", MIGRATE_EXTEND_MAX_S)
+
+    thread = threading.Thread(target=extend, daemon=True, name="extend-start")
+    thread.start()
+    try:
+        yield
     finally:
         done.set()
-        extender.join()
-
-
-def _extend_start(done: threading.Event) -> None:
-    """Until ``done``: ask systemd for EXTEND_BY_S more start time, every EXTEND_EVERY_S."""
-    while True:
-        notify(f"EXTEND_TIMEOUT_USEC={int(EXTEND_BY_S * 1e6)}\n"
-               "STATUS=applying migrations / waiting for PostgreSQL")
-        if done.wait(EXTEND_EVERY_S):
-            return
+        thread.join()
 
 
 class _Progress:

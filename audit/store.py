@@ -352,6 +352,10 @@ class PgStore:
             cur.execute(CREATE_STAGING)
         cur.copy_expert(COPY_STAGING, io.BytesIO(payload), size=COPY_CHUNK)
 
+    def connect(self) -> None:
+        """Make sure a connection is open; raises :class:`StoreUnavailable`."""
+        self._connection()
+
     def _connection(self) -> Any:
         if self._conn is None or self._conn.closed:
             try:

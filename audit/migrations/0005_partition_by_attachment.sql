@@ -6,38 +6,86 @@
 -- whose WAL ships days late, a re-ship from an old position) failed with "no
 -- partition of relation ... found for row", and the shipper retried it forever.
 --
--- Now a day counts as present when a partition ATTACHED to audit.predictions
--- is named for it (predictions_YYYYMMDD or predictions_YYYYMMDD_N). Otherwise a
--- new one is created under the first free name of those and attached; the
--- detached table is left alone. If a partition under another name already
--- covers the day (an archive attached back by hand), the ATTACH reports the
--- overlap: the new table is dropped and the rows go where PostgreSQL routes
--- them. Returns the partition's name (NULL in that last case).
+-- Now a day is present when a partition ATTACHED to audit.predictions (and not
+-- half-way through DETACH ... CONCURRENTLY) is named for it
+-- (predictions_YYYYMMDD or predictions_YYYYMMDD_N: fast, the usual case), or
+-- when attached partitions of any name cover the whole UTC day by their bounds
+-- (an archive attached back by hand). Otherwise a new one is created under the
+-- first free name of those and attached; a detached table is left alone.
+-- A day only partly covered, or one whose partition is pending detach, cannot
+-- be repaired here: the function raises an error that says what to do, so the
+-- shipper's retries show it in its log instead of failing row by row.
+-- Returns the name of the (first) partition holding the day.
 
-CREATE FUNCTION audit.attached_partition(base text) RETURNS text
+-- attached, not pending detach, named `base` or `base_N`
+CREATE FUNCTION audit.named_partition(base text) RETURNS text
 LANGUAGE sql STABLE AS $fn$
     SELECT c.relname::text
     FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'audit.predictions'::regclass
+    WHERE i.inhparent = 'audit.predictions'::regclass AND NOT i.inhdetachpending
       AND (c.relname = base OR c.relname ~ ('^' || base || '_[0-9]+$'))
     ORDER BY c.relname
     LIMIT 1
+$fn$;
+
+-- the first attached partition overlapping [lo, hi) if together they cover all
+-- of it; NULL if none overlaps; an error if they cover only part of it
+CREATE FUNCTION audit.covering_partition(lo timestamptz, hi timestamptz) RETURNS text
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    r record;
+    first text;
+    reached timestamptz := lo;
+    names text[] := '{}';
+BEGIN
+    FOR r IN
+        SELECT c.relname::text AS name, b[1]::timestamptz AS f, b[2]::timestamptz AS t
+        FROM pg_catalog.pg_inherits i
+        JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+        CROSS JOIN LATERAL regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                        $re$FROM \('([^']*)'\) TO \('([^']*)'\)$re$) AS b
+        WHERE i.inhparent = 'audit.predictions'::regclass AND NOT i.inhdetachpending
+          AND b IS NOT NULL
+          AND b[1]::timestamptz < hi AND b[2]::timestamptz > lo
+        ORDER BY 2
+    LOOP
+        first := coalesce(first, r.name);
+        names := names || r.name;
+        IF r.f > reached THEN
+            EXIT;  -- a gap
+        END IF;
+        reached := greatest(reached, r.t);
+    END LOOP;
+    IF first IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF reached >= hi THEN
+        RETURN first;
+    END IF;
+    RAISE EXCEPTION 'audit.predictions: % to % is only partly covered by partition(s) %; '
+                    'attach partitions for the rest by hand', lo, hi, array_to_string(names, ', ');
+END
 $fn$;
 
 CREATE OR REPLACE FUNCTION audit.ensure_partition(day date) RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
     base text := 'predictions_' || to_char(day, 'YYYYMMDD');
-    part text := audit.attached_partition(base);
+    part text := audit.named_partition(base);
     n int := 1;
     lo timestamptz := day::timestamp AT TIME ZONE 'UTC';
     hi timestamptz := (day + 1)::timestamp AT TIME ZONE 'UTC';
+    pending text;
 BEGIN
     IF part IS NOT NULL THEN
         RETURN part;
     END IF;
+    part := audit.covering_partition(lo, hi);
+    IF part IS NOT NULL THEN
+        RETURN part;
+    END IF;
     PERFORM pg_advisory_xact_lock(hashtext('audit.ensure_partition'));
-    part := audit.attached_partition(base);
+    part := coalesce(audit.named_partition(base), audit.covering_partition(lo, hi));
     IF part IS NOT NULL THEN
         RETURN part;
     END IF;
@@ -52,8 +100,13 @@ BEGIN
         EXECUTE format('ALTER TABLE audit.predictions ATTACH PARTITION audit.%I '
                        'FOR VALUES FROM (%L) TO (%L)', part, lo, hi);
     EXCEPTION WHEN invalid_object_definition THEN  -- "would overlap partition ..."
-        EXECUTE format('DROP TABLE audit.%I', part);
-        RETURN NULL;
+        SELECT string_agg(c.relname, ', ') INTO pending
+        FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+        WHERE i.inhparent = 'audit.predictions'::regclass AND i.inhdetachpending;
+        RAISE EXCEPTION 'audit.predictions: no partition can be attached for % (%)%', day,
+            SQLERRM, coalesce('; partitions pending detach: ' || pending
+                              || ' (an interrupted DETACH ... CONCURRENTLY: run ALTER TABLE '
+                              || 'audit.predictions DETACH PARTITION audit.<name> FINALIZE)', '');
     END;
     RETURN part;
 END

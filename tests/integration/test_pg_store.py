@@ -211,6 +211,53 @@ def test_a_day_covered_by_a_partition_of_another_name_lands_there(store: PgStore
                  ) == []  # no stray table for the day
 
 
+def test_a_day_only_partly_covered_by_hand_fails_with_what_to_do(store: PgStore,
+                                                                  dsn: str) -> None:
+    query(dsn, "CREATE TABLE audit.half_day (LIKE audit.predictions INCLUDING DEFAULTS)")
+    query(dsn, "ALTER TABLE audit.predictions ATTACH PARTITION audit.half_day "
+               "FOR VALUES FROM (to_timestamp(%s)) TO (to_timestamp(%s))", (DAY1, DAY1 + 43_200))
+    with pytest.raises(StoreRejected, match="only partly covered by partition.s. half_day"):
+        store.write("edge-a.0", [record(0, ts=DAY1 + 50_000)], (1, 1))
+    assert store.count() == 0
+
+
+def test_a_partition_pending_detach_fails_with_what_to_do(store: PgStore, dsn: str) -> None:
+    """An interrupted DETACH ... CONCURRENTLY leaves the day's partition pending."""
+    assert store.write("edge-a.0", [record(0)], (1, 1)) == 1
+    reader = psycopg2.connect(dsn)
+    with reader.cursor() as cur:  # an open transaction the concurrent detach must wait for
+        cur.execute("SELECT count(*) FROM audit.predictions")
+    detacher = psycopg2.connect(dsn)
+    detacher.autocommit = True
+    with detacher.cursor() as cur:
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+    errors: list[BaseException] = []
+
+    def detach() -> None:
+        try:
+            with detacher.cursor() as cur:
+                cur.execute("ALTER TABLE audit.predictions DETACH PARTITION "
+                            "audit.predictions_20250314 CONCURRENTLY")
+        except psycopg2.Error as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=detach)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not query(dsn, "SELECT 1 FROM pg_inherits WHERE inhdetachpending"):
+        assert time.monotonic() < deadline, "the detach never reached its second phase"
+        time.sleep(0.05)
+    query(dsn, "SELECT pg_cancel_backend(%s)", (pid,))
+    thread.join(10)
+    reader.rollback()
+    reader.close()
+    detacher.close()
+    assert errors  # cancelled: the partition stays pending detach
+    with pytest.raises(StoreRejected, match="pending detach: predictions_20250314.*FINALIZE"):
+        store.write("edge-a.0", [record(1)], (1, 2))
+
+
 def test_shippers_racing_into_a_new_day_all_land(store: PgStore, dsn: str) -> None:
     gate = threading.Barrier(4)
     results: list[Any] = []

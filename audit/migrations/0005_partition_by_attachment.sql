@@ -17,21 +17,39 @@
 -- shipper's retries show it in its log instead of failing row by row.
 -- Returns the name of the (first) partition holding the day.
 
--- attached, not pending detach, named `base` or `base_N`
+-- attached, not pending detach, named `base` or `base_N` (N = 2, 3, ... while such
+-- tables exist): exact, indexed lookups, microseconds whatever the retention
 CREATE FUNCTION audit.named_partition(base text) RETURNS text
-LANGUAGE sql STABLE AS $fn$
-    SELECT c.relname::text
-    FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'audit.predictions'::regclass AND NOT i.inhdetachpending
-      AND (c.relname = base OR c.relname ~ ('^' || base || '_[0-9]+$'))
-    ORDER BY c.relname
-    LIMIT 1
+LANGUAGE plpgsql STABLE AS $fn$
+DECLARE
+    part text := base;
+    n int := 1;
+    rel oid;
+BEGIN
+    LOOP
+        SELECT c.oid INTO rel FROM pg_catalog.pg_class c
+        WHERE c.relname = part AND c.relnamespace = 'audit'::regnamespace;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        IF EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i
+                   WHERE i.inhrelid = rel AND i.inhparent = 'audit.predictions'::regclass
+                     AND NOT i.inhdetachpending) THEN
+            RETURN part;
+        END IF;
+        n := n + 1;
+        part := base || '_' || n;
+    END LOOP;
+END
 $fn$;
 
 -- the first attached partition overlapping [lo, hi) if together they cover all
 -- of it; NULL if none overlaps; an error if they cover only part of it
+-- (bounds are read back from their text form: ISO and UTC for that, whatever the
+-- session's DateStyle and TimeZone; MINVALUE / MAXVALUE are -infinity / infinity)
 CREATE FUNCTION audit.covering_partition(lo timestamptz, hi timestamptz) RETURNS text
-LANGUAGE plpgsql STABLE AS $fn$
+LANGUAGE plpgsql STABLE
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' AS $fn$
 DECLARE
     r record;
     first text;
@@ -39,15 +57,22 @@ DECLARE
     names text[] := '{}';
 BEGIN
     FOR r IN
-        SELECT c.relname::text AS name, b[1]::timestamptz AS f, b[2]::timestamptz AS t
-        FROM pg_catalog.pg_inherits i
-        JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
-        CROSS JOIN LATERAL regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
-                                        $re$FROM \('([^']*)'\) TO \('([^']*)'\)$re$) AS b
-        WHERE i.inhparent = 'audit.predictions'::regclass AND NOT i.inhdetachpending
-          AND b IS NOT NULL
-          AND b[1]::timestamptz < hi AND b[2]::timestamptz > lo
-        ORDER BY 2
+        SELECT name, f, t FROM (
+            SELECT c.relname::text AS name,
+                   CASE b[1] WHEN 'MINVALUE' THEN '-infinity'::timestamptz
+                             ELSE trim(b[1], '''')::timestamptz END AS f,
+                   CASE b[2] WHEN 'MAXVALUE' THEN 'infinity'::timestamptz
+                             ELSE trim(b[2], '''')::timestamptz END AS t
+            FROM pg_catalog.pg_inherits i
+            JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+            CROSS JOIN LATERAL regexp_match(
+                pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                $re$FROM \((MINVALUE|'[^']*')\) TO \((MAXVALUE|'[^']*')\)$re$) AS b
+            WHERE i.inhparent = 'audit.predictions'::regclass AND NOT i.inhdetachpending
+              AND b IS NOT NULL
+        ) AS bounds
+        WHERE f < hi AND t > lo
+        ORDER BY f
     LOOP
         first := coalesce(first, r.name);
         names := names || r.name;
@@ -68,7 +93,8 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION audit.ensure_partition(day date) RETURNS text
-LANGUAGE plpgsql AS $fn$
+LANGUAGE plpgsql
+SET DateStyle = 'ISO, YMD' SET TimeZone = 'UTC' AS $fn$
 DECLARE
     base text := 'predictions_' || to_char(day, 'YYYYMMDD');
     part text := audit.named_partition(base);

@@ -211,6 +211,36 @@ def test_a_day_covered_by_a_partition_of_another_name_lands_there(store: PgStore
                  ) == []  # no stray table for the day
 
 
+def test_a_catch_all_archive_from_minvalue_covers_its_days(store: PgStore, dsn: str) -> None:
+    query(dsn, "CREATE TABLE audit.old (LIKE audit.predictions INCLUDING DEFAULTS)")
+    query(dsn, "ALTER TABLE audit.predictions ATTACH PARTITION audit.old "
+               "FOR VALUES FROM (MINVALUE) TO (to_timestamp(%s))", (DAY2,))
+    assert store.write("edge-a.0", [record(0)], (1, 1)) == 1
+    assert rows_by_partition(dsn) == {"old": 1}
+
+
+def test_a_partition_made_by_hand_in_any_session_settings_holds_its_utc_day(dsn: str) -> None:
+    """ensure_partition called from psql with another DateStyle and TimeZone (0002 says
+    to call it by hand) still attaches exactly the UTC day."""
+    with PgStore(dsn) as store:
+        store.migrate()
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SET DateStyle = 'German'; SET TimeZone = 'Asia/Kolkata'")
+            cur.execute("SELECT audit.ensure_partition('2025-05-01')")
+            cur.execute("SELECT audit.ensure_partition('2025-05-01')")  # found again
+            assert cur.fetchone() == ("predictions_20250501",)
+            cur.execute("SET DateStyle = 'ISO'; SET TimeZone = 'UTC'")
+            cur.execute("SELECT pg_get_expr(relpartbound, oid) FROM pg_class "
+                        "WHERE relname = 'predictions_20250501'")
+            assert cur.fetchone() == ("FOR VALUES FROM ('2025-05-01 00:00:00+00') "
+                                      "TO ('2025-05-02 00:00:00+00')",)
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def test_a_day_only_partly_covered_by_hand_fails_with_what_to_do(store: PgStore,
                                                                   dsn: str) -> None:
     query(dsn, "CREATE TABLE audit.half_day (LIKE audit.predictions INCLUDING DEFAULTS)")

@@ -50,6 +50,7 @@ def migrate_until_ready(store: PgStore, stop: threading.Event,
                 applied = store.migrate()
         except StoreError as exc:
             log.warning("PostgreSQL not ready (%s); retrying in %.1fs", exc, delay)
+            notify(f"STATUS=waiting for PostgreSQL: {str(exc)[:200]}")
             stop.wait(delay)
             delay = min(delay * 2, 10.0)
             continue
@@ -75,8 +76,9 @@ def extending_start(until: float, every: float = EXTEND_EVERY_S) -> Iterator[Non
                 return
             if done.wait(every):
                 return
-        log.warning("migrations still running after the %.0f s allowed at start: "
-                    "systemd's start timeout applies from here", MIGRATE_EXTEND_MAX_S)
+        log.warning("migrations still running when the start-time budget ran out: systemd's "
+                    "start timeout applies from here (a longer migration: run `falconctl ship` "
+                    "by hand, outside systemd, once)")
 
     thread = threading.Thread(target=extend, daemon=True, name="extend-start")
     thread.start()

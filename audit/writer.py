@@ -199,20 +199,20 @@ class WalWriter:
         """Return once the bytes up to ``ticket`` are durable (batch policy); called
         without the lock."""
         while True:
-            with self._cond:
-                while True:
-                    if self._synced >= ticket:
-                        return
-                    if self.failed is not None:
-                        raise WalFailed(f"WAL stream {self.stream!r} failed: {self.failed}")
-                    if self._syncing:
-                        break
-                    self._lead_sync()
-                waiter = _Waiter(ticket)
-                self._waiters.append(waiter)
+            waiter = _Waiter(ticket)
             try:
+                with self._cond:
+                    while True:
+                        if self._synced >= ticket:
+                            return
+                        if self.failed is not None:
+                            raise WalFailed(f"WAL stream {self.stream!r} failed: {self.failed}")
+                        if self._syncing:
+                            break
+                        self._lead_sync()
+                    self._waiters.append(waiter)
                 waiter.lock.acquire()  # released by _wake with the outcome
-            except BaseException:  # interrupted (KeyboardInterrupt): leave, pass on a lead
+            except BaseException:  # (KeyboardInterrupt while queued: leave, pass on a lead)
                 with self._cond:
                     if waiter in self._waiters:
                         self._waiters.remove(waiter)

@@ -78,6 +78,8 @@ from wire import messages
 
 log = logging.getLogger(__name__)
 
+PAD_FAILURES_TO_UNBATCH = 3  # two-row runs that failed where the lone row worked
+
 RunFn = Callable[[dict[str, np.ndarray], list[str]], list[np.ndarray]]
 """Runs the model: ``(feeds, output names) -> arrays`` (``LoadedVersion.run``)."""
 TimerFn = Callable[[float, Callable[[], None]], Any]
@@ -238,12 +240,21 @@ class Batcher:
         self._timer: Any = None
         self._timer_at = math.inf
         self._split_failed = False  # set from a pool thread; a bool store is atomic
+        self._pad_failures = 0  # padded runs that failed where the lone row worked
         self._recent_run_s = math.inf  # exponential average of compute_s; inf: unknown
         self._pump_soon = False  # a pump is scheduled for the end of this loop turn
 
     @property
     def batching(self) -> bool:
         return self.policy.enabled and not self._split_failed
+
+    def to_wire(self) -> dict[str, Any]:
+        """The policy as configured, with ``enabled`` as it is now (a version whose
+        outputs or runs showed it cannot batch is unbatched at run time)."""
+        wire = self.policy.to_wire()
+        if wire["enabled"] and not self.batching:
+            wire.update(enabled=False, reason="turned off at run time (see the daemon's log)")
+        return wire
 
     async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str],
                     deadline: float) -> Answer:
@@ -449,15 +460,19 @@ class Batcher:
         module docstring); None when an output cannot be split by rows. If the
         two-row run raises, the row runs alone (its error, if any, is then the
         request's own); if alone it works, the version cannot take what batching
-        gives it and is unbatched from then on (logged once)."""
+        gives it and, after PAD_FAILURES_TO_UNBATCH such runs, is unbatched from
+        then on (logged)."""
         feeds = {name: np.concatenate([a, a]) for name, a in req.feeds.items()}
         try:
             arrays = self.run(feeds, list(req.outputs))
         except Exception as exc:  # ORT's own classes
             arrays = self.run(req.feeds, list(req.outputs))  # raises: the request's own error
-            self._split_failed = True
-            log.warning("model %s: a run of two rows failed where one row works (%s); "
-                        "batching is off for this version", self.name, exc)
+            self._pad_failures += 1  # NOTE: not at once: one could be an allocation failure
+            if self._pad_failures >= PAD_FAILURES_TO_UNBATCH and not self._split_failed:
+                self._split_failed = True
+                log.warning("model %s: runs of two rows failed %d times where one row works "
+                            "(last: %s); batching is off for this version", self.name,
+                            self._pad_failures, exc)
             return arrays
         if self._unsplittable(req.outputs, arrays, 2):
             return None

@@ -188,7 +188,7 @@ class DaemonServer:
             return await self._manage(op, req)
         if op == "metadata":
             lv = self._lookup(req)
-            return {**lv.metadata(), "batching": self.batcher(lv).policy.to_wire()}
+            return {**lv.metadata(), "batching": self.batcher(lv).to_wire()}
         if op == "infer":
             return await self._infer(req)
         raise _Fail(messages.PROTOCOL_ERROR, f"unknown op {op!r} (known: {', '.join(messages.OPS)})")

@@ -321,16 +321,19 @@ def test_a_model_that_takes_one_row_only_is_served_alone_and_unbatched(caplog):
 
     async def go() -> None:
         h = Harness(policy(rows=8, delay=0.0), one_row_only)
-        first = h.send(rows(1), ("y",))
-        await settle()
-        await h.release()
-        np.testing.assert_array_equal(first.result().outputs[0], rows(1) * 2)
-        assert runs == [2, 1] and h.batcher.batching is False
+        for i in range(3):  # each answered alone; the third failure turns batching off
+            assert h.batcher.batching is True
+            task = h.send(rows(1, i), ("y",))
+            await settle()
+            await h.release()
+            np.testing.assert_array_equal(task.result().outputs[0], rows(1, i) * 2)
+        assert runs == [2, 1] * 3 and h.batcher.batching is False
+        assert h.batcher.to_wire()["enabled"] is False
         later = [h.send(rows(1, i), ("y",)) for i in range(3)]
         await settle()
         while await h.release():
             pass
-        assert runs[2:] == [1, 1, 1]  # alone and unpadded from then on
+        assert runs[6:] == [1, 1, 1]  # alone and unpadded from then on
         for i, task in enumerate(later):
             np.testing.assert_array_equal(task.result().outputs[0], rows(1, i) * 2)
     run(go)

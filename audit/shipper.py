@@ -67,6 +67,7 @@ class Shipper:
             fail_max=3, reset_timeout=5, exclude=[StoreRejected], name="postgres")
         self.clock = clock
         self._positions: dict[str, Position] = {}
+        self._refused: dict[str, str] = {}  # stream -> why its last batch was refused
 
     def ship_once(self) -> ShipStats:
         """One pass over every stream: ship what is there, clean up what is done."""
@@ -75,6 +76,15 @@ class Shipper:
             stats.streams += 1
             try:
                 self._ship_stream(stream, stats)
+                self._refused.pop(stream, None)
+            except StoreRejected as exc:  # the database refused this stream's batch: its
+                # problem, retried every pass; the other streams go on shipping
+                self._positions.pop(stream, None)
+                if self._refused.get(stream) != str(exc):  # logged once per new reason
+                    log.error("stream %s: batch refused by the audit database (retried every "
+                              "pass): %s", stream, exc)
+                    self._refused[stream] = str(exc)
+                stats.errors.append(f"{stream}: {exc}")
             except (StoreError, pybreaker.CircuitBreakerError) as exc:
                 self._positions.pop(stream, None)  # re-read it: the commit may or may not be in
                 stats.errors.append(f"{stream}: {exc}")

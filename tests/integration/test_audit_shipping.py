@@ -230,6 +230,40 @@ def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):
     assert len(beats) == 5
 
 
+def test_a_batch_the_database_refuses_stalls_only_its_own_stream(tmp_path, pg_dsn, caplog):
+    """A record PostgreSQL refuses (a NUL byte in a text column) holds back its
+    stream, retried every pass and logged once; every other stream still ships."""
+    from dataclasses import replace
+
+    from audit.record import AuditRecord
+    from audit.shipper import Shipper
+    from audit.store import PgStore
+    from audit.wal import WalWriter
+
+    def rec(n: int, **fields: object) -> AuditRecord:
+        return AuditRecord(request_id=f"r-{n}", ts=time.time(), host="h", model="m",
+                           version="1", face="v1", input_digest="0" * 64, input_meta=[],
+                           outputs={}, labels=[n], cached=False, latency_ms=1.0, inputs=b"",
+                           api_key_id="", trace_id="", extra={}, **fields)
+
+    wal = tmp_path / "wal"
+    for stream, records in (("a-bad", [replace(rec(0), host="nul\x00byte"), rec(1)]),
+                            ("b-good", [rec(2), rec(3)]), ("c-good", [rec(4)])):
+        with WalWriter(wal, stream, sync="interval", min_free_bytes=0) as writer:
+            for r in records:
+                writer.append(r.to_payload())
+    store = PgStore(pg_dsn)
+    store.migrate()
+    shipper = Shipper(wal, store)
+    first, second = shipper.ship_once(), shipper.ship_once()
+    store.close()
+    assert (first.shipped, second.shipped) == (3, 0)
+    assert [e.split(":")[0] for e in first.errors] == ["a-bad"] == \
+        [e.split(":")[0] for e in second.errors]
+    assert sorted(audit_rows(pg_dsn)) == ["r-2", "r-3", "r-4"]
+    assert caplog.text.count("batch refused by the audit database") == 1
+
+
 def test_a_request_logged_twice_is_one_row_and_request_ids_carry_the_host(make_stack, pg_dsn):
     """HAProxy retries a request whose edge died before answering (retry-on);
     that edge may already have logged it. Both logs carry the same key — the

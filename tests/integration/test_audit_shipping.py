@@ -230,7 +230,7 @@ def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):
     assert len(beats) == 5
 
 
-def test_a_batch_the_database_refuses_stalls_only_its_own_stream(tmp_path, pg_dsn, caplog):
+def test_a_batch_the_database_refuses_stalls_only_its_own_stream(tmp_path, pg_cluster, caplog):
     """A record PostgreSQL refuses (a NUL byte in a text column) holds back its
     stream, retried every pass and logged once; every other stream still ships."""
     from dataclasses import replace
@@ -252,6 +252,7 @@ def test_a_batch_the_database_refuses_stalls_only_its_own_stream(tmp_path, pg_ds
         with WalWriter(wal, stream, sync="interval", min_free_bytes=0) as writer:
             for r in records:
                 writer.append(r.to_payload())
+    pg_dsn = fresh_database(pg_cluster, "refused")
     store = PgStore(pg_dsn)
     store.migrate()
     shipper = Shipper(wal, store)

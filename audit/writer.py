@@ -234,11 +234,14 @@ class WalWriter:
             return
         waiting: list[_Waiter] = []
         for waiter in self._waiters:
-            if waiter.ticket <= self._synced or self.failed is not None:
-                waiter.role = _DONE if waiter.ticket <= self._synced else _FAILED
-                waiter.lock.release()
+            if waiter.ticket <= self._synced:
+                waiter.role = _DONE
+            elif self.failed is not None:
+                waiter.role = _FAILED
             else:
                 waiting.append(waiter)
+                continue
+            waiter.lock.release()
         if waiting:
             lead = waiting.pop(0)
             lead.role = _LEAD

@@ -44,6 +44,7 @@ system: deps venv
 	$(PY) -m pytest -q tests/system
 
 bench: deps venv
+	@./ops/install-deps.sh wrk
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/compare.py
 

@@ -163,6 +163,55 @@ def test_request_golden_decodes_to_infer_with_two_tensors(read: Reader) -> None:
     assert (m_name, mask.dtype, mask.tolist()) == ("mask", np.dtype(bool), [True, False])
 
 
+def test_string_golden_holds_the_documented_layout(read: Reader) -> None:
+    """``request_strings.frame``: text [2, 2] as u32 LE length + UTF-8 per element."""
+    data = golden("request_strings.frame")
+    [(kind, payload)], _ = read(data)
+    text = payload["inputs"][0]
+    assert (text["dtype"], text["shape"]) == (messages.STRING, [2, 2])
+    cafe = "caf\u00e9 \u2615".encode()
+    assert text["data"] == (b"\x03\0\0\0red" + b"\0\0\0\0" + len(cafe).to_bytes(4, "little")
+                            + cafe + b"\x04\0\0\0blue")
+    assert text["data"] in data  # raw in the frame (msgpack bin), never pickled
+    [(name, arr), (_, x)] = messages.decode_tensors(payload["inputs"], "inputs")
+    assert name == "text" and arr.dtype == object and arr.shape == (2, 2)
+    assert arr.tolist() == [["red", ""], ["caf\u00e9 \u2615", "blue"]]
+    assert all(type(e) is str for e in arr.reshape(-1)) and not arr.flags.writeable
+    assert x.tolist() == [[0.5], [-2.0]]
+
+
+@pytest.mark.parametrize("arr", [np.array(["a", "bb"]), np.array([b"x", b""], dtype=object),
+                                 np.array([["\u00e9"], [""]], dtype=object),
+                                 np.array("zero-d", dtype=object), np.empty((0, 3), dtype=object)],
+                         ids=["unicode", "bytes", "2d", "0d", "empty"])
+def test_string_tensor_round_trip(arr: np.ndarray) -> None:
+    msg = messages.encode_tensor("s", arr)
+    assert msg["dtype"] == "|O" and msg["shape"] == list(arr.shape)
+    _, back = messages.decode_tensor(over_the_wire(msg))
+    assert back.shape == arr.shape and back.dtype == object
+    want = [e.decode() if isinstance(e, bytes) else str(e) for e in arr.reshape(-1).tolist()]
+    assert back.reshape(-1).tolist() == want
+
+
+def strings(shape: list[int], data: bytes) -> dict[str, Any]:
+    return {"name": "s", "dtype": "|O", "shape": shape, "data": data}
+
+
+@pytest.mark.parametrize("obj, words", [
+    (strings([1], b"\x05\0\0\0abc"), ["element 0", "length 5", "past the end"]),
+    (strings([2], b"\x01\0\0\0a\x01\0\0"), ["element 1", "length prefix"]),
+    (strings([1], b"\x02\0\0\0\xff\xfe"), ["element 0", "not valid UTF-8"]),
+    (strings([1], b"\x01\0\0\0ab"), ["1 bytes follow"]),
+    (strings([2**40], b"\0\0\0\0"), ["cannot hold"]),
+], ids=["length-past-end", "prefix-past-end", "not-utf8", "trailing", "hostile-shape"])
+def test_decode_string_tensor_rejects_malformed(obj: dict[str, Any], words: list[str]) -> None:
+    with pytest.raises(MessageError) as info:
+        messages.decode_tensor(obj, "inputs[0]")
+    assert str(info.value).startswith("inputs[0].data:")
+    for word in words:
+        assert word in str(info.value)
+
+
 def test_response_goldens_decode(read: Reader) -> None:
     got, end = read(golden("response_ok.frame") + golden("response_error.frame"))
     assert isinstance(end, frames.ConnectionClosed)
@@ -346,9 +395,9 @@ def test_decoded_tensor_is_a_read_only_view() -> None:
     assert not arr.flags.writeable
 
 
-@pytest.mark.parametrize("arr", [np.zeros(2, np.complex64), np.array(["a"]),
+@pytest.mark.parametrize("arr", [np.zeros(2, np.complex64), np.array(["a", 3], dtype=object),
                                  np.array([object()]), np.zeros(2, "datetime64[s]")],
-                         ids=["complex64", "str", "object", "datetime64"])
+                         ids=["complex64", "str-and-int", "object", "datetime64"])
 def test_encode_refuses_dtypes_that_cannot_travel(arr: np.ndarray) -> None:
     with pytest.raises(MessageError, match="cannot travel on the wire"):
         messages.encode_tensor("t", arr)

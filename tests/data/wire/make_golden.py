@@ -10,6 +10,8 @@ decode them. Regenerate only on a deliberate protocol change, and commit the res
 - ``request_infer.frame``  REQUEST, op "infer", tensors x float32 [2, 3], mask bool [2]
 - ``response_ok.frame``    RESPONSE, ok, one float32 [2, 3] output
 - ``response_error.frame`` RESPONSE, error as plain data (Overloaded, retryable)
+- ``request_strings.frame`` REQUEST, op "infer", a string tensor text [2, 2] (one
+  element empty, one non-ASCII) and a float32 [2, 1]: the string layout
 - ``torn.frame``           request_infer.frame cut in the middle of its payload
 """
 
@@ -42,6 +44,13 @@ RESPONSE_OK: dict[str, Any] = {
                "outputs": [messages.encode_tensor("probabilities", PROBABILITIES)],
                "queue_us": 120, "compute_us": 340},
 }
+TEXT = np.array([["red", ""], ["caf\u00e9 \u2615", "blue"]], dtype=object)
+REQUEST_STRINGS: dict[str, Any] = {
+    "id": 9, "op": "infer", "deadline_ms": 2000, "model": "colors", "version": "1",
+    "inputs": [messages.encode_tensor("text", TEXT),
+               messages.encode_tensor("x", np.array([[0.5], [-2.0]], dtype=np.float32))],
+    "outputs": None,
+}
 RESPONSE_ERROR: dict[str, Any] = {
     "id": 8, "ok": False, "error": messages.error(messages.OVERLOADED, "queue full"),
 }
@@ -51,6 +60,7 @@ FRAMES: dict[str, tuple[int, dict[str, Any]]] = {
     "request_infer.frame": (frames.REQUEST, REQUEST_INFER),
     "response_ok.frame": (frames.RESPONSE, RESPONSE_OK),
     "response_error.frame": (frames.RESPONSE, RESPONSE_ERROR),
+    "request_strings.frame": (frames.REQUEST, REQUEST_STRINGS),
 }
 
 

@@ -10,6 +10,21 @@ Fields are plain data (str, int, float, bool, bytes, lists and maps of
 those). ``outputs`` holds every returned tensor as
 ``{name: {"dtype", "shape", "data": nested lists}}`` with non-finite floats
 replaced by None (PostgreSQL's JSONB has no NaN), so it can go into JSONB as is.
+A string tensor's ``data`` holds ``str`` (its dtype is ``"|O"``), labels are what the
+model gives (``str`` or ``int``).
+
+``inputs`` are the edge's canonical input bytes (``edge.audit.canonical``), one
+frame per input tensor sorted by name::
+
+    +---------------+----------------------------------+-----------------------------+
+    | u32 LE header | header (UTF-8): name NUL dtype   | data: raw little-endian     |
+    | length        | NUL dims joined by "," NUL       | bytes, C order; for "|O"    |
+    |               |                                  | the wire's string layout    |
+    +---------------+----------------------------------+-----------------------------+
+
+(the string layout: per element a u32 little-endian byte length, then UTF-8;
+:mod:`wire.messages`).
+:func:`decode_inputs` reads them back (``falconctl wal dump --tensors``).
 """
 
 from __future__ import annotations
@@ -19,6 +34,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 import msgpack
+import numpy as np
+
+from wire.messages import STRING, MessageError, unpack_strings_from
 
 RECORD_VERSION = 1
 
@@ -96,3 +114,30 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value
+
+
+def decode_inputs(data: bytes) -> dict[str, dict[str, Any]]:
+    """Canonical input bytes (see the module docstring) as ``{name: {"dtype", "shape",
+    "data": nested lists}}``. Raises :class:`RecordError` for bytes that are not."""
+    view = memoryview(data)
+    tensors: dict[str, dict[str, Any]] = {}
+    offset = 0
+    try:
+        while offset < len(view):
+            size = int.from_bytes(view[offset:offset + 4], "little")
+            name, dtype, dims, _ = str(view[offset + 4:offset + 4 + size], "utf-8").split("\0")
+            offset += 4 + size
+            shape = [int(d) for d in dims.split(",") if d]
+            count = math.prod(shape)
+            if dtype == STRING:
+                arr, offset = unpack_strings_from(view, offset, count, name)
+            else:
+                dt = np.dtype(dtype)
+                if offset + count * dt.itemsize > len(view):
+                    raise RecordError(f"input {name!r}: data past the end")
+                arr = np.frombuffer(view, dt, count, offset)
+                offset += count * dt.itemsize
+            tensors[name] = {"dtype": dtype, "shape": shape, "data": arr.reshape(shape).tolist()}
+    except (ValueError, TypeError, MessageError) as exc:  # MessageError is a ValueError
+        raise RecordError(f"not canonical input bytes at {offset}: {exc}") from None
+    return tensors

@@ -14,7 +14,9 @@
 
 Records print as :meth:`AuditRecord.to_row` plus ``stream``, ``segment`` and ``offset``
 (the position after the record); the ``inputs`` bytes are replaced by their length
-(``inputs_bytes``) unless ``--bytes`` asks for them in base64. A payload that is not an
+(``inputs_bytes``) unless ``--bytes`` asks for them in base64; ``--tensors`` adds them
+decoded as ``input_tensors`` (``{name: {"dtype", "shape", "data"}}``, strings as
+strings: :func:`audit.record.decode_inputs`). A payload that is not an
 audit record prints as ``{"error": ..., "payload_bytes": n}``. The functions here write to
 a text stream and return an exit status, so tests call them directly.
 """
@@ -33,7 +35,7 @@ from typing import IO, Any, NamedTuple
 import orjson
 
 from audit.reader import StreamReader, list_streams
-from audit.record import AuditRecord, RecordError
+from audit.record import AuditRecord, RecordError, decode_inputs
 from audit.segment import (
     HEADER,
     SEGMENT_RE,
@@ -57,12 +59,18 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def record_doc(payload: bytes, *, include_bytes: bool = False) -> dict[str, Any]:
+def record_doc(payload: bytes, *, include_bytes: bool = False,
+               tensors: bool = False) -> dict[str, Any]:
     """What one record prints as (without its position)."""
     try:
         row = AuditRecord.from_payload(payload).to_row()
     except RecordError as exc:
         return {"error": str(exc), "payload_bytes": len(payload)}
+    if tensors and row["inputs"] is not None:
+        try:
+            row["input_tensors"] = decode_inputs(row["inputs"])
+        except RecordError as exc:
+            row["input_tensors"] = {"error": str(exc)}
     if not include_bytes:
         inputs = row.pop("inputs")
         row["inputs_bytes"] = None if inputs is None else len(inputs)
@@ -205,7 +213,8 @@ def _segment_problem(report: SegmentReport, stream: str | None, seg: int | None)
     return None
 
 
-def dump(target: Path, out: IO[str], *, include_bytes: bool = False) -> int:
+def dump(target: Path, out: IO[str], *, include_bytes: bool = False,
+         tensors: bool = False) -> int:
     """Print every record of a segment file or of a stream directory; 1 on corruption."""
     target = Path(target)
     if target.is_dir():
@@ -223,7 +232,7 @@ def dump(target: Path, out: IO[str], *, include_bytes: bool = False) -> int:
                         "created_ns": h.created_ns, "bytes": report.size})
         for start, end, payload in report.records:
             _emit(out, {"segment": h.segment if h else None, "offset": start, "end": end,
-                        **record_doc(payload, include_bytes=include_bytes)})
+                        **record_doc(payload, include_bytes=include_bytes, tensors=tensors)})
         problem = _segment_problem(report, stream, int(m.group(1), 16) if m else None)
         if problem is not None:
             _emit(out, {"segment_file": str(path), "corrupt": problem})
@@ -289,7 +298,7 @@ def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path],
         target = Path(args.target)
         if not target.exists() and "/" not in args.target:
             target = wal_dir(s, args) / args.target  # a stream name
-        return dump(target, sys.stdout, include_bytes=args.bytes)
+        return dump(target, sys.stdout, include_bytes=args.bytes, tensors=args.tensors)
 
     def run_verify(s: Any, args: argparse.Namespace) -> int:
         return verify(wal_dir(s, args), sys.stdout)
@@ -306,6 +315,8 @@ def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path],
     d = sub.add_parser("dump", help="print every record of a segment or stream")
     d.add_argument("target", help="a segment file, a stream directory or a stream name")
     d.add_argument("--bytes", action="store_true", help="print input bytes (base64)")
+    d.add_argument("--tensors", action="store_true",
+                   help="print the inputs decoded (input_tensors; strings as strings)")
     d.set_defaults(func=run_dump)
     v = sub.add_parser("verify", help="check every segment; exit 1 on corruption")
     v.set_defaults(func=run_verify)

@@ -29,6 +29,7 @@ from audit.record import AuditRecord
 from audit.wal import WalError, WalFailed, WalWriter
 from edge import metrics
 from edge.errors import Unavailable
+from wire.messages import STRING, pack_strings
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +60,20 @@ Canonical = tuple[bytes, list[dict[str, Any]]]
 def canonical(inputs: list[tuple[str, np.ndarray]]) -> Canonical:
     """Canonical bytes of a request's inputs (sorted by name; name, dtype and
     shape framed before the raw little-endian data) and their metadata. Two
-    requests with the same tensors have the same bytes whatever their order."""
+    requests with the same tensors have the same bytes whatever their order.
+
+    A string tensor (dtype ``|O``) is framed the same way; its data is the wire
+    protocol's string layout (:func:`wire.messages.pack_strings`: per element a
+    u32 little-endian byte length, then UTF-8), never object pointers.
+    ``falconctl wal dump --bytes`` shows these bytes and ``audit.walcli`` decodes them."""
     parts, meta = [], []
     for name, arr in sorted(inputs, key=lambda item: item[0]):
         arr = np.ascontiguousarray(arr)
-        header = f"{name}\0{arr.dtype.str}\0{','.join(map(str, arr.shape))}\0".encode()
-        parts += [len(header).to_bytes(4, "little"), header, arr.tobytes()]
-        meta.append({"name": name, "dtype": arr.dtype.str, "shape": list(arr.shape)})
+        dtype = STRING if arr.dtype.kind in "OUST" else arr.dtype.str
+        header = f"{name}\0{dtype}\0{','.join(map(str, arr.shape))}\0".encode()
+        data = pack_strings(arr) if dtype == STRING else arr.tobytes()
+        parts += [len(header).to_bytes(4, "little"), header, data]
+        meta.append({"name": name, "dtype": dtype, "shape": list(arr.shape)})
     return b"".join(parts), meta
 
 

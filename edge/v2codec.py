@@ -25,7 +25,16 @@ which then sets ``binary_data_output: true``) every model output is returned, bi
 
 Decisions:
 
-- Inputs are numeric or BOOL; BYTES inputs are refused. Outputs may also be BYTES.
+- Tensors are numeric, BOOL or BYTES, in and out. A BYTES tensor decodes to a numpy
+  object array of ``str`` (ONNX's ``tensor(string)``): every element must be UTF-8, in
+  JSON a string (a number is refused, as a string is in a numeric tensor), in binary
+  data ``prod(shape)`` length-prefixed elements filling its ``binary_data_size``
+  exactly (:func:`wire.messages.unpack_strings`, the same layout as the daemon
+  protocol's). A BYTES output's element that is not UTF-8 cannot exist: the daemon
+  protocol carries only UTF-8.
+- ``max_body_elements`` bounds the numeric elements a request declares, before any is
+  decoded; a BYTES tensor counts its bytes (4 per element plus its UTF-8 bytes), so a
+  few long strings weigh what they cost.
 - Decoded arrays are read-only. Binary inputs are views into the body (no copy) unless
   the view is misaligned for its dtype, in which case they are copied once so that every
   consumer gets an aligned array.
@@ -40,7 +49,6 @@ Decisions:
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
@@ -50,6 +58,7 @@ import numpy as np
 import orjson
 
 from edge.errors import InvalidInput, PayloadTooLarge
+from wire.messages import MessageError, pack_strings, unpack_strings
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 
@@ -68,7 +77,7 @@ V2_TO_NUMPY: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
 }
 _NUMPY_TO_V2 = {dtype: name for name, dtype in V2_TO_NUMPY.items()}
-_BYTES_LENGTH = struct.Struct("<I")  # BYTES element prefix in binary tensor data
+BYTES = np.dtype(object)  # a decoded BYTES tensor: an object array of str
 
 # JSON element types accepted per dtype kind (exact types: a bool is not an int here).
 _JSON_TYPES: dict[str, frozenset[type]] = {
@@ -76,8 +85,10 @@ _JSON_TYPES: dict[str, frozenset[type]] = {
     "i": frozenset({int}),
     "u": frozenset({int}),
     "f": frozenset({int, float}),
+    "O": frozenset({str}),
 }
-_WANTED = {"b": "a boolean", "i": "an integer", "u": "an integer", "f": "a number"}
+_WANTED = {"b": "a boolean", "i": "an integer", "u": "an integer", "f": "a number",
+           "O": "a string"}
 _JSON_NAMES = {bool: "boolean", int: "integer", float: "number", str: "string",
                type(None): "null", list: "array", dict: "object"}
 
@@ -177,7 +188,7 @@ def _load_object(header: memoryview) -> dict:
     try:
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput("body", f"not valid JSON: {exc}") from None
+        raise InvalidInput("body", f"not valid JSON: {exc}{utf8_error(header)}") from None
     if not isinstance(doc, dict):
         raise InvalidInput("body", "must be a JSON object")
     return doc
@@ -209,7 +220,7 @@ def _input_specs(inputs: Any, has_binary: bool, max_elements: int) -> list[_Inpu
         if spec.name in seen:
             raise InvalidInput(f"{spec.field}.name", f"duplicate input name {spec.name!r}")
         seen.add(spec.name)
-        total += spec.count
+        total += spec.count if spec.dtype != BYTES else _bytes_size(spec)
         if total > max_elements:
             raise PayloadTooLarge(
                 f"{spec.field}.shape",
@@ -239,10 +250,10 @@ def _datatype(value: Any, where: str) -> np.dtype:
     if value is None:
         raise InvalidInput(where, "required")
     if value == "BYTES":
-        raise InvalidInput(where, "BYTES tensors are not supported")
+        return BYTES
     dtype = V2_TO_NUMPY.get(value) if isinstance(value, str) else None
     if dtype is None:
-        known = ", ".join(V2_TO_NUMPY)
+        known = ", ".join([*V2_TO_NUMPY, "BYTES"])
         raise InvalidInput(where, f"unknown datatype {value!r}; use one of {known}")
     return dtype
 
@@ -291,6 +302,8 @@ def _arrays(specs: list[_InputSpec], blob: memoryview) -> list[tuple[str, np.nda
 def _from_binary(spec: _InputSpec, blob: memoryview, offset: int) -> np.ndarray:
     where = f"{spec.field}.parameters.binary_data_size"
     size = spec.binary_size
+    if spec.dtype == BYTES:
+        return _strings_from_binary(spec, blob, offset)
     expected = spec.count * spec.dtype.itemsize
     if size != expected:
         raise InvalidInput(where, f"is {size} bytes; shape {list(spec.shape)} needs {expected}")
@@ -304,6 +317,42 @@ def _from_binary(spec: _InputSpec, blob: memoryview, offset: int) -> np.ndarray:
     return arr.reshape(spec.shape)
 
 
+def _strings_from_binary(spec: _InputSpec, blob: memoryview, offset: int) -> np.ndarray:
+    size = spec.binary_size or 0
+    if offset + size > len(blob):
+        raise InvalidInput(f"{spec.field}.parameters.binary_data_size",
+                           f"is {size} bytes; only {len(blob) - offset} remain")
+    try:
+        arr = unpack_strings(blob[offset:offset + size], spec.count, "data")
+    except MessageError as exc:  # "data: element 3: ..." -> the input's own field
+        raise InvalidInput(spec.field, f"binary BYTES {str(exc).removeprefix('data: ')} "
+                                       f"(shape {list(spec.shape)})") from None
+    return arr.reshape(spec.shape)
+
+
+def _bytes_size(spec: _InputSpec) -> int:
+    """What a BYTES input weighs against the limit: its binary size, or for JSON data
+    4 bytes per element plus the UTF-8 bytes of its strings (the same measure)."""
+    if spec.binary_size is not None:
+        return max(spec.binary_size, 4 * spec.count)
+    data = spec.data if isinstance(spec.data, list) else []
+    try:
+        flat = _flatten(data, "data")
+    except InvalidInput:
+        return 4 * spec.count  # reported with its field when decoded
+    return 4 * max(spec.count, len(flat)) + sum(
+        len(x.encode("utf-8", "surrogatepass")) for x in flat if type(x) is str)
+
+
+def utf8_error(data: bytes | memoryview) -> str:
+    """"; invalid UTF-8 at byte N" when ``data`` is not UTF-8 (JSON must be), else ""."""
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError as exc:
+        return f"; invalid UTF-8 at byte {exc.start} (JSON text must be UTF-8)"
+    return ""
+
+
 def _from_json(spec: _InputSpec) -> np.ndarray:
     where = f"{spec.field}.data"
     flat = _flatten(spec.data, where)
@@ -312,6 +361,10 @@ def _from_json(spec: _InputSpec) -> np.ndarray:
         raise InvalidInput(where, f"has {len(flat)} elements; shape {shape} needs {spec.count}")
     kind = spec.dtype.kind
     _check_types(flat, kind, where)
+    if kind == "O":
+        arr = np.empty(len(flat), dtype=object)
+        arr[:] = flat
+        return arr.reshape(spec.shape)
     if kind in "iu":
         _check_int_range(flat, spec.dtype, where)
     with np.errstate(over="ignore"):
@@ -439,11 +492,7 @@ def encode_infer_response(
 def _binary_blob(arr: np.ndarray, datatype: str) -> bytes | np.ndarray:
     """Little-endian row-major bytes of ``arr`` (a uint8 view when no copy is needed)."""
     if datatype == "BYTES":
-        parts: list[bytes] = []
-        for element in arr.reshape(-1).tolist():
-            raw = element if isinstance(element, bytes) else str(element).encode()
-            parts += (_BYTES_LENGTH.pack(len(raw)), raw)
-        return b"".join(parts)
+        return pack_strings(arr)
     little = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
     return little.reshape(-1).view(np.uint8)
 

@@ -252,7 +252,9 @@ def one_input(**overrides) -> dict:
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"data": [1, 2, 3]}, "inputs[0].data"),
     ({"datatype": "FP8"}, "inputs[0].datatype"),
-    ({"datatype": "BYTES"}, "inputs[0].datatype"),
+    ({"datatype": "BYTES"}, "inputs[0].data"),
+    ({"datatype": "BYTES", "data": ["a", "b", 3, "d"]}, "inputs[0].data"),
+    ({"datatype": "BYTES", "data": ["a", "b", "c"]}, "inputs[0].data"),
     ({"shape": [2, -2]}, "inputs[0].shape"),
     ({"shape": [2, 2.0]}, "inputs[0].shape"),
     ({"shape": "2x2"}, "inputs[0].shape"),
@@ -377,3 +379,68 @@ def test_both_data_and_binary_data_size_is_ambiguous():
     doc["inputs"][0]["data"] = sample("FP32").ravel().tolist()
     header = orjson.dumps(doc)
     expect_invalid("inputs[0].data", decode, header + body[length:], len(header))
+
+
+# --- BYTES (string) tensors ---------------------------------------------------------------
+
+WORDS = np.array([["red", ""], ["caf\u00e9", "\u2615 tea"]], dtype=object)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_bytes_input_from_tritonclient_decodes_to_str_objects(binary):
+    body, length = client_body([client_input("text", WORDS, binary)])
+    [(name, arr)] = decode(body, length).inputs
+    assert name == "text" and arr.dtype == object and arr.shape == (2, 2)
+    assert arr.tolist() == WORDS.tolist() and all(type(e) is str for e in arr.flat)
+    assert not arr.flags.writeable
+
+
+def test_bytes_input_from_encoded_bytes_objects_in_binary():
+    """tritonclient also takes numpy bytes (np.object_ of bytes): UTF-8 ones decode to str."""
+    raw = np.array([b"abc", "\u00e9".encode()], dtype=np.object_)
+    body, length = client_body([client_input("t", raw, True)])
+    assert decode(body, length).inputs[0][1].tolist() == ["abc", "\u00e9"]
+
+
+def bytes_request(blob: bytes, shape: list[int]) -> tuple[bytes, int]:
+    header = orjson.dumps({"inputs": [{"name": "t", "datatype": "BYTES", "shape": shape,
+                                       "parameters": {"binary_data_size": len(blob)}}]})
+    return header + blob, len(header)
+
+
+@pytest.mark.parametrize(("blob", "shape", "words"), [
+    (b"\x09\0\0\0abc", [1], ["element 0", "length 9", "past the end"]),
+    (b"\x01\0\0\0a\x01\0\0", [2], ["element 1", "length prefix"]),
+    (b"\x01\0\0\0a", [2], ["cannot hold the 2 elements"]),
+    (b"\x01\0\0\0a\x00\0\0\0", [1], ["4 bytes follow"]),
+    (b"\x02\0\0\0\xc3\x28", [1], ["element 0", "not valid UTF-8"]),
+], ids=["length-past-end", "prefix-past-end", "too-few", "too-many", "not-utf8"])
+def test_malformed_binary_bytes_name_the_input(blob, shape, words):
+    err = expect_invalid("inputs[0]", decode, *bytes_request(blob, shape))
+    for word in words:
+        assert word in err.reason, err.reason
+
+
+def test_non_utf8_json_body_says_where():
+    body = b'{"inputs": [{"name": "t", "datatype": "BYTES", "shape": [1], "data": ["\xff"]}]}'
+    err = expect_invalid("body", decode, body)
+    assert f"invalid UTF-8 at byte {body.index(0xFF)}" in err.reason
+
+
+def test_bytes_count_their_bytes_against_the_limit():
+    """Two 600-byte strings weigh 1208, not 2 elements."""
+    doc = {"inputs": [{"name": "t", "datatype": "BYTES", "shape": [2], "data": ["x" * 600] * 2}]}
+    expect_invalid("inputs[0].shape", decode, orjson.dumps(doc), limit=1000, error=PayloadTooLarge)
+    assert decode(orjson.dumps(doc), limit=1208).inputs[0][1].shape == (2,)
+    body, length = bytes_request(b"\x02\0\0\0ab" * 300, [300])
+    expect_invalid("inputs[0].shape", decode, body, length, limit=1799, error=PayloadTooLarge)
+    assert decode(body, length, limit=1800).inputs[0][1].shape == (300,)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_string_outputs_read_back_by_tritonclient(binary):
+    body, headers = encode_infer_response(model_name="m", model_version="1", request_id=None,
+                                          outputs=[("label", WORDS)],
+                                          binary={"label"} if binary else set())
+    got = client_result(body, headers).as_numpy("label")
+    assert [e.decode() if isinstance(e, bytes) else e for e in got.flat] == list(WORDS.flat)

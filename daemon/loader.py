@@ -22,6 +22,15 @@ How the session runs on the shared buffers without a private copy:
 
 The segment name is derived from the file's identity (path, size, mtime,
 inode), so a replaced model file gets a new segment, never a stale one.
+
+Types served (:data:`ORT_TO_NUMPY`): every numeric tensor type, bool, and
+``tensor(string)`` (numpy object arrays of ``str``, :data:`wire.messages.STRING`
+on the wire). A ``seq(map(int64|string, tensor(float)))`` output made by a
+``ZipMap`` node (skl2onnx's default for classifiers) is served as a float32
+``[N, C]`` tensor under the output's own name, column ``j`` the probability of
+the ZipMap's ``classlabels_int64s``/``classlabels_strings[j]``; those labels are
+the output's ``class_labels`` in the metadata (:class:`TensorSpec`). Any other
+type is refused at load time with what to do instead (:func:`_spec`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from onnx import TensorProto, numpy_helper
 
 import shm
 from daemon.repository import VersionEntry
+from wire.messages import STRING
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +66,12 @@ ORT_TO_NUMPY = {
     "tensor(int16)": "<i2", "tensor(uint16)": "<u2", "tensor(int32)": "<i4",
     "tensor(uint32)": "<u4", "tensor(int64)": "<i8", "tensor(uint64)": "<u8",
     "tensor(float16)": "<f2", "tensor(float)": "<f4", "tensor(double)": "<f8",
+    "tensor(string)": STRING,
 }
+ZIPMAP_TYPES = ("seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))")
+ZIPMAP_ADVICE = ("serve class probabilities as a ZipMap node's output (skl2onnx's default) "
+                 "or as a float tensor: convert with options={'zipmap': False} "
+                 "(skl2onnx) or zipmap=False (onnxmltools)")
 
 
 class LoadError(Exception):
@@ -68,11 +83,16 @@ class LoadError(Exception):
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str            # numpy type string, e.g. "<f4"
+    dtype: str            # numpy type string, e.g. "<f4"; "|O" for strings
     shape: tuple[int, ...]  # -1 for a dynamic dimension
+    # A ZipMap output's class labels (ints or strs), in column order; () otherwise.
+    class_labels: tuple[int | str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        wire: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.class_labels:
+            wire["class_labels"] = list(self.class_labels)
+        return wire
 
 
 @dataclass
@@ -89,6 +109,10 @@ class LoadedVersion:
     load_seconds: float
     inflight: int = 0         # requests admitted and not yet answered (the event loop counts)
     _ortvalues: list[Any] = field(default_factory=list, repr=False)
+    _zipmaps: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._zipmaps = {s.name: s.class_labels for s in self.outputs if s.class_labels}
 
     @property
     def model(self) -> str:
@@ -109,7 +133,14 @@ class LoadedVersion:
                 "config": self.entry.config.to_wire(), "weight_bytes": self.weight_bytes}
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        return self.session.run(output_names, feeds)
+        """ONNX Runtime's outputs; a ZipMap output (a list of dicts) as its [N, C] tensor."""
+        arrays = self.session.run(output_names, feeds)
+        if self._zipmaps:
+            for i, name in enumerate(output_names):
+                labels = self._zipmaps.get(name)
+                if labels is not None:
+                    arrays[i] = zipmap_to_array(arrays[i], labels)
+        return arrays
 
     def close(self, unlink: bool) -> None:
         """Drop the session, then the OrtValues, then the mapping (that order:
@@ -139,7 +170,8 @@ def load(entry: VersionEntry, *, prefix: str, placeholder_dir: Path,
     try:
         session, ortvalues = _session(segment, entry, placeholder_dir, intra_op_threads)
         inputs = [_spec(a, "input") for a in session.get_inputs()]
-        outputs = [_spec(a, "output") for a in session.get_outputs()]
+        zipmaps = _zipmap_labels(segment, session)
+        outputs = [_spec(a, "output", zipmaps) for a in session.get_outputs()]
     except BaseException:
         segment.close()
         if not attached:
@@ -151,13 +183,22 @@ def load(entry: VersionEntry, *, prefix: str, placeholder_dir: Path,
 
 
 def _attach_or_publish(name: str, entry: VersionEntry) -> tuple[shm.Segment, bool]:
+    """The intact segment ``name`` (re-attached, digest verified) or a new one.
+
+    Segments live in a directory only the service user can enter (:mod:`shm.names`),
+    so whatever sits under ``name`` there was put by us (or root): a corrupt or
+    foreign entry (:class:`shm.SegmentForeign`: a link, FIFO, another owner) is
+    removed and the version published afresh, never read and never fatal."""
     try:
         return shm.attach(name), True
     except shm.SegmentNotFound:
         pass
-    except shm.SegmentCorrupt as exc:
+    except shm.SegmentCorrupt as exc:  # SegmentForeign included
         log.warning("segment %s is corrupt (%s): rebuilding it", name, exc)
-        shm.unlink(name)
+        try:
+            shm.unlink(name)
+        except OSError as err:  # a directory under that name, say
+            raise LoadError(f"segment {name} cannot be replaced: {err}") from None
     graph, arrays = _strip(entry.path)
     try:
         segment = shm.publish(name, arrays, {GRAPH_BLOB: graph},
@@ -216,13 +257,57 @@ def _session(segment: shm.Segment, entry: VersionEntry, placeholder_dir: Path,
     return session, ortvalues
 
 
-def _spec(arg: Any, what: str) -> TensorSpec:
+def _spec(arg: Any, what: str,
+          zipmaps: dict[str, tuple[int | str, ...]] | None = None) -> TensorSpec:
+    labels = (zipmaps or {}).get(arg.name)
+    if labels is not None:
+        return TensorSpec(arg.name, "<f4", (-1, len(labels)), labels)
     dtype = ORT_TO_NUMPY.get(arg.type)
     if dtype is None:
-        raise LoadError(f"{what} {arg.name!r} has unsupported type {arg.type} "
-                        "(numeric and bool tensors only)")
+        raise LoadError(f"{what} {arg.name!r} has unsupported type {arg.type}: {_advice(arg)}")
     shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
     return TensorSpec(arg.name, dtype, shape)
+
+
+def _advice(arg: Any) -> str:
+    """What to do about a type the daemon cannot serve."""
+    served = "numeric, bool and string tensors and ZipMap outputs are served"
+    if arg.type.startswith("seq(map("):
+        return (f"only a ZipMap node's seq(map(int64|string, tensor(float))) is served as a "
+                f"[N, C] tensor; {ZIPMAP_ADVICE}")
+    if arg.type.startswith(("seq(", "map(", "optional(")):
+        return f"{served}; export the model so that this {arg.type.split('(')[0]} is a tensor"
+    return f"{served}; cast it in the graph (e.g. a Cast node to float or int64) before export"
+
+
+def _zipmap_labels(segment: shm.Segment, session: ort.InferenceSession
+                   ) -> dict[str, tuple[int | str, ...]]:
+    """Class labels of every graph output produced by a ZipMap node, by output name.
+    Only models with a sequence output pay for parsing the (weight-stripped) graph."""
+    if not any(o.type in ZIPMAP_TYPES for o in session.get_outputs()):
+        return {}
+    graph = onnx.load_from_string(bytes(segment.blobs[GRAPH_BLOB])).graph
+    outputs = {o.name for o in graph.output}
+    labels: dict[str, tuple[int | str, ...]] = {}
+    for node in graph.node:
+        if node.op_type != "ZipMap" or node.output[0] not in outputs:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "classlabels_int64s" in attrs:
+            labels[node.output[0]] = tuple(int(v) for v in attrs["classlabels_int64s"].ints)
+        elif "classlabels_strings" in attrs:
+            labels[node.output[0]] = tuple(v.decode("utf-8")
+                                           for v in attrs["classlabels_strings"].strings)
+    return labels
+
+
+def zipmap_to_array(rows: Any, labels: tuple[int | str, ...]) -> np.ndarray:
+    """ZipMap's output (one ``{label: probability}`` dict per row) as float32 ``[N, C]``,
+    columns in ``labels`` order. The values are ZipMap's float32 inputs, unchanged."""
+    out = np.empty((len(rows), len(labels)), dtype=np.float32)
+    for i, row in enumerate(rows):
+        out[i] = [row[label] for label in labels]
+    return out
 
 
 def _trim_heap() -> None:

@@ -25,7 +25,7 @@ from edge.audit import Auditor, Canonical, RequestContext, canonical, input_dige
 from edge.breaker import Breaker, Open
 from edge.cache import PredictionCache, cache_key
 from edge.daemon_client import DaemonClient
-from edge.validation import ModelMeta, check_tensors, instances_to_array
+from edge.validation import ModelMeta, check_tensors, instances_to_inputs
 from wire import messages
 from wire.messages import MessageError, RemoteError
 
@@ -206,7 +206,7 @@ class Core:
                 deadline: float) -> Prediction:
         """The simple face: rows in, a label and class probabilities per row out."""
         meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
-        inputs = [instances_to_array(meta, instances, self.max_rows)]
+        inputs = instances_to_inputs(meta, instances, self.max_rows)
         result, canon = self._answer(meta, inputs, deadline, ctx.trace_id)
         rows = classify(meta, result)
         self._audit(ctx, result, canon, [row.get("label") for row in rows])
@@ -262,20 +262,51 @@ def choose(split: dict[str, int], routing_key: str) -> str:
 
 
 def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:
-    """Per row: ``label`` and ``probabilities`` (class name -> probability).
+    """Per row: ``label`` and ``probabilities`` (class label -> probability).
 
-    Uses the outputs the model config names; without them, the first 2-D
-    float output is taken as probabilities and its argmax as the label.
+    The probabilities are the output the model config names, else the model's
+    ZipMap output (served as [N, C], its class labels in the metadata), else the
+    first 2-D float output of two or more columns. Their keys are the class labels (JSON keys: an int
+    label ``0`` is the key ``"0"``), else the config's ``labels``, else column
+    numbers. The label is the label output as the model gives it (a string or an
+    integer): the one the config names, else, for a model with class labels, the
+    first other output with one value per row of ints or strings; without one, the
+    class label of the highest probability. A model without probabilities answers
+    ``{"output": row}`` with its first output's row.
     """
-    probs = result.output(meta.probabilities_output) if meta.probabilities_output else None
+    spec = _probabilities_spec(meta)
+    probs = result.output(spec.name) if spec is not None else None
     if probs is None:
-        probs = next((a for _, a in result.outputs if a.dtype.kind == "f" and a.ndim == 2), None)
-    labels = result.output(meta.label_output) if meta.label_output else None
+        probs = next((a for _, a in result.outputs
+                      if a.dtype.kind == "f" and a.ndim == 2 and a.shape[1] > 1), None)
     if probs is None:
         raw = result.outputs[0][1]
         return [{"output": row} for row in raw.tolist()]
-    names = list(meta.labels) or [str(j) for j in range(probs.shape[1])]
+    classes: list[Any] = list(spec.class_labels) if spec is not None else []
+    classes = classes or list(meta.labels) or [str(j) for j in range(probs.shape[1])]
+    names = [str(c) for c in classes]
+    labels = _labels(meta, result, probs, spec is not None and bool(spec.class_labels))
     if labels is None:
-        labels = np.asarray([names[j] for j in probs.argmax(axis=1)])
+        labels = [classes[j] for j in probs.argmax(axis=1).tolist()]
     return [{"label": label, "probabilities": dict(zip(names, row, strict=False))}
-            for label, row in zip(labels.tolist(), probs.astype(float).tolist(), strict=True)]
+            for label, row in zip(labels, probs.astype(float).tolist(), strict=True)]
+
+
+def _probabilities_spec(meta: ModelMeta) -> Any:
+    """The TensorMeta of the probabilities output (config, else a ZipMap's), or None."""
+    wanted = meta.probabilities_output
+    return next((t for t in meta.outputs if (t.name == wanted if wanted else t.class_labels)),
+                None)
+
+
+def _labels(meta: ModelMeta, result: InferResult, probs: np.ndarray,
+            zipmap: bool) -> list[Any] | None:
+    """The label output's values, one per row (see :func:`classify`), or None."""
+    if meta.label_output:
+        arr = result.output(meta.label_output)
+    elif zipmap:
+        arr = next((a for _, a in result.outputs if a is not probs and a.dtype.kind in "iuO"
+                    and a.shape[:1] == probs.shape[:1] and a.size == probs.shape[0]), None)
+    else:
+        return None
+    return None if arr is None else arr.reshape(-1).tolist()

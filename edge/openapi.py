@@ -10,7 +10,11 @@ import orjson
 from edge.core import SERVER_NAME, SERVER_VERSION
 
 DATATYPES = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64"]
+             "FP16", "FP32", "FP64", "BYTES"]
+SCALAR = {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"}]}
+# A row's value for one input: its row (nested lists as the input's shape after the
+# batch dimension), or a bare scalar where that shape is [1].
+INPUT_ROW = {"oneOf": [SCALAR, {"type": "array", "items": {}}]}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -50,24 +54,43 @@ SCHEMAS: dict[str, Any] = {
     "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"},
         "id": {"type": "string"}, "outputs": {"type": "array", "items": _ref("Tensor")}}},
+    "ClassLabels": {"type": "object", "properties": {"class_labels": {
+        "type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
+        "description": "A ZipMap output's class labels: the columns of its FP32 [N, C] "
+                       "tensor, in order"}}},
     "TensorMetadata": {"type": "object", "properties": {
-        "name": {"type": "string"}, "datatype": {"type": "string"},
+        "name": {"type": "string"}, "datatype": {"type": "string", "enum": DATATYPES},
         "shape": {"type": "array", "items": {"type": "integer"},
-                  "description": "-1 marks a dynamic dimension"}}},
+                  "description": "-1 marks a dynamic dimension"},
+        "parameters": _ref("ClassLabels")}},
     "ModelMetadata": {"type": "object", "properties": {
         "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
         "platform": {"type": "string"},
         "inputs": {"type": "array", "items": _ref("TensorMetadata")},
-        "outputs": {"type": "array", "items": _ref("TensorMetadata")}}},
+        "outputs": {"type": "array", "items": _ref("TensorMetadata")},
+        "parameters": {"allOf": [_ref("ClassLabels")], "properties": {
+            "probabilities_output": {"type": "string"}}}}},
     "PredictRequest": {"type": "object", "required": ["instances"], "additionalProperties": False,
-                       "properties": {"instances": {"type": "array", "minItems": 1,
-                                                    "items": {"type": "array", "items": {"type": "number"}}}}},
+                       "properties": {"instances": {"type": "array", "minItems": 1, "items": {
+                           "oneOf": [
+                               {"type": "array", "items": {},
+                                "description": "A row of a one-input model: the input's row "
+                                               "(numbers, strings or booleans, nested as its "
+                                               "shape after the batch dimension)"},
+                               {"type": "object", "additionalProperties": INPUT_ROW,
+                                "description": "A row keyed by input name (any model; needed "
+                                               "for several inputs), e.g. {\"color\": \"red\", "
+                                               "\"x1\": 0.3}; an input of row shape [1] takes "
+                                               "a bare value"},
+                               SCALAR]}}}},
     "PredictResponse": {"type": "object", "properties": {
         "model": {"type": "string"}, "version": {"type": "string"},
         "request_id": {"type": "string"}, "cached": {"type": "boolean"},
         "predictions": {"type": "array", "items": {"type": "object", "properties": {
-            "label": {}, "probabilities": {"type": "object",
-                                            "additionalProperties": {"type": "number"}}}}}}},
+            "label": {"oneOf": [{"type": "integer"}, {"type": "string"}],
+                      "description": "As the model gives it"},
+            "probabilities": {"type": "object", "additionalProperties": {"type": "number"},
+                              "description": "Keyed by class label"}}}}}},
 }
 
 

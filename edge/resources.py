@@ -86,7 +86,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidInput("body", f"malformed JSON: {exc}") from None
+        raise InvalidInput("body", f"malformed JSON: {exc}{v2codec.utf8_error(body)}") from None
 
 
 def requested_timeout(req: falcon.Request) -> int | None:
@@ -167,13 +167,27 @@ class ServerMetadata(Resource):
 
 
 def _tensor_meta(t: TensorMeta) -> dict[str, Any]:
-    return {"name": t.name, "datatype": v2codec.numpy_to_v2(t.dtype), "shape": list(t.shape)}
+    body: dict[str, Any] = {"name": t.name, "datatype": v2codec.numpy_to_v2(t.dtype),
+                            "shape": list(t.shape)}
+    if t.class_labels:
+        body["parameters"] = {"class_labels": list(t.class_labels)}
+    return body
 
 
 def model_metadata_body(meta: ModelMeta) -> dict[str, Any]:
-    return {"name": meta.name, "versions": list(meta.versions), "platform": meta.platform,
-            "inputs": [_tensor_meta(t) for t in meta.inputs],
-            "outputs": [_tensor_meta(t) for t in meta.outputs]}
+    """V2 model metadata. A model with a ZipMap output (served as FP32 [N, C]) also
+    says its class labels, in column order, as ``parameters.class_labels`` of that
+    output and of the model (the first such output's), with
+    ``parameters.probabilities_output`` naming it."""
+    body: dict[str, Any] = {"name": meta.name, "versions": list(meta.versions),
+                            "platform": meta.platform,
+                            "inputs": [_tensor_meta(t) for t in meta.inputs],
+                            "outputs": [_tensor_meta(t) for t in meta.outputs]}
+    zipmap = next((t for t in meta.outputs if t.class_labels), None)
+    if zipmap is not None:
+        body["parameters"] = {"class_labels": list(zipmap.class_labels),
+                              "probabilities_output": zipmap.name}
+    return body
 
 
 class ModelMetadata(Resource):

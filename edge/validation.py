@@ -2,8 +2,18 @@
 
 Every rejection is an :class:`~edge.errors.InvalidInput` (or
 :class:`~edge.errors.PayloadTooLarge`) whose ``field`` is in the client's
-terms: ``inputs[1].shape`` for the V2 face, ``instances[3][7]`` for the
-simple face.
+terms: ``inputs[1].shape`` for the V2 face, ``instances[3][7]`` or
+``instances[3].color`` for the simple face.
+
+String tensors (ONNX ``tensor(string)``) have dtype ``object`` here: numpy
+object arrays of ``str``, as the V2 codec decodes BYTES and the wire carries them.
+
+The simple face's rows (:func:`instances_to_inputs`): for a one-input model a
+row is that input's row (a list, nested as the input's shape after the batch
+dimension; a bare scalar where that shape is ``[1]``); for any model a row may
+be an object keyed by input name (TensorFlow Serving's row format), each value
+that input's row in the same way: ``{"color": "red", "x1": 0.3, "x2": -1.2}``
+for inputs ``color`` string [N, 1], ``x1`` and ``x2`` float [N, 1].
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ class TensorMeta:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]  # -1: dynamic
+    class_labels: tuple[int | str, ...] = ()  # a ZipMap output's columns (daemon.loader)
 
 
 @dataclass(frozen=True)
@@ -43,8 +54,8 @@ class ModelMeta:
     @classmethod
     def from_wire(cls, data: dict[str, Any], versions: tuple[str, ...]) -> ModelMeta:
         def tensors(items: list[dict[str, Any]]) -> tuple[TensorMeta, ...]:
-            return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(t["shape"]))
-                         for t in items)
+            return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(t["shape"]),
+                                    tuple(t.get("class_labels", ()))) for t in items)
         cfg = data.get("config", {})
         return cls(name=data["name"], version=str(data["version"]), versions=versions,
                    inputs=tensors(data["inputs"]), outputs=tensors(data["outputs"]),
@@ -55,6 +66,11 @@ class ModelMeta:
                    platform=data.get("platform", "onnxruntime_onnx"),
                    cache_enabled=bool(cfg.get("cache", {}).get("enabled", False)),
                    cache_ttl_s=int(cfg.get("cache", {}).get("ttl_s", 300)))
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """What a client calls a dtype: ``string`` for the object dtype of string tensors."""
+    return "string" if dtype.kind == "O" else dtype.name
 
 
 def batch_limit(meta: ModelMeta, max_rows: int) -> int:
@@ -88,8 +104,8 @@ def check_tensors(meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
 
 def _check_one(spec: TensorMeta, arr: np.ndarray, field: str) -> None:
     if arr.dtype != spec.dtype:
-        raise InvalidInput(f"{field}.datatype", f"{arr.dtype.name} given, input {spec.name!r} "
-                                                f"takes {spec.dtype.name}")
+        raise InvalidInput(f"{field}.datatype", f"{dtype_name(arr.dtype)} given, input "
+                                                f"{spec.name!r} takes {dtype_name(spec.dtype)}")
     if arr.ndim != len(spec.shape):
         raise InvalidInput(f"{field}.shape", f"{list(arr.shape)} has rank {arr.ndim}, input "
                                              f"{spec.name!r} takes shape {_fmt(spec.shape)}")
@@ -127,34 +143,82 @@ def _fmt(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join("N" if d < 0 else str(d) for d in shape) + "]"
 
 
-def instances_to_array(meta: ModelMeta, instances: Any, max_rows: int) -> tuple[str, np.ndarray]:
-    """Turn the simple face's ``instances`` into the model's single input tensor."""
-    if len(meta.inputs) != 1:
-        raise InvalidInput("instances", f"model {meta.name!r} has {len(meta.inputs)} inputs; "
-                                        "use the V2 infer endpoint")
-    spec = meta.inputs[0]
+def instances_to_inputs(meta: ModelMeta, instances: Any,
+                        max_rows: int) -> list[tuple[str, np.ndarray]]:
+    """Turn the simple face's ``instances`` into the model's input tensors (see the
+    module docstring for the row formats)."""
     if not isinstance(instances, list):
         raise InvalidInput("instances", "expected a list of rows")
     if not instances:
         raise InvalidInput("instances", "no rows given")
     limit = batch_limit(meta, max_rows)
-    if spec.shape and spec.shape[0] >= 0 and len(instances) != spec.shape[0]:
-        raise InvalidInput("instances", f"{len(instances)} rows given, the model takes exactly "
-                                        f"{spec.shape[0]}")
     if len(instances) > limit:
         raise PayloadTooLarge("instances", f"{len(instances)} rows exceed the limit of {limit} "
                                            "for this model")
-    row_shape = spec.shape[1:]
+    for spec in meta.inputs:
+        if spec.shape and spec.shape[0] >= 0 and len(instances) != spec.shape[0]:
+            raise InvalidInput("instances", f"{len(instances)} rows given, input {spec.name!r} "
+                                            f"takes exactly {spec.shape[0]}")
+    columns = _columns(meta, instances)
+    return [(spec.name, _stack(spec, columns[spec.name], "instances")) for spec in meta.inputs]
+
+
+def instances_to_array(meta: ModelMeta, instances: Any, max_rows: int) -> tuple[str, np.ndarray]:
+    """The single input tensor of a one-input model (:func:`instances_to_inputs`)."""
+    if len(meta.inputs) != 1:
+        raise InvalidInput("instances", f"model {meta.name!r} has {len(meta.inputs)} inputs; "
+                                        "send rows as objects keyed by input name")
+    return instances_to_inputs(meta, instances, max_rows)[0]
+
+
+def _columns(meta: ModelMeta, instances: list[Any]) -> dict[str, list[Any]]:
+    """The rows, checked, as one list per input: objects keyed by input name, or for a
+    one-input model also plain rows."""
+    names = [spec.name for spec in meta.inputs]
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    alone = meta.inputs[0] if len(meta.inputs) == 1 else None
     for i, row in enumerate(instances):
-        _check_row(row, row_shape, f"instances[{i}]", spec.dtype)
+        field = f"instances[{i}]"
+        if alone is not None and type(row) is not dict:  # a one-input model's plain row
+            columns[alone.name].append(_row(alone, row, field))
+            continue
+        if type(row) is not dict:
+            raise InvalidInput(field, f"expected an object keyed by input name: model "
+                                      f"{meta.name!r} has {len(names)} inputs ({', '.join(names)})")
+        unknown = [k for k in row if k not in columns]
+        if unknown:
+            raise InvalidInput(f"{field}.{unknown[0]}", f"model {meta.name!r} has no such input "
+                                                        f"(inputs: {', '.join(names)})")
+        for spec in meta.inputs:
+            if spec.name not in row:
+                raise InvalidInput(f"{field}.{spec.name}", "missing")
+            columns[spec.name].append(_row(spec, row[spec.name], f"{field}.{spec.name}"))
+    return columns
+
+
+def _row(spec: TensorMeta, row: Any, field: str) -> Any:
+    """One row of ``spec``'s input, type-checked; a bare scalar where the row shape
+    is ``[1]`` becomes ``[scalar]``."""
+    row_shape = spec.shape[1:]
+    if row_shape == (1,) and type(row) is not list:
+        _check_scalar(row, field, spec.dtype)
+        return [row]
+    _check_row(row, row_shape, field, spec.dtype)
+    return row
+
+
+def _stack(spec: TensorMeta, rows: list[Any], field: str) -> np.ndarray:
+    """The rows as one array of ``spec``'s dtype and rank."""
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow -> inf, caught below
-            arr = np.array(instances, dtype=spec.dtype)
+            arr = np.array(rows, dtype=spec.dtype)
     except (ValueError, OverflowError):
-        raise InvalidInput("instances", "rows have different lengths, or a value is out of "
-                                        "range") from None
-    check_finite(arr, "instances")
-    return spec.name, arr
+        arr = None
+    if arr is None or arr.ndim != len(spec.shape):  # object arrays of ragged lists
+        raise InvalidInput(field, f"rows of input {spec.name!r} have different lengths, or a "
+                                  "value is out of range")
+    check_finite(arr, field)
+    return arr
 
 
 def _check_row(row: Any, shape: tuple[int, ...], field: str, dtype: np.dtype) -> None:
@@ -178,13 +242,14 @@ def _check_row(row: Any, shape: tuple[int, ...], field: str, dtype: np.dtype) ->
         _check_row(sub, shape[1:], f"{field}[{j}]", dtype)
 
 
-_SCALARS = {"f": (float, int), "i": (int,), "u": (int,), "b": (bool,)}
+_SCALARS = {"f": (float, int), "i": (int,), "u": (int,), "b": (bool,), "O": (str,)}
 _FLOATS = frozenset(_SCALARS["f"])
 
 
 def _check_scalar(x: Any, field: str, dtype: np.dtype) -> None:
     if type(x) not in _SCALARS.get(dtype.kind, ()):
-        raise InvalidInput(field, f"{_json_type(x)} given, the model takes {dtype.name} numbers")
+        takes = "strings" if dtype.kind == "O" else f"{dtype.name} numbers"
+        raise InvalidInput(field, f"{_json_type(x)} given, the model takes {takes}")
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         if not info.min <= x <= info.max:

@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from edge.errors import InvalidInput, PayloadTooLarge
-from edge.validation import ModelMeta, TensorMeta, check_tensors, instances_to_array
+from edge.validation import (
+    ModelMeta,
+    TensorMeta,
+    check_tensors,
+    instances_to_array,
+    instances_to_inputs,
+)
 
 MAX_ROWS = 1024  # the edge's own limit (edge.max_batch_rows default)
 
@@ -210,12 +216,21 @@ def test_row_of_wrong_length(length: int) -> None:
     assert f"{length} values" in exc.reason and "takes 64" in exc.reason
 
 
-@pytest.mark.parametrize("row", [1.0, "0.5", None, {"a": 1}])
+@pytest.mark.parametrize("row", [1.0, "0.5", None])
 def test_row_that_is_not_a_list(row: object) -> None:
     instances = rows(2)
     instances[1] = row
     exc = rejected(instances_to_array, DIGITS, instances, MAX_ROWS)
     assert exc.field == "instances[1]" and "list of 64 values" in exc.reason
+
+
+def test_object_row_of_a_one_input_model_is_keyed_by_its_name() -> None:
+    instances = rows(2)
+    instances[1] = {"a": 1}
+    exc = rejected(instances_to_array, DIGITS, instances, MAX_ROWS)
+    assert exc.field == "instances[1].a" and "no such input (inputs: input)" in exc.reason
+    instances[1] = {"input": [0.5] * 64}
+    assert instances_to_array(DIGITS, instances, MAX_ROWS)[1][1].tolist() == [0.5] * 64
 
 
 @pytest.mark.parametrize("element, kind", [
@@ -301,10 +316,74 @@ def test_bool_model_takes_only_booleans() -> None:
     assert exc.field == "instances[0][1]" and "an integer given" in exc.reason
 
 
-def test_multi_input_model_is_sent_to_the_v2_endpoint() -> None:
+def test_multi_input_model_needs_rows_keyed_by_input_name() -> None:
+    exc = rejected(instances_to_inputs, MULTI, rows(1, 4), MAX_ROWS)
+    assert exc.field == "instances[0]"
+    assert "3 inputs (x, k, mask)" in exc.reason and "keyed by input name" in exc.reason
     exc = rejected(instances_to_array, MULTI, rows(1, 4), MAX_ROWS)
-    assert exc.field == "instances"
-    assert "3 inputs" in exc.reason and "V2" in exc.reason
+    assert exc.field == "instances" and "3 inputs" in exc.reason
+
+
+# --- instances_to_inputs: named inputs and strings -------------------------------------------
+
+TABULAR = model("tabular", ("color", "object", (-1, 1)), ("x1", "float32", (-1, 1)),
+                ("x2", "float32", (-1, 1)))
+TEXT = model("text", ("text", "object", (-1, 1)))
+
+
+def test_rows_keyed_by_input_name_become_one_tensor_per_input_in_model_order() -> None:
+    instances = [{"x2": -1.2, "color": "red", "x1": 0.3}, {"color": ["caf\u00e9"], "x1": [1],
+                                                          "x2": 2.5}]
+    got = instances_to_inputs(TABULAR, instances, MAX_ROWS)
+    assert [n for n, _ in got] == ["color", "x1", "x2"]
+    color, x1, x2 = (a for _, a in got)
+    assert color.dtype == object and color.tolist() == [["red"], ["caf\u00e9"]]
+    assert x1.dtype == np.float32 and x1.tolist() == [[0.30000001192092896], [1.0]]
+    assert x2.shape == (2, 1)
+    multi = [{"x": [0.0] * 4, "k": [1, 2], "mask": [True, False, True, True]}]
+    assert [a.shape for _, a in instances_to_inputs(MULTI, multi, MAX_ROWS)] == [(1, 4), (1, 2),
+                                                                                 (1, 4)]
+
+
+@pytest.mark.parametrize(("instances", "field", "words"), [
+    ([{"color": 3, "x1": 0.3, "x2": 1.0}], "instances[0].color", ["an integer given", "strings"]),
+    ([{"color": "red", "x1": "0.3", "x2": 1.0}], "instances[0].x1", ["a string given",
+                                                                      "float32 numbers"]),
+    ([{"color": "red", "x1": 0.3}], "instances[0].x2", ["missing"]),
+    ([{"color": "red", "x1": 0.3, "x2": 1.0, "x3": 2}], "instances[0].x3", ["no such input"]),
+    ([{"color": "red", "x1": 0.3, "x2": 1.0}, {"color": "red", "x1": [0.3, 1], "x2": 1.0}],
+     "instances[1].x1", ["2 values", "takes 1"]),
+    ([{"color": "red", "x1": 0.3, "x2": 1.0}, ["red", 0.3, 1.0]], "instances[1]",
+     ["keyed by input name"]),
+], ids=["number-in-string", "string-in-number", "missing", "unknown", "too-many", "list-row"])
+def test_named_input_errors_name_the_input(instances, field, words) -> None:
+    exc = rejected(instances_to_inputs, TABULAR, instances, MAX_ROWS)
+    assert exc.field == field, exc
+    for word in words:
+        assert word in exc.reason, exc.reason
+
+
+def test_string_model_takes_plain_rows_and_bare_strings() -> None:
+    [(name, arr)] = instances_to_inputs(TEXT, [["a b"], "c", [""]], MAX_ROWS)
+    assert name == "text" and arr.dtype == object and arr.tolist() == [["a b"], ["c"], [""]]
+    assert instances_to_inputs(TEXT, [{"text": "x"}], MAX_ROWS)[0][1].tolist() == [["x"]]
+    exc = rejected(instances_to_inputs, TEXT, [["a"], [1.5]], MAX_ROWS)
+    assert exc.field == "instances[1][0]" and "a float given" in exc.reason
+
+
+def test_ragged_string_rows_are_refused() -> None:
+    ragged = model("ragged", ("t", "object", (-1, -1)))
+    assert instances_to_inputs(ragged, [["a", "b"], ["c", "d"]], MAX_ROWS)[0][1].shape == (2, 2)
+    exc = rejected(instances_to_inputs, ragged, [["a", "b"], ["c"]], MAX_ROWS)
+    assert exc.field == "instances" and "different lengths" in exc.reason
+
+
+def test_v2_string_tensor_in_a_numeric_input_names_the_datatype() -> None:
+    exc = rejected(check_tensors, TABULAR, [("color", np.array([["a"]], dtype=object)),
+                                            ("x1", np.array([["b"]], dtype=object)),
+                                            ("x2", np.zeros((1, 1), np.float32))], MAX_ROWS)
+    assert exc.field == "inputs[1].datatype"
+    assert exc.reason == "string given, input 'x1' takes float32"
 
 
 def test_fixed_first_dimension_takes_exactly_that_many_instances() -> None:

@@ -74,7 +74,7 @@ import psycopg2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from procs import cleaned_up, descendants, proc_stat, stop_on_sigterm  # noqa: E402
+from procs import cleaned_up, descendants, host_busy_s, proc_stat, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
 from falconctl.stack import Stack  # noqa: E402
@@ -325,14 +325,6 @@ def cpu_delta(
     for pid, (group, cpu) in after.items():
         out[group] = out.get(group, 0.0) + cpu - before.get(pid, (group, 0.0))[1]
     return out
-
-
-def host_busy_s() -> float:
-    """CPU seconds the whole host has spent busy (all cores; /proc/stat)."""
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    idle = v[3] + v[4]  # idle + iowait
-    return (sum(v[:8]) - idle) / CLK_TCK
 
 
 def busy_cores(seconds: float = 1.0) -> float:

@@ -4,39 +4,56 @@ Usage (``make bench`` runs it with the defaults)::
 
     python bench/compare.py [--models digits heavy] [--connections 16 64] [--duration 10]
         [--warmup 3] [--workers 2] [--threads 32] [--fixed-seconds 10] [--rate MODEL=R ...]
-        [--out bench/out/compare.json]
+        [--contenders platform seed seed-sync dirty floor] [--out bench/out/compare.json]
 
 Contenders, each on free loopback ports behind the SAME HAProxy config
 (``ops/haproxy/haproxy.cfg`` via :meth:`Stack.start_haproxy`, its ``FALCON_EDGE_ADDR``
-pointing at the contender; server maxconn = workers x threads for all):
+pointing at the contender; server maxconn = workers x threads for all), ``--workers``
+processes each:
 
-- ``platform``: daemon + gunicorn/Falcon edge (gthread, ``--workers`` x ``--threads``),
-  API keys off, cache off, audit on as shipped (WAL, ``sync = batch``; no shipper running),
-  the daemon's dynamic batching with the model's defaults;
-- ``seed``: FastAPI + uvicorn, ``--workers`` processes, each embedding the model
-  (``bench/contenders/seed_app.py``);
+- ``platform``, as it ships (``falconctl up`` without the shipper): daemon + gunicorn/Falcon
+  edge (``--threads`` per worker), API keys on, audit on with its default durability (WAL,
+  ``sync = batch``), a memcached of its own and the prediction cache as each model's
+  config says (digits: off; heavy: on, the default), the daemon's batching defaults;
+- ``seed``, the async seed: FastAPI + uvicorn, an ``async def`` handler running ONNX Runtime
+  inline on the event loop, one intra-op and one inter-op thread per worker, each worker
+  embedding the model (``bench/contenders/seed_app.py:async_seed``);
+- ``seed-sync``: the same with a plain ``def`` handler (FastAPI's thread pool, a hop per
+  request) and ONNX Runtime's default threads (``seed_app.py:sync_seed``): the seed as this
+  bench ran it before issue 13;
 - ``dirty``: gunicorn 27's dirty arbiter, one dirty worker holding the model, a Falcon
-  handler on ``--workers`` gthread workers calling it (``bench/contenders/falcon_apps.py``);
+  handler on gthread workers calling it (``bench/contenders/falcon_apps.py``);
 - ``floor``: gunicorn + a Falcon handler that parses the JSON and answers a constant;
-- ``ceiling``: ONNX Runtime in-process, no HTTP (``bench/contenders/ceiling.py``): batch 1
-  and the best of a few batch sizes (rows/s).
+- ``ceiling``: ONNX Runtime in-process, default threads, no HTTP
+  (``bench/contenders/ceiling.py``): batch 1 and the best of a few batch sizes (rows/s).
 
 Models: the digits demo and the ~245 MB heavy MLP (1024 -> 4 x 4352 -> 10, generated
 into a temp dir). Load: ``wrk -t2 -cN -dD --timeout 10s --latency`` with a Lua script that
-POSTs one row (the same row for every contender). Errors = non-2xx + socket errors. PSS
-is summed over the whole process tree of everything the contender started (HAProxy
-included), measured right after its last wrk run.
+POSTs one row per request; the bench's API key (``falconctl keys create``, class ``bench``
+whose per-key limit no run reaches; HAProxy still checks it) goes to every contender as
+``Authorization: Bearer``. Every request's row is distinct (its first value is
+``1 + k / 2**23``, k never repeated within a stack), so a prediction cache never hits: it
+costs its misses and gives nothing back. Every contender gets the same rows. Errors =
+non-2xx + socket errors. PSS is summed over the whole process tree of everything the
+contender started (HAProxy included), measured right after its last run.
 
-Output: a markdown table on stdout, ``bench/out/compare.json`` and ``bench/out/compare.png``.
-Every process started is stopped by pid; temp dirs are removed; no shared-memory segment
-with our prefix is left behind, even on an error, Ctrl-C or SIGTERM.
+CPU per request: over each load run, the user + system CPU time (``/proc/PID/stat``) of each
+process group the contender started (the root and all its descendants: ``edge`` is the app
+server, gunicorn or uvicorn, with its workers; ``daemon``, ``memcached`` and ``haproxy``
+where they run), divided by the requests answered, in microseconds; ``total`` is their sum.
 
 Fixed offered rate (the fair p99): after its wrk runs, every contender also gets
 ``--fixed-seconds`` of open-loop load from ``bench/openloop.py`` at the SAME rate, half the
-seed design's best req/s on that model (the seed runs first to measure it; ``--rate
-MODEL=R`` sets it by hand; capacity counts 2xx answers only). Its latencies run from each request's due time
-(coordinated omission corrected, as wrk2 does; wrk2 is not packaged in Debian). The table
-shows these rows as ``fixed R/s`` in the connections column.
+seed's best req/s on that model (the seed runs first to measure it; ``--rate
+MODEL=R`` sets it by hand; capacity counts 2xx answers only). Its latencies run from each
+request's due time (coordinated omission corrected, as wrk2 does; wrk2 is not packaged in
+Debian). The table shows these rows as ``fixed R/s`` in the connections column.
+
+Output: a markdown table on stdout, then issue 13's goals judged from this run
+(``bench/goals.py``), ``bench/out/compare.json`` (the CPU per request and the verdicts
+included) and ``bench/out/compare.png``. Every process started is stopped by pid; temp
+dirs are removed; no shared-memory segment with our prefix is left behind, even on an
+error, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -44,8 +61,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -54,12 +71,15 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from goals import verdicts  # noqa: E402
+from loadrun import Load, template, with_cpu  # noqa: E402
 from procs import cleaned_up, descendants, pss_kb, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
@@ -69,33 +89,16 @@ from tests.modelfactory import write_mlp_model  # noqa: E402
 PYTHON = sys.executable
 OUT = ROOT / "bench" / "out" / "compare.json"
 HEAVY_INPUT = 1024
-CONTENDERS = ("platform", "seed", "dirty", "floor")
+CONTENDERS = ("platform", "seed", "seed-sync", "dirty", "floor")
 CEILING_BATCHES = {"digits": [1, 8, 32, 128], "heavy": [1, 8, 32, 64]}
-LUA = """wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local f = assert(io.open("{body}", "r"))
-wrk.body = f:read("*a")
-f:close()
-"""
-
-
+GROUPS = ("edge", "daemon", "memcached", "haproxy")  # CPU columns (Stack.procs names)
+KEY_CLASS = "bench"  # the bench key's rate-limit class (haproxy.key_classes)
+KEY_CLASS_LIMIT = 100_000_000  # requests per window: no run comes near it
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-# ---------------------------------------------------------------- /proc
-
-
-# ---------------------------------------------------------------- wrk
-
-UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"latency {text!r}")
-    return float(m[1]) * UNIT[m[2]]
+# ---------------------------------------------------------------- runs
 
 
 @dataclass
@@ -109,10 +112,12 @@ class Run:
     requests: int
     non2xx: int
     socket_errors: int
+    answered: int = 0  # responses received (any status): what CPU per request divides by
     pss_mb: float = 0.0
     procs: int = 0
     offered_rps: float = 0.0  # > 0: a fixed-offered-rate run (bench/openloop.py)
     late_sends: int = 0  # requests the open-loop generator sent > 5 ms late
+    cpu_s: dict[str, float] = field(default_factory=dict)  # group -> user + system s
 
     @property
     def errors(self) -> int:
@@ -123,42 +128,13 @@ class Run:
         """Answers per second that were 2xx (a 503 storm is not capacity)."""
         return self.rps * (self.requests - self.non2xx) / self.requests if self.requests else 0.0
 
-
-def parse_wrk(out: str) -> dict[str, Any]:
-    lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    reqs = re.search(r"(\d+) requests in", out)
-    rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
-    if not (lat and reqs and rps):
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    return {
-        "rps": float(rps[1]),
-        "p50_ms": _ms(lat["50"]),
-        "p99_ms": _ms(lat["99"]),
-        "requests": int(reqs[1]),
-        "non2xx": int(non2xx[1]) if non2xx else 0,
-        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
-    }
-
-
-def wrk(url: str, lua: Path, connections: int, seconds: float) -> dict[str, Any]:
-    argv = ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "--latency",
-            "-s", str(lua), url]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return parse_wrk(res.stdout)
-
-
-def openloop(url: str, body: Path, rate: float, seconds: float) -> dict[str, Any]:
-    """A fixed offered rate, latency from each request's due time (bench/openloop.py)."""
-    argv = [PYTHON, str(ROOT / "bench" / "openloop.py"), url, str(body), f"{rate:.3f}",
-            f"{seconds:g}", "--timeout", "10"]
-    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    doc = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"rps": doc["achieved_rps"], "p50_ms": doc["p50_ms"], "p99_ms": doc["p99_ms"],
-            "requests": doc["sent"], "non2xx": doc["non2xx"],
-            "socket_errors": doc["socket_errors"], "offered_rps": rate,
-            "late_sends": doc["late_sends"], "connections": doc["connections"]}
+    def cpu_us(self, group: str = "") -> float | None:
+        """CPU microseconds per answered request of one group ("": all of them);
+        None if this contender has no such process."""
+        if group and group not in self.cpu_s:
+            return None
+        spent = self.cpu_s[group] if group else sum(self.cpu_s.values())
+        return 1e6 * spent / self.answered if self.answered else None
 
 
 # ---------------------------------------------------------------- contenders
@@ -173,17 +149,44 @@ class Bench:
     started: int = 0
     env: dict[str, str] = field(default_factory=dict)  # FALCON_* overrides (platform)
     floor_class: str = "gthread"  # the floor's gunicorn worker class
+    key: str = ""  # the bench's API key (create_key), sent to every contender
 
-    def stack(self, name: str, repo: Path) -> Stack:
-        self.started += 1
-        tmp = self.tmp / f"{name}-{self.started}"
-        tmp.mkdir(parents=True)
-        (tmp / "falcon.toml").write_text("# bench/compare.py configures everything via the env\n")
+    def base_env(self, tmp: Path) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_")}
         env.update({
             "FALCON_CONFIG": str(tmp / "falcon.toml"),
             "FALCON_PATHS_RUN_DIR": str(tmp / "run"),
             "FALCON_PATHS_STATE_DIR": str(tmp / "state"),
+            "FALCON_AUTH_KEYS_FILE": str(self.tmp / "keys.json"),
+            "FALCON_HAPROXY_KEY_CLASSES": f"{KEY_CLASS}={KEY_CLASS_LIMIT}",
+            "PYTHONPATH": str(ROOT),
+        })
+        (tmp / "falcon.toml").write_text("# bench/compare.py configures everything via the env\n")
+        return env
+
+    def create_key(self) -> str:
+        """One API key (scope predict, class ``bench``) in the keys file every stack
+        shares, made with ``falconctl keys create`` as an operator would."""
+        tmp = self.tmp / "keys"
+        (tmp / "run").mkdir(parents=True)
+        res = subprocess.run([PYTHON, "-m", "falconctl", "keys", "create", "--name", "bench",
+                              "--class", KEY_CLASS], env=self.base_env(tmp), cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        if res.returncode != 0 or not res.stdout.strip():
+            raise RuntimeError(f"falconctl keys create failed: {res.stderr}")
+        self.key = res.stdout.strip().splitlines()[-1]
+        return self.key
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    def stack(self, name: str, repo: Path) -> Stack:
+        self.started += 1
+        tmp = self.tmp / f"{name}-{self.started}"
+        tmp.mkdir(parents=True)
+        env = self.base_env(tmp)
+        env.update({
             "FALCON_DAEMON_MODEL_REPOSITORY": str(repo),
             "FALCON_DAEMON_SHM_PREFIX": f"fbench{uuid.uuid4().hex[:10]}",
             "FALCON_EDGE_BIND": f"127.0.0.1:{free_port()}",
@@ -191,8 +194,6 @@ class Bench:
             "FALCON_EDGE_THREADS": str(self.threads),
             "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
             "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
-            "FALCON_AUTH_ENABLED": "false",
-            "PYTHONPATH": str(ROOT),
         })
         env.update(self.env)
         stack = Stack(env, tmp / "logs", python=PYTHON)
@@ -218,6 +219,9 @@ def start_app(stack: Stack, argv: list[str], model: str, model_path: Path) -> No
     stack._wait(proc, lambda: http_status(host, port, "/v2/health/ready") == 200, 180.0)
 
 
+SEEDS = {"seed": "async_seed", "seed-sync": "sync_seed"}  # bench/contenders/seed_app.py
+
+
 def start(contender: str, bench: Bench, repo: Path, model: str) -> Stack:
     stack = bench.stack(contender, repo)
     _, port = split_hostport(stack.env["FALCON_EDGE_BIND"])
@@ -226,11 +230,13 @@ def start(contender: str, bench: Bench, repo: Path, model: str) -> Stack:
                 "--keep-alive", "30", "-b", f"127.0.0.1:{port}", "--log-level", "warning"]
     model_path = repo / model / "1" / "model.onnx"
     try:
-        if contender == "platform":
+        if contender == "platform":  # as `falconctl up` runs it, without the shipper
+            stack.start_memcached()
             stack.start_daemon()
             stack.start_edge()
-        elif contender == "seed":
-            start_app(stack, [PYTHON, "-m", "uvicorn", "bench.contenders.seed_app:app",
+        elif contender in SEEDS:
+            start_app(stack, [PYTHON, "-m", "uvicorn", "--factory",
+                              f"bench.contenders.seed_app:{SEEDS[contender]}",
                               "--host", "127.0.0.1", "--port", str(port), "--workers", w,
                               "--timeout-keep-alive", "30", "--log-level", "warning",
                               "--no-access-log"], model, model_path)
@@ -252,46 +258,70 @@ def start(contender: str, bench: Bench, repo: Path, model: str) -> Stack:
     return stack
 
 
-def check(url: str, body: Path) -> None:
+def check(url: str, body: Path, headers: dict[str, str]) -> None:
     """One request must answer 200 (else the numbers would measure errors)."""
     res = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
-                          "-H", "Content-Type: application/json", "--data-binary", f"@{body}",
-                          url], capture_output=True, text=True, timeout=30)
+                          "-H", "Content-Type: application/json",
+                          *(a for k, v in headers.items() for a in ("-H", f"{k}: {v}")),
+                          "--data-binary", f"@{body}", url],
+                         capture_output=True, text=True, timeout=30)
     if res.stdout.strip() != "200":
         raise RuntimeError(f"{url} answered {res.stdout!r}")
 
 
-def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, lua: Path,
+def memcached_stats(stack: Stack) -> dict[str, int]:
+    """get_hits / get_misses of the stack's own memcached ({} without one)."""
+    if "memcached" not in stack.procs:
+        return {}
+    host, port = split_hostport(stack.env["FALCON_CACHE_SERVERS"])
+    with socket.create_connection((host, port), timeout=2) as sock:
+        sock.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    stats = dict(line.split()[1:3] for line in data.decode().splitlines()
+                 if line.startswith("STAT "))
+    return {k: int(stats[k]) for k in ("get_hits", "get_misses") if k in stats}
+
+
+def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, load: Load,
             args: argparse.Namespace) -> list[Run]:
     started = time.perf_counter()
     stack = start(contender, bench, repo, model)
     runs = []
     try:
         url = f"http://{stack.env['FALCON_HAPROXY_BIND']}/v1/models/{model}/predict"
-        check(url, body)
+        check(url, body, bench.headers)
         log(f"  {contender}/{model}: up in {time.perf_counter() - started:.1f}s")
         if args.warmup:
-            wrk(url, lua, min(args.connections), args.warmup)
+            load.wrk(url, min(args.connections), args.warmup)
         for c in args.connections:
-            r = Run(contender, model, c, **wrk(url, lua, c, args.duration))
+            r = Run(contender, model, c,
+                    **with_cpu(stack, partial(load.wrk, url, c, args.duration)))
             runs.append(r)
             log(f"  {contender}/{model} c={c}: {r.rps:.0f} req/s, p50 {r.p50_ms:.1f} ms, "
-                f"p99 {r.p99_ms:.1f} ms, errors {r.errors}")
+                f"p99 {r.p99_ms:.1f} ms, errors {r.errors}, {r.cpu_us() or 0:,.0f} CPU µs/req")
         if contender == "seed" and not args.rate.get(model):
             args.rate[model] = max(r.ok_rps for r in runs) / 2  # half the seed's capacity
         rate = args.rate.get(model)
         if rate and args.fixed_seconds:
-            res = openloop(url, body, rate, args.fixed_seconds)
-            r = Run(contender, model, **res)
+            r = Run(contender, model, **with_cpu(
+                stack, lambda: load.openloop(url, rate, args.fixed_seconds)))
             runs.append(r)
             log(f"  {contender}/{model} fixed {rate:.0f}/s: {r.rps:.0f} req/s, p50 "
                 f"{r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms, errors {r.errors}, "
-                f"{r.connections} connections, {r.late_sends} sent late")
+                f"{r.connections} connections, {r.late_sends} sent late, "
+                f"{r.cpu_us() or 0:,.0f} CPU µs/req")
         pids = descendants([p.popen.pid for p in stack.procs.values()])
         total = sum(pss_kb(p) for p in pids) / 1024
         for r in runs:
             r.pss_mb, r.procs = total, len(pids)
-        log(f"  {contender}/{model}: PSS {total:.0f} MB over {len(pids)} processes")
+        cache = memcached_stats(stack)
+        log(f"  {contender}/{model}: PSS {total:.0f} MB over {len(pids)} processes"
+            + (f"; memcached {cache}" if cache else ""))
     finally:
         stack.stop()
         bench.stacks.remove(stack)
@@ -358,19 +388,28 @@ def repos(tmp: Path, models: list[str], prepack: bool = False,
 # ---------------------------------------------------------------- report
 
 
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def table(runs: list[Run], ceilings: list[dict[str, Any]]) -> str:
-    rows = ["| contender | model | connections | req/s | p50 ms | p99 ms | errors | "
-            "total PSS MB (processes) |",
-            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    cpu = " | ".join(f"{g} µs/req" for g in GROUPS)
+    rows = [f"| contender | model | connections | req/s | p50 ms | p99 ms | errors | {cpu} | "
+            "total µs/req | total PSS MB (processes) |",
+            "|---|---|---:|---:|---:|---:|---:|" + "---:|" * (len(GROUPS) + 2)]
     for r in runs:
         conns = f"fixed {r.offered_rps:,.0f}/s" if r.offered_rps else str(r.connections)
+        cpu = " | ".join(_us(r.cpu_us(g)) for g in GROUPS)
         rows.append(f"| {r.contender} | {r.model} | {conns} | {r.rps:,.0f} | "
-                    f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {r.pss_mb:,.0f} ({r.procs}) |")
+                    f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.errors} | {cpu} | {_us(r.cpu_us())} | "
+                    f"{r.pss_mb:,.0f} ({r.procs}) |")
+    dashes = " | ".join("-" * (len(GROUPS) + 1))
     for c in ceilings:
         rows.append(f"| ceiling, batch 1 (calls/s) | {c['model']} | - | {c['batch1']:,.0f} | - | "
-                    f"- | - | {c['pss_kb'] / 1024:,.0f} (1) |")
+                    f"- | - | {dashes} | {c['pss_kb'] / 1024:,.0f} (1) |")
         rows.append(f"| ceiling, batch {c['best_batch']} (rows/s) | {c['model']} | - | "
-                    f"{c['best_rows_per_s']:,.0f} | - | - | - | {c['pss_kb'] / 1024:,.0f} (1) |")
+                    f"{c['best_rows_per_s']:,.0f} | - | - | - | {dashes} | "
+                    f"{c['pss_kb'] / 1024:,.0f} (1) |")
     return "\n".join(rows)
 
 
@@ -416,6 +455,7 @@ def bench_context(workers: int, threads: int) -> Iterator[Bench]:
     stop_on_sigterm()
     with tempfile.TemporaryDirectory(prefix="falcon-bench-compare-") as tmp, \
             cleaned_up(Bench(Path(tmp), workers, threads)) as bench:
+        bench.create_key()
         yield bench
 
 
@@ -463,27 +503,31 @@ def main(argv: list[str] | None = None) -> int:
         for model, (repo, body) in repos(bench.tmp, args.models, args.prepack,
                                            args.inexact).items():
             log(f"model {model}")
-            lua = bench.tmp / f"post-{model}.lua"
-            lua.write_text(LUA.format(body=body))
+            load = Load(template(body), bench.headers, bench.tmp)
             ceilings.append(ceiling(repo, model, body, args.ceiling_seconds))
             for contender in args.contenders:
                 try:
-                    runs += measure(contender, bench, repo, model, body, lua, args)
+                    runs += measure(contender, bench, repo, model, body, load, args)
                 except Exception as exc:  # one broken contender must not hide the others
                     failures[f"{contender}/{model}"] = str(exc)[-2000:]
                     log(f"  {contender}/{model} FAILED: {str(exc)[-500:]}")
     cmd = " ".join(["python", "bench/compare.py", *argv])
-    load = os.getloadavg()
+    load_end = os.getloadavg()
     print(f"\n### Side by side, `{cmd}`, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} cores, {args.workers} workers, wrk -t2 {args.duration:g}s "
-          f"(load average at the start {load_start[0]:.1f}, at the end {load[0]:.1f})\n")
+          f"(load average at the start {load_start[0]:.1f}, at the end {load_end[0]:.1f})\n")
     print(table(runs, ceilings))
+    goals = verdicts(runs, ceilings)
+    print("\n#### Goals (issue 13), as ratios from this run\n")
+    print("\n".join(g.line() for g in goals))
     for name, err in failures.items():
         print(f"\nFAILED {name}: {err}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": cmd, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "args": vars(args),
-           "runs": [asdict(r) | {"errors": r.errors} for r in runs], "ceiling": ceilings,
-           "failures": failures, "loadavg_start": load_start, "loadavg_end": load}
+           "runs": [asdict(r) | {"errors": r.errors, "cpu_us_per_request": {
+               **{g: r.cpu_us(g) for g in r.cpu_s}, "total": r.cpu_us()}} for r in runs],
+           "ceiling": ceilings, "goals": [asdict(g) for g in goals],
+           "failures": failures, "loadavg_start": load_start, "loadavg_end": load_end}
     args.out.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     png = args.out.with_suffix(".png")
     if runs:

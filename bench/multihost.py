@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 import multihost as mh  # noqa: E402
-from compare import LUA, parse_wrk  # noqa: E402
+from loadrun import LUA, parse_wrk  # noqa: E402
 from netns import Network  # noqa: E402
 
 from falconctl.hosts import set_state  # noqa: E402

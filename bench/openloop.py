@@ -3,6 +3,7 @@
 Usage::
 
     python bench/openloop.py URL BODY_FILE RATE SECONDS [--timeout 10] [--max-conns 512]
+        [--header "Name: value" ...] [--distinct START]
 
 Request ``i`` is due at ``t0 + i / RATE`` whatever happened to the earlier ones (open
 loop: a slow server does not slow the sender down, as it does wrk's closed loop). Its
@@ -13,6 +14,12 @@ opened when none is idle, up to ``--max-conns``; past that, a request waits for 
 (and that wait counts too). The generator stops sending after ``SECONDS`` and waits for
 the answers still due, at most ``--timeout`` more. A request with no answer by then, or
 a broken connection, is an error, and so is any status other than 2xx.
+
+``--header`` adds a request header (e.g. ``Authorization: Bearer <key>``). With
+``--distinct START``, BODY_FILE is a template: its first ``@X@`` becomes, in request
+``i``, the float ``1 + (START + i) / 2**23`` (``%.9g``): distinct float32 values in
+[1, 2) while ``START + i < 2**23``, so no two requests carry the same input (a
+prediction cache never hits). ``bench/compare.py``'s wrk script does the same.
 
 Prints one JSON object: offered and achieved rate, sent, ok, errors (non-2xx and socket
 errors apart), p50/p90/p99/max ms, connections opened, and ``late_sends``: how many
@@ -41,7 +48,6 @@ Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 class Load:
     host: str
     port: int
-    request: bytes
     timeout: float
     max_conns: int
     idle: list[Conn] = field(default_factory=list)
@@ -75,11 +81,11 @@ class Load:
                 self.idle.append(conn)
             self.free.notify()
 
-    async def one(self, due: float) -> None:
+    async def one(self, due: float, request: bytes) -> None:
         conn: Conn | None = None
         try:
             conn = await asyncio.wait_for(self.conn(), self.timeout)
-            status = await asyncio.wait_for(self._exchange(conn), self.timeout)
+            status = await asyncio.wait_for(self._exchange(conn, request), self.timeout)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             self.socket_errors += 1
             if conn is not None:
@@ -91,9 +97,9 @@ class Load:
             self.non2xx += 1
         await self.release(conn)
 
-    async def _exchange(self, conn: Conn) -> int:
+    async def _exchange(self, conn: Conn, request: bytes) -> int:
         reader, writer = conn
-        writer.write(self.request)
+        writer.write(request)
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
@@ -113,13 +119,39 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
-async def drive(url: str, body: bytes, rate: float, seconds: float, timeout: float,
+DISTINCT_SCALE = 2**23  # float32 has 23 fraction bits: 1 + k / 2**23 is exact and distinct
+
+
+def distinct_value(k: int) -> bytes:
+    return b"%.9g" % (1 + k / DISTINCT_SCALE)
+
+
+class Requests:
+    """The bytes of request ``i``: the same body, or the template with its ``@X@``
+    replaced by :func:`distinct_value` of ``start + i``."""
+
+    def __init__(self, url: str, body: bytes, headers: list[str], start: int | None) -> None:
+        parts = urlsplit(url)
+        self.head = "".join(
+            [f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n",
+             "Content-Type: application/json\r\n", *(f"{h}\r\n" for h in headers)]).encode()
+        self.start = start
+        self.body = body
+        if start is not None:
+            self.before, sep, self.after = body.partition(b"@X@")
+            if not sep:
+                raise ValueError("--distinct: the body has no @X@")
+
+    def __call__(self, i: int) -> bytes:
+        body = self.body if self.start is None else (
+            self.before + distinct_value(self.start + i) + self.after)
+        return self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+async def drive(url: str, requests: Requests, rate: float, seconds: float, timeout: float,
                 max_conns: int) -> dict[str, Any]:
     parts = urlsplit(url)
-    request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-               ).encode() + body
-    load = Load(parts.hostname or "127.0.0.1", parts.port or 80, request, timeout, max_conns)
+    load = Load(parts.hostname or "127.0.0.1", parts.port or 80, timeout, max_conns)
     total = max(1, round(rate * seconds))
     tasks = []
     t0 = time.perf_counter() + 0.05
@@ -130,7 +162,7 @@ async def drive(url: str, body: bytes, rate: float, seconds: float, timeout: flo
             await asyncio.sleep(wait)
         elif wait < -0.005:
             load.late_sends += 1
-        tasks.append(asyncio.create_task(load.one(due)))
+        tasks.append(asyncio.create_task(load.one(due, requests(i))))
     sent_s = time.perf_counter() - t0
     _, pending = await asyncio.wait(tasks, timeout=timeout + 1)
     for task in pending:
@@ -156,11 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("seconds", type=float)
     p.add_argument("--timeout", type=float, default=10.0, help="per request, like wrk's")
     p.add_argument("--max-conns", type=int, default=512)
+    p.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                   help="a request header; repeat for several")
+    p.add_argument("--distinct", type=int, default=None, metavar="START",
+                   help="BODY is a template: its @X@ differs in every request (see above)")
     args = p.parse_args(argv)
     if args.rate <= 0 or args.seconds <= 0:
         p.error("rate and seconds must be > 0")
-    doc = asyncio.run(drive(args.url, args.body.read_bytes(), args.rate, args.seconds,
-                            args.timeout, args.max_conns))
+    requests = Requests(args.url, args.body.read_bytes(), args.header, args.distinct)
+    doc = asyncio.run(drive(args.url, requests, args.rate, args.seconds, args.timeout,
+                            args.max_conns))
     print(json.dumps(doc))
     return 0
 

@@ -43,41 +43,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import compare  # noqa: E402
-from procs import children, descendants, proc_stat  # noqa: E402
+from loadrun import Load, template  # noqa: E402
+from procs import children, cpu_delta, groups, groups_cpu, host_busy_s  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 OUT_DIR = compare.ROOT / "bench" / "out" / "profile"
-
-
-def cpu_s(pids: list[int]) -> tuple[float, float, int, int]:
-    """(user s, system s, voluntary and involuntary context switches) summed over
-    ``pids`` and their threads."""
-    user = system = switches = preempted = 0
-    for pid in pids:
-        try:
-            st = proc_stat(pid)
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        user, system = user + int(st[11]), system + int(st[12])  # fields 14, 15 of stat
-        for tid in tasks:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/status") as f:
-                    for line in f:
-                        if line.startswith("voluntary_ctxt"):
-                            switches += int(line.split()[1])
-                        elif line.startswith("nonvoluntary_ctxt"):
-                            preempted += int(line.split()[1])
-            except OSError:
-                continue
-    return user / TICK, system / TICK, switches, preempted
-
-
-def host_busy_s() -> float:
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / TICK
 
 
 def _children_cpu_s(since: tuple[float, float] = (0.0, 0.0)) -> tuple[float, float]:
@@ -85,34 +54,25 @@ def _children_cpu_s(since: tuple[float, float] = (0.0, 0.0)) -> tuple[float, flo
     return usage.ru_utime - since[0], usage.ru_stime - since[1]
 
 
-def groups(stack: compare.Stack) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = {}
-    for name, proc in stack.procs.items():
-        out[name] = descendants([proc.popen.pid])
-    return out
-
-
 def edge_workers(stack: compare.Stack) -> list[int]:
     return children(stack.procs["edge"].popen.pid)
 
 
-def load_with_cpu(url: str, lua: Path, body: Path, args: argparse.Namespace,
+def load_with_cpu(url: str, load: Load, args: argparse.Namespace,
                   stack: compare.Stack) -> dict[str, Any]:
-    procs = groups(stack)
-    before = {name: cpu_s(pids) for name, pids in procs.items()}
+    procs = groups({name: proc.popen.pid for name, proc in stack.procs.items()})
+    before = groups_cpu(procs)
     kids0 = _children_cpu_s()
     host0 = host_busy_s()
     started = time.perf_counter()
     if args.rate:  # open loop (the generator's CPU is then in the "wrk" row)
-        res = compare.openloop(url, body, args.rate, args.duration)
-        res["requests"] = round(res["rps"] * args.duration)
+        res = load.openloop(url, args.rate, args.duration)
+        res["requests"] = res["answered"]
     else:
-        res = compare.wrk(url, lua, args.connections, args.duration)
+        res = load.wrk(url, args.connections, args.duration)
     wall = time.perf_counter() - started
-    after = {name: cpu_s(pids) for name, pids in procs.items()}
+    cpu: dict[str, tuple[float, float, int, int]] = cpu_delta(before, groups_cpu(procs))
     host = host_busy_s() - host0
-    cpu = {name: tuple(a - b for a, b in zip(after[name], before[name], strict=True))
-           for name in procs}
     cpu["wrk"] = (*_children_cpu_s(kids0), 0, 0)  # wrk was reaped: in our children's usage
     res["cpu_s"] = cpu
     res["host_busy_s"] = host
@@ -178,13 +138,13 @@ def spy(pid: int, out: Path, seconds: float, rate: int, native: bool,
 
 
 def profile(contender: str, bench: compare.Bench, repo: Path, model: str, body: Path,
-            lua: Path, args: argparse.Namespace) -> dict[str, Any]:
+            load: Load, args: argparse.Namespace) -> dict[str, Any]:
     stack = compare.start(contender, bench, repo, model)
     try:
         url = f"http://{stack.env['FALCON_HAPROXY_BIND']}/v1/models/{model}/predict"
-        compare.check(url, body)
-        compare.wrk(url, lua, args.connections, args.warmup)
-        res = load_with_cpu(url, lua, body, args, stack)
+        compare.check(url, body, bench.headers)
+        load.wrk(url, args.connections, args.warmup)
+        res = load_with_cpu(url, load, args, stack)
         n = max(1, res["requests"])
         how = f"fixed {args.rate:g}/s" if args.rate else f"{args.connections} connections"
         print(f"\n### {contender}/{model}, {how}, {args.duration:g}s: "
@@ -211,7 +171,7 @@ def profile(contender: str, bench: compare.Bench, repo: Path, model: str, body: 
                     spies.append((role, path, spy(pid, path, args.duration, args.spy_rate,
                                                   args.native, args.gil)))
             time.sleep(1.0)  # py-spy attaches
-            compare.wrk(url, lua, args.connections, args.duration)
+            load.wrk(url, args.connections, args.duration)
             merged: dict[str, dict[str, Any]] = {}
             for role, path, proc in spies:
                 proc.wait(timeout=60)
@@ -264,10 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     with compare.bench_context(args.workers, args.threads) as bench:
         bench.env.update(kv.split("=", 1) for kv in args.env)
         repo, body = compare.repos(bench.tmp, [args.model])[args.model]
-        lua = bench.tmp / "post.lua"
-        lua.write_text(compare.LUA.format(body=body))
+        load = Load(template(body), bench.headers, bench.tmp)
         for contender in args.contenders:
-            results[contender] = profile(contender, bench, repo, args.model, body, lua, args)
+            results[contender] = profile(contender, bench, repo, args.model, body, load, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{args.model}.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -9,8 +9,8 @@ Life cycle:
 3. ping the systemd watchdog from the event loop (a hung loop stops pinging);
 4. on SIGTERM/SIGINT (the handler only sets an event): ``STOPPING=1``, refuse
    new work, let in-flight requests finish within ``drain_timeout_s``, close
-   the sessions and unlink the segments (unless ``keep_segments``), remove the
-   socket.
+   the sessions and unlink the segments and their directory (unless
+   ``keep_segments``), remove the socket.
 """
 
 from __future__ import annotations
@@ -114,5 +114,7 @@ def run(settings: Settings) -> int:
         registry.close(unlink=False)
         return 1
     registry.close(unlink=not settings.daemon.keep_segments)
+    if not settings.daemon.keep_segments:
+        shm.remove_dir(settings.daemon.shm_prefix)  # only if empty
     log.info("stopped")
     return 0

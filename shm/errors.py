@@ -31,3 +31,12 @@ class SegmentCorrupt(ShmError):
     unknown layout version (written by a newer or older release), a size that
     does not match its header (truncated), an unreadable manifest, or a content
     digest mismatch (memory overwritten). Unlink it and publish again."""
+
+
+class SegmentForeign(SegmentCorrupt):
+    """The name holds something that is not provably this process's segment: a
+    symlink, a FIFO or other non-regular file, a file owned by another user, or one
+    that group or others may write. Never opened for reading, never trusted.
+    Likely cause: something other than this package wrote into the segment
+    directory (root, or another program of the service user). Unlink it and
+    publish again."""

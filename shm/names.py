@@ -1,29 +1,68 @@
-"""Segment names and the ``/dev/shm`` namespace they live in.
+"""Where segments live: one private directory per namespace under ``/dev/shm``.
 
-On Linux, POSIX shared memory (``shm_open``) is a tmpfs mounted at
-``/dev/shm``: the segment named ``falcon.mnist.3`` is the file
-``/dev/shm/falcon.mnist.3``. This package opens those files directly with
-``os.open`` + ``mmap`` instead of using ``multiprocessing.shared_memory``,
-whose Python 3.11 implementation registers every segment it *attaches* to with
-the resource tracker, which then unlinks the segment when that process exits.
-Other programs can still reach a segment through ``shm_open("/<name>")``.
+Usage: everything takes a segment name; the directory is found (or made) from it::
 
-APPSEC: names are checked before they touch the filesystem: 1 to
-MAX_NAME_LEN characters from ``[A-Za-z0-9_.-]``, first one not ``.`` or ``-``.
-That rules out path separators and ``..``, and leaves the dot-names free for
-publication temp files (``.<name>.<pid>.<hex>.tmp``), which therefore can never
-be attached or listed.
+    segment_path("falcon.digits.1.ab12")  # /dev/shm/falcon.d/falcon.digits.1.ab12
+    list_segments("falcon")               # names in falcon's directory
+    sweep_temp("falcon"); remove_dir("falcon")
+
+Layout (``/dev/shm`` is tmpfs on Linux: the memory of POSIX shared memory)::
+
+    /dev/shm/<ns>.d/                 mode 0700, owned by the daemon's user
+        <name>                       a published segment, mode 0600 (shm.store)
+        .<name>.<pid>.<hex>.tmp      a segment being written (never listed or attached)
+
+The namespace ``<ns>`` of a name is its first dot-separated part (the daemon's
+``shm_prefix``): ``falcon.digits.1.ab12`` lives in ``falcon``'s directory. This
+package opens the files with ``os.open`` + ``mmap`` instead of using
+``multiprocessing.shared_memory``, whose Python 3.11 implementation registers every
+segment it *attaches* to with the resource tracker, which then unlinks the segment
+when that process exits.
+
+APPSEC: why a directory. ``/dev/shm`` is world-writable (mode 1777) and segment
+names are predictable, so anyone can take a name first: with a file holding a valid
+header, their own weights and a matching digest (the digest proves integrity, not
+origin), a FIFO that blocks ``open``, an empty file, or a symlink. Inside a directory
+that only the service user can enter, nobody else can create, replace, rename or even
+list a name, so every name there is the daemon's own. (Attach still checks each file:
+:mod:`shm.store`.) Only the directory's own name is in the shared namespace, so it is
+chosen like this: the candidates are ``<ns>.d`` and ``<ns>.d.<16 hex>``; each is opened
+with ``O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK`` and ``fstat``-ed; a directory owned by our
+effective uid with no group or other permission is ours; anything else (a symlink, a
+FIFO, a file, another user's directory, a loosened mode) is skipped: never entered,
+never removed, never fatal. The first of ours, in name order, is used; with none,
+``<ns>.d`` is made (``mkdir`` 0700), or ``<ns>.d.<random>`` if that name is taken.
+A squatter therefore costs a name, never the start, and never gets read. The directory
+survives a crash (kill -9), so the same search finds it after a restart and the daemon
+re-attaches to its segments; a clean stop removes it once empty (:func:`remove_dir`).
+``/dev/shm``'s sticky bit stops others from renaming or removing it.
+
+Not ``RuntimeDirectory=``: ``/run`` is a small tmpfs (10-20 % of RAM) and outside
+systemd ``paths.run_dir`` need not be tmpfs at all (then weights would be page
+cache, not shared memory). ``/dev/shm`` is tmpfs everywhere and sized for this.
+
+Names are checked before they touch the filesystem: 1 to MAX_NAME_LEN characters from
+``[A-Za-z0-9_.-]``, first one not ``.`` or ``-``: no separators, no ``..``, and the
+dot-names stay free for temp files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
+import threading
 
 SHM_DIR = "/dev/shm"
 MAX_NAME_LEN = 128
+# NOTE: the highest pid Linux can hand out (kernel/pid.c PID_MAX_LIMIT on 64-bit).
+PID_MAX_LIMIT = 1 << 22
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_TEMP = re.compile(r"\.(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_making = threading.Lock()
 
 
 def check_name(name: str) -> str:
@@ -36,13 +75,73 @@ def check_name(name: str) -> str:
     return name
 
 
-def segment_path(name: str) -> str:
-    return os.path.join(SHM_DIR, check_name(name))
+def namespace(name: str) -> str:
+    """The namespace of a segment name (or prefix): its first dot-separated part."""
+    return check_name(name).partition(".")[0]
 
 
-def temp_path(name: str) -> str:
-    """A fresh path to write segment ``name`` under before publishing it."""
-    return os.path.join(SHM_DIR, f".{check_name(name)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+def is_private_dir(path: str) -> bool:
+    """True if ``path`` is a directory (not a link to one) owned by our effective
+    uid that no group or other user may enter; never blocks, never follows a link."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and stat.S_IMODE(st.st_mode) & 0o077 == 0)
+
+
+def find_dir(name: str) -> str | None:
+    """The private directory of ``name``'s namespace, or None if there is none yet."""
+    ns = namespace(name)
+    pattern = re.compile(re.escape(ns) + r"\.d(\.[0-9a-f]{16})?")
+    for entry in sorted(e for e in os.listdir(SHM_DIR) if pattern.fullmatch(e)):
+        path = os.path.join(SHM_DIR, entry)
+        if is_private_dir(path):
+            return path
+    return None
+
+
+def segment_dir(name: str) -> str:
+    """The private directory of ``name``'s namespace, made (0700) if there is none.
+
+    A name taken by anything not ours is skipped for ``<ns>.d.<random hex>``.
+    Raises OSError only if ``/dev/shm`` itself refuses (ENOSPC, EACCES)."""
+    with _making:
+        found = find_dir(name)
+        if found is not None:
+            return found
+        base = os.path.join(SHM_DIR, f"{namespace(name)}.d")
+        for path in (base, *(f"{base}.{secrets.token_hex(8)}" for _ in range(8))):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:  # ours if another thread or process of ours won
+                pass
+            if is_private_dir(path):  # 0700 & ~umask: never wider
+                return path
+        raise FileExistsError(errno.EEXIST, f"no free directory name for {base}")
+
+
+def segment_path(name: str, *, create: bool = False) -> str:
+    """The path of segment ``name`` in its namespace's private directory.
+
+    With ``create``, the directory is made if missing; without, a missing directory
+    raises FileNotFoundError. Raises ValueError for an invalid name."""
+    check_name(name)
+    directory = segment_dir(name) if create else find_dir(name)
+    if directory is None:
+        raise FileNotFoundError(errno.ENOENT, f"no segment directory for {name!r}")
+    return os.path.join(directory, name)
+
+
+def temp_path(path: str) -> str:
+    """A fresh path, beside segment ``path``, to write it under before publishing."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".{check_name(name)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 def unlink(name: str) -> bool:
@@ -64,38 +163,61 @@ def list_segments(prefix: str) -> list[str]:
     Lists names only; it does not open the segments to check they are valid.
     Publication temp files are never listed.
     """
+    directory = find_dir(prefix)
+    if directory is None:
+        return []
     return sorted(
         entry
-        for entry in os.listdir(SHM_DIR)
+        for entry in os.listdir(directory)
         if entry.startswith(prefix) and len(entry) <= MAX_NAME_LEN and _NAME.fullmatch(entry)
     )
 
 
-_TEMP = re.compile(r"\.(?P<name>[A-Za-z0-9_][A-Za-z0-9_.-]*)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp")
+def remove_dir(prefix: str) -> bool:
+    """Remove ``prefix``'s namespace directory if it is empty; True if removed."""
+    directory = find_dir(prefix)
+    if directory is None:
+        return False
+    try:
+        os.rmdir(directory)
+    except OSError:  # not empty (ENOTEMPTY), or gone
+        return False
+    return True
 
 
 def sweep_temp(prefix: str) -> list[str]:
     """Remove publication temp files of segments starting with ``prefix`` whose
     writer process is gone (a publisher killed mid-write); return their paths.
 
-    A temp file of a live process is left alone: it may still be publishing.
+    Looks only in the namespace's private directory (other users' files in
+    ``/dev/shm`` are never seen). A temp file of a live process is left alone:
+    it may still be publishing. Never raises for a file it cannot remove.
     """
+    directory = find_dir(prefix)
+    if directory is None:
+        return []
     removed = []
-    for entry in os.listdir(SHM_DIR):
+    for entry in os.listdir(directory):
         m = _TEMP.fullmatch(entry)
         if m is None or not m["name"].startswith(prefix) or pid_alive(int(m["pid"])):
             continue
-        path = os.path.join(SHM_DIR, entry)
+        path = os.path.join(directory, entry)
         try:
             os.unlink(path)
-        except FileNotFoundError:
+        except OSError:  # gone already, or not ours to remove: leave it
             continue
         removed.append(path)
     return removed
 
 
 def pid_alive(pid: int) -> bool:
-    """True if a process with this pid exists (signal 0 probe)."""
+    """True if a process with this pid exists (signal 0 probe).
+
+    A pid no process can have (0, negative, above the kernel's limit) is not alive:
+    ``kill(0)`` would probe our own process group, a huge one raises OverflowError.
+    """
+    if not 0 < pid <= PID_MAX_LIMIT:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

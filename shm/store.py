@@ -1,15 +1,28 @@
 """Publishing and attaching segments.
 
-Publication is atomic. :func:`publish` creates ``/dev/shm/.<name>.<pid>.<hex>.tmp``
-with ``O_EXCL``, reserves its full size with ``posix_fallocate`` (a full tmpfs
-fails here with ENOSPC instead of killing the process with SIGBUS on a later
-page fault), writes manifest, data and finally the digest, then ``os.link``\\s
-it to ``/dev/shm/<name>`` and unlinks the temp name. ``link`` is atomic and,
-unlike ``rename``, never replaces an existing segment: a second publisher of
-the same name gets :class:`SegmentExists`. A reader therefore sees either no
-segment or a complete one. A publisher that crashes mid-write leaves only the
-temp file, which is never attached or listed (its name is not a valid segment
-name); it holds tmpfs memory until removed (``rm /dev/shm/.*.tmp`` of dead pids).
+Usage::
+
+    seg = publish("falcon.digits.1.ab12", {"w": weights}, {"graph": graph_bytes}, meta)
+    seg = attach("falcon.digits.1.ab12")          # verify=True: digest recomputed
+    seg.close(); seg.unlink()
+
+Publication is atomic. :func:`publish` creates ``.<name>.<pid>.<hex>.tmp`` in the
+namespace's private directory (:mod:`shm.names`) with ``O_EXCL|O_NOFOLLOW``, mode
+0600, reserves its full size with ``posix_fallocate`` (a full tmpfs fails here with
+ENOSPC instead of killing the process with SIGBUS on a later page fault), writes
+manifest, data and finally the digest, then ``os.link``\\s it to ``<name>`` and
+unlinks the temp name. ``link`` is atomic and, unlike ``rename``, never replaces an
+existing segment: a second publisher of the same name gets :class:`SegmentExists`. A
+reader therefore sees either no segment or a complete one. A publisher that crashes
+mid-write leaves only the temp file, which is never attached or listed (its name is
+not a valid segment name); :func:`shm.sweep_temp` removes those of dead pids.
+
+APPSEC: :func:`attach` proves the file is ours before reading a byte of it: it opens
+with ``O_NOFOLLOW|O_NONBLOCK`` (a symlink fails, a FIFO does not block) and checks
+on the open descriptor (``fstat``, so nothing can be swapped in between) that it is a
+regular file, owned by our effective uid, that neither group nor others may write;
+anything else is :class:`SegmentForeign`. The directory already keeps other users
+out; this check holds even if the directory were not ours.
 
 A segment must not be modified or truncated once published: a mapping whose
 file shrinks under it faults with SIGBUS. Attach checks the size only once.
@@ -29,10 +42,12 @@ import numpy as np
 import numpy.typing as npt
 
 from shm import layout
-from shm.errors import SegmentCorrupt, SegmentExists, SegmentNotFound
+from shm.errors import SegmentCorrupt, SegmentExists, SegmentForeign, SegmentNotFound
 from shm.layout import HEADER, ArrayEntry, Header, Manifest
-from shm.names import segment_path, temp_path
+from shm.names import check_name, segment_path, temp_path
 from shm.segment import Segment
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def publish(
@@ -50,7 +65,7 @@ def publish(
     unsupported dtype or non-JSON meta, OSError (ENOSPC) if ``/dev/shm`` is
     full. On any error no segment and no temp file is left behind.
     """
-    path = segment_path(name)
+    check_name(name)
     sources = {_key(k): np.asarray(a) for k, a in arrays.items()}
     blob_views = {_key(k): memoryview(b).cast("B") for k, b in (blobs or {}).items()}
     manifest = layout.build_manifest(
@@ -59,10 +74,11 @@ def publish(
         meta or {},
     )
     raw = layout.encode_manifest(manifest)
+    path = segment_path(name, create=True)
     if os.path.lexists(path):
         raise SegmentExists(f"segment {name!r} already exists")
-    tmp = temp_path(name)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = temp_path(path)
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         header = _write(fd, manifest, raw, sources, blob_views)
         _link(tmp, path, name)
@@ -78,13 +94,11 @@ def attach(name: str, *, verify: bool = True) -> Segment:
 
     Checks magic, layout version, manifest and sizes; with ``verify`` (the
     default) also recomputes the content digest, which reads every byte
-    (~0.16 s for 250 MB, measured). Raises SegmentNotFound, SegmentCorrupt, or
-    ValueError for an invalid name. Leaves nothing mapped on error.
+    (~0.16 s for 250 MB, measured). Raises SegmentNotFound, SegmentForeign (not
+    provably ours: see the module docstring), SegmentCorrupt, or ValueError for an
+    invalid name. Leaves nothing mapped on error.
     """
-    try:
-        fd = os.open(segment_path(name), os.O_RDONLY)
-    except FileNotFoundError:
-        raise SegmentNotFound(f"no segment named {name!r}") from None
+    fd = _open_own(name)
     try:
         header = _read_header(fd, name)
         mapping = mmap.mmap(fd, header.total, prot=mmap.PROT_READ)
@@ -142,10 +156,28 @@ def _link(tmp: str, path: str, name: str) -> None:
         raise SegmentExists(f"segment {name!r} was published concurrently") from None
 
 
+def _open_own(name: str) -> int:
+    """Open segment ``name`` read-only, never following a link or blocking; raise
+    SegmentForeign unless it is a regular file of ours that only we may write."""
+    try:
+        fd = os.open(segment_path(name), _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise SegmentNotFound(f"no segment named {name!r}") from None
+    except OSError as exc:  # ELOOP: a symlink; ENXIO: a socket; EACCES: not ours
+        raise SegmentForeign(f"segment {name!r} cannot be opened as ours: {exc.strerror}") from None
+    st = os.fstat(fd)
+    why = ("not a regular file" if not stat.S_ISREG(st.st_mode)
+           else f"owned by uid {st.st_uid}, not {os.geteuid()}" if st.st_uid != os.geteuid()
+           else f"mode {stat.S_IMODE(st.st_mode):04o} lets others write" if st.st_mode & 0o022
+           else "")
+    if why:
+        os.close(fd)
+        raise SegmentForeign(f"segment {name!r} is not ours: {why}")
+    return fd
+
+
 def _read_header(fd: int, name: str) -> Header:
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise SegmentCorrupt(f"segment {name!r} is not a regular file")
     try:
         return layout.unpack_header(os.pread(fd, HEADER.size, 0), st.st_size)
     except SegmentCorrupt as exc:

@@ -88,6 +88,7 @@ class StackFactory:
             for name in shm.list_segments(prefix):
                 leaked.append(name)
                 shm.unlink(name)
+            shm.remove_dir(prefix)  # left by a daemon killed on purpose
         return leaked
 
 

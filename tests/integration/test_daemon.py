@@ -127,7 +127,7 @@ def test_weights_live_in_shared_memory_not_in_private_memory(make_stack, heavy_r
     stack = make_stack(start=False, repo=heavy_repo)
     daemon = stack.start_daemon()
     [name] = segments(stack)
-    weight_bytes = os.path.getsize(f"/dev/shm/{name}")
+    weight_bytes = os.path.getsize(shm.segment_path(name))
     assert weight_bytes > 20e6
     rows = np.random.default_rng(0).normal(size=(8, 1024)).astype(np.float32)
     with connect(stack.settings.daemon_socket) as sock:
@@ -165,8 +165,8 @@ def test_corrupt_segment_is_detected_and_rebuilt(make_stack, heavy_repo):
     stack = make_stack(start=False, repo=heavy_repo)
     stack.start_daemon().stop(signal.SIGKILL)
     [name] = segments(stack)
-    with open(f"/dev/shm/{name}", "r+b") as fh:  # flip bytes inside the weights
-        fh.seek(os.path.getsize(f"/dev/shm/{name}") - 1000)
+    with open(shm.segment_path(name), "r+b") as fh:  # flip bytes inside the weights
+        fh.seek(os.path.getsize(shm.segment_path(name)) - 1000)
         fh.write(b"\xff" * 8)
     daemon = stack.start_daemon()
     assert "corrupt" in daemon.tail() and "published" in daemon.tail()

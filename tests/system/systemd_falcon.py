@@ -49,6 +49,8 @@ class Falcon:
     dsn: str
 
     def segments(self) -> list[str]:
-        """Shared-memory segments with the test's prefix, in the sandbox's /dev/shm."""
-        names = self.box.run(["ls", "-1", "/dev/shm"]).stdout.split()
+        """Shared-memory segments with the test's prefix, in the sandbox's /dev/shm
+        (in the daemon's private directory there, /dev/shm/<prefix>.d*/)."""
+        names = self.box.run(["find", "/dev/shm", "-mindepth", "2", "-maxdepth", "2",
+                              "-name", self.shm_prefix + ".*", "-printf", "%f\\n"]).stdout.split()
         return [n for n in names if n.startswith(self.shm_prefix + ".")]

@@ -33,15 +33,25 @@ def new_name() -> Iterator[Callable[[str], str]]:
     made: list[str] = []
 
     def make(prefix: str = "falcon-test") -> str:
-        name = f"{prefix}-{uuid.uuid4().hex}"
+        name = f"{prefix}.{uuid.uuid4().hex}"
         made.append(name)
         return name
 
     yield make
     for name in made:
         shm.unlink(name)
-        for leftover in SHM_DIR.glob(f".{name}.*"):
+        for leftover in seg_dir(name).glob(f".{name}.*"):
             leftover.unlink()
+        shm.remove_dir(name)
+
+
+def seg_dir(name: str) -> Path:
+    """The private directory segment ``name`` lives in (made if missing)."""
+    return Path(shm.segment_path(name, create=True)).parent
+
+
+def seg_path(name: str) -> Path:
+    return seg_dir(name) / name
 
 
 @pytest.fixture
@@ -57,7 +67,7 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def pwrite(name: str, data: bytes, offset: int) -> None:
-    fd = os.open(SHM_DIR / name, os.O_WRONLY)
+    fd = os.open(seg_path(name), os.O_WRONLY)
     try:
         os.pwrite(fd, data, offset)
     finally:
@@ -121,7 +131,7 @@ def test_blobs_meta_digest_and_size(name: str) -> None:
             assert seg.blobs["graph"].readonly
             assert seg.meta == meta
             assert seg.digest == pub.digest and len(seg.digest) == 64
-            assert seg.nbytes == pub.nbytes == os.path.getsize(SHM_DIR / name)
+            assert seg.nbytes == pub.nbytes == os.path.getsize(seg_path(name))
 
 
 def test_empty_segment(name: str) -> None:
@@ -134,7 +144,7 @@ def test_empty_segment(name: str) -> None:
 
 def test_attachments_share_the_segment_memory(name: str) -> None:
     with publish_pattern(name) as pub, shm.attach(name) as one, shm.attach(name) as two:
-        at = (SHM_DIR / name).read_bytes().find(PATTERN)
+        at = (seg_path(name)).read_bytes().find(PATTERN)
         assert at > 0
         pwrite(name, b"#", at)
         for seg in (pub, one, two):
@@ -154,7 +164,7 @@ def test_onnxruntime_wraps_the_views_without_copying(name: str) -> None:
 
 def test_changed_content_fails_the_digest_unless_verify_is_off(name: str) -> None:
     publish_pattern(name).close()
-    pwrite(name, b"#", (SHM_DIR / name).read_bytes().find(PATTERN))
+    pwrite(name, b"#", (seg_path(name)).read_bytes().find(PATTERN))
     with pytest.raises(shm.SegmentCorrupt, match="digest"):
         shm.attach(name)
     with shm.attach(name, verify=False) as seg:
@@ -192,7 +202,7 @@ def test_damaged_header_or_manifest_is_corrupt_even_without_verify(
 
 def test_manifest_pointing_outside_the_data_is_corrupt(name: str) -> None:
     publish_pattern(name).close()
-    raw = (SHM_DIR / name).read_bytes()
+    raw = (seg_path(name)).read_bytes()
     mlen = struct.unpack_from("<I", raw, 12)[0]
     doc = json.loads(raw[64 : 64 + mlen])
     assert doc["blobs"][0]["offset"] == 128
@@ -207,19 +217,19 @@ def test_manifest_pointing_outside_the_data_is_corrupt(name: str) -> None:
 @pytest.mark.parametrize("keep", [0, 10, 63, 64, -1])
 def test_truncated_file_is_corrupt(name: str, keep: int) -> None:
     publish_pattern(name).close()
-    path = SHM_DIR / name
+    path = seg_path(name)
     os.truncate(path, keep if keep >= 0 else path.stat().st_size + keep)
     with pytest.raises(shm.SegmentCorrupt):
         shm.attach(name, verify=False)
 
 
 def test_not_a_regular_file_is_corrupt(name: str) -> None:
-    (SHM_DIR / name).mkdir()
+    (seg_path(name)).mkdir()
     try:
         with pytest.raises(shm.SegmentCorrupt, match="regular"):
             shm.attach(name)
     finally:
-        (SHM_DIR / name).rmdir()
+        (seg_path(name)).rmdir()
 
 
 # -- namespace -------------------------------------------------------------------------
@@ -237,7 +247,7 @@ def test_publishing_twice_raises_exists_and_keeps_the_first(name: str) -> None:
         with shm.attach(name) as seg:
             assert seg.digest == first.digest
             np.testing.assert_array_equal(seg.arrays["x"], np.ones(3))
-    assert list(SHM_DIR.glob(f".{name}.*")) == []
+    assert list(seg_dir(name).glob(f".{name}.*")) == []
 
 
 def test_unlink_reports_whether_it_existed(name: str) -> None:
@@ -287,8 +297,8 @@ def test_bad_input_is_rejected_and_leaves_nothing(
 ) -> None:
     with pytest.raises(error):
         shm.publish(name, arrays, meta=meta)
-    assert not (SHM_DIR / name).exists()
-    assert list(SHM_DIR.glob(f".{name}.*")) == []
+    assert not (seg_path(name)).exists()
+    assert list(seg_dir(name).glob(f".{name}.*")) == []
 
 
 # -- crashes and other processes ---------------------------------------------------------
@@ -297,10 +307,10 @@ def test_bad_input_is_rejected_and_leaves_nothing(
 def test_leftover_temp_file_is_neither_listed_nor_attachable(name: str) -> None:
     """A publisher killed after writing but before linking leaves its temp file."""
     publish_pattern(name).close()
-    temp = SHM_DIR / f".{name}.{os.getpid()}.deadbeef.tmp"
-    temp.write_bytes((SHM_DIR / name).read_bytes())  # complete and valid, but unpublished
+    temp = seg_dir(name) / f".{name}.{os.getpid()}.deadbeef.tmp"
+    temp.write_bytes((seg_path(name)).read_bytes())  # complete and valid, but unpublished
     shm.unlink(name)
-    assert not any(name in n for n in shm.list_segments(""))
+    assert shm.list_segments(name) == []
     with pytest.raises(shm.SegmentNotFound):
         shm.attach(name)
     with pytest.raises(ValueError):
@@ -318,7 +328,7 @@ def test_publisher_killed_mid_write_never_yields_a_torn_segment(name: str) -> No
     child = subprocess.Popen([sys.executable, "-c", CRASHING_PUBLISHER, name], env=env)
     try:
         # Kill at the first sign of the segment under any name, temp or final.
-        while child.poll() is None and not list(SHM_DIR.glob(f"*{name}*")):
+        while child.poll() is None and not list(seg_dir(name).glob(f"*{name}*")):
             time.sleep(0.0005)
         seen_mid_publish = child.poll() is None
         child.send_signal(signal.SIGKILL)
@@ -347,7 +357,7 @@ def test_child_that_attaches_and_exits_leaves_the_segment(name: str) -> None:
             assert done.returncode == 0, done.stderr
             assert done.stdout.split() == [seg.digest, "45.0"]
             assert "leaked" not in done.stderr  # resource tracker warnings
-            assert (SHM_DIR / name).exists()
+            assert (seg_path(name)).exists()
         with shm.attach(name) as again:
             assert again.digest == seg.digest
 
@@ -371,21 +381,75 @@ def test_close_without_held_views_unmaps(name: str) -> None:
     assert seg.closed and "closed" in repr(seg)
 
 
-def test_sweep_temp_removes_only_dead_publishers_temp_files():
-    prefix = f"fsweep{uuid.uuid4().hex[:8]}"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+def dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
-    dead_pid = int(dead.stdout)
-    stale = f"/dev/shm/.{prefix}.m.1.{dead_pid}.deadbeef.tmp"
-    live = f"/dev/shm/.{prefix}.m.1.{os.getpid()}.cafebabe.tmp"
-    other = f"/dev/shm/.other{prefix}.{dead_pid}.deadbeef.tmp"
-    for path in (stale, live, other):
+    return int(done.stdout)
+
+
+def test_sweep_temp_removes_only_dead_publishers_temp_files(name: str):
+    directory = seg_dir(name)
+    pid = dead_pid()
+    stale = str(directory / f".{name}.m.1.{pid}.deadbeef.tmp")
+    huge = str(directory / f".{name}.x.99999999999999999999.deadbeef.tmp")  # no such pid
+    zero = str(directory / f".{name}.z.0.deadbeef.tmp")  # kill(0) would probe our group
+    live = str(directory / f".{name}.m.1.{os.getpid()}.cafebabe.tmp")
+    other = str(directory / f".other{name}.{pid}.deadbeef.tmp")
+    outside = f"/dev/shm/.{name}.m.1.{pid}.deadbeef.tmp"  # not in our directory: not ours
+    for path in (stale, huge, zero, live, other, outside):
         open(path, "wb").close()
     try:
-        assert shm.sweep_temp(prefix) == [stale]
-        assert not os.path.exists(stale)
-        assert os.path.exists(live) and os.path.exists(other)
+        assert sorted(shm.sweep_temp(name)) == sorted([stale, huge, zero])
+        assert os.path.exists(live) and os.path.exists(other) and os.path.exists(outside)
     finally:
-        for path in (stale, live, other):
-            if os.path.exists(path):
-                os.unlink(path)
+        for path in (live, other, outside):
+            os.unlink(path)
+
+
+# -- ownership: the segment directory and the files in it -----------------------------
+
+
+def test_segment_directory_is_private_and_removed_once_empty(name: str) -> None:
+    with publish_pattern(name):
+        st = seg_dir(name).stat()
+        assert st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
+        assert seg_path(name).stat().st_mode & 0o777 == 0o600
+        assert shm.remove_dir(name) is False  # not empty
+    shm.unlink(name)
+    directory = seg_dir(name)
+    assert shm.remove_dir(name) is True and not directory.exists()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "socket", "other-owner", "group-writable"])
+def test_attach_refuses_what_is_not_provably_ours(name: str, tmp_path: Path, kind: str) -> None:
+    """Never followed, never blocked on, never trusted: SegmentForeign at once."""
+    valid = f"{name}-valid"
+    with publish_pattern(valid):
+        data = seg_path(valid).read_bytes()
+    shm.unlink(valid)
+    path = seg_path(name)
+    if kind == "symlink":
+        (tmp_path / "w").write_bytes(data)
+        path.symlink_to(tmp_path / "w")
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    elif kind == "socket":
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(path))
+        sock.close()
+    else:
+        path.write_bytes(data)
+        os.chmod(path, 0o620 if kind == "group-writable" else 0o600)
+        if kind == "other-owner":
+            if os.geteuid() != 0:
+                pytest.skip("chown to another user needs root")
+            os.chown(path, 54321, 54321)
+    started = time.monotonic()
+    with pytest.raises(shm.SegmentForeign):
+        shm.attach(name)
+    assert time.monotonic() - started < 5
+    assert shm.unlink(name) is True  # ours to remove: it is in our directory
+
+

@@ -6,8 +6,8 @@ Usage::
         [--connections 64] [--duration 10] [--no-py-spy] [--rate 250]
 
 Each contender comes up exactly as ``bench/compare.py`` brings it up (same HAProxy
-config, same workers and threads, the same one-row body). Two wrk runs each, after a
-warm-up:
+config, same workers and threads, the same API key and distinct rows of
+``bench/loadrun.py``). Two wrk runs each, after a warm-up:
 
 1. **CPU split, no profiler attached**: wrk for ``--duration`` seconds while the CPU time
    (utime + stime from ``/proc/PID/stat``) of each process group is read before and

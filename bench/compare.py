@@ -83,6 +83,7 @@ from loadrun import Load, template, with_cpu  # noqa: E402
 from procs import cleaned_up, descendants, pss_kb, stop_on_sigterm  # noqa: E402
 
 import shm  # noqa: E402
+from falconctl.hosts import servers  # noqa: E402
 from falconctl.stack import Stack, free_port, http_status, split_hostport  # noqa: E402
 from tests.modelfactory import write_mlp_model  # noqa: E402
 
@@ -118,6 +119,7 @@ class Run:
     offered_rps: float = 0.0  # > 0: a fixed-offered-rate run (bench/openloop.py)
     late_sends: int = 0  # requests the open-loop generator sent > 5 ms late
     cpu_s: dict[str, float] = field(default_factory=dict)  # group -> user + system s
+    settled_s: float = 0.0  # waited before the run for HAProxy to see the servers UP
 
     @property
     def errors(self) -> int:
@@ -287,6 +289,23 @@ def memcached_stats(stack: Stack) -> dict[str, int]:
     return {k: int(stats[k]) for k in ("get_hits", "get_misses") if k in stats}
 
 
+def settle(stack: Stack, timeout: float = 15.0) -> float:
+    """Wait until HAProxy sees every server of the backend UP; the seconds waited. A
+    contender that could not answer its health checks under the last run (the async
+    seed's loop busy with heavy inferences: a 1 s check timeout, ``fall 2``) is DOWN
+    for a while and gets 503s: each run starts from a healthy backend, so a run does
+    not measure the recovery from the one before it."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if all(r["status"].startswith("UP") for r in servers(stack.settings)):
+            break
+        time.sleep(0.1)
+    waited = time.monotonic() - started
+    if waited > 0.5:
+        log(f"  waited {waited:.1f}s for HAProxy to see every server UP")
+    return waited
+
+
 def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, load: Load,
             args: argparse.Namespace) -> list[Run]:
     started = time.perf_counter()
@@ -299,7 +318,8 @@ def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, lo
         if args.warmup:
             load.wrk(url, min(args.connections), args.warmup)
         for c in args.connections:
-            r = Run(contender, model, c,
+            waited = settle(stack)
+            r = Run(contender, model, c, settled_s=waited,
                     **with_cpu(stack, partial(load.wrk, url, c, args.duration)))
             runs.append(r)
             log(f"  {contender}/{model} c={c}: {r.rps:.0f} req/s, p50 {r.p50_ms:.1f} ms, "
@@ -308,7 +328,7 @@ def measure(contender: str, bench: Bench, repo: Path, model: str, body: Path, lo
             args.rate[model] = max(r.ok_rps for r in runs) / 2  # half the seed's capacity
         rate = args.rate.get(model)
         if rate and args.fixed_seconds:
-            r = Run(contender, model, **with_cpu(
+            r = Run(contender, model, settled_s=settle(stack), **with_cpu(
                 stack, lambda: load.openloop(url, rate, args.fixed_seconds)))
             runs.append(r)
             log(f"  {contender}/{model} fixed {rate:.0f}/s: {r.rps:.0f} req/s, p50 "

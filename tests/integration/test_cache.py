@@ -100,7 +100,7 @@ def test_memcached_killed_mid_load_only_200s(make_stack, memcached, tmp_path):
         outcomes = load.stop()
     assert {o.status for o in outcomes} == {200}, {o.status for o in outcomes}
     assert sum(o.doc["cached"] for o in outcomes) > 0
-    metrics = request(addr, "GET", "/metrics").body.decode()
+    metrics = request(stack.settings.edge.bind, "GET", "/metrics").body.decode()
     assert 'falcon_cache_requests_total{model="mlp",result="error"}' in metrics or \
         'result="bypass"' in metrics
     assert f'falcon_breaker_state{{breaker="memcached:{memcached.addr}"}}' in metrics

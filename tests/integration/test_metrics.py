@@ -34,7 +34,7 @@ def test_one_scrape_shows_edge_and_shipper(make_stack, pg_dsn):
     assert post_json(addr, "/v1/models/digits/predict", {"instances": [[1]]}).status == 400
     assert post_json(addr, "/v1/models/nope/predict", {"instances": [[1]]}).status == 404
     time.sleep(1.0)  # a shipper pass
-    families = scrape(addr)
+    families = scrape(stack.settings.edge.bind)  # Prometheus scrapes the edge directly
     requests = families["falcon_requests"]
     assert value(requests, "falcon_requests_total", model="digits", version="1", face="v1",
                  status="200", cached="false") == 30
@@ -54,7 +54,7 @@ def test_daemon_metrics_reach_the_same_scrape(make_stack):
     for i in range(10):
         assert post_json(addr, "/v1/models/digits/predict",
                          {"instances": DIGITS["X"][i:i + 2].tolist()}).status == 200
-    families = scrape(addr)
+    families = scrape(stack.settings.edge.bind)  # Prometheus scrapes the edge directly
     labels = {"model": "digits", "version": "1"}
     assert value(families["falcon_batch_rows"], "falcon_batch_rows_count", **labels) == 10
     assert value(families["falcon_batch_rows"], "falcon_batch_rows_sum", **labels) >= 20

@@ -104,6 +104,28 @@ def test_a_forged_secret_with_someone_elses_id_does_not_use_up_their_allowance(m
     assert {predict(addr, victim).status for _ in range(PER_KEY)} == {200}
 
 
+@pytest.mark.parametrize("header", ["Authorization", "X-API-Key"])
+def test_blanks_around_a_key_buy_no_fresh_allowance(make_stack, header):
+    """The edge strips the blanks around a key; HAProxy must count the key, not the
+    header's bytes, or each count of blanks is a fresh stick-table entry."""
+    stack = make_stack(start=False, FALCON_AUTH_ENABLED="true",
+                       FALCON_HAPROXY_RATE_PER_KEY=str(PER_KEY))
+    padded, plain = create_key(stack, "padded"), create_key(stack, "plain")
+    stack.start()
+    addr = stack.settings.haproxy.bind
+
+    def send(value: str) -> int:
+        return post_json(addr, PREDICT, {"instances": [[0.0] * 64]},
+                         headers={header: value}).status
+
+    blanks = [" " * (i % 7) + "\t" * (i % 3) + " " * (i // 7) for i in range(40)]
+    prefix = "Bearer " if header == "Authorization" else ""
+    padded_statuses = [send(f"{prefix}{b}{padded}{b[::-1]}") for b in blanks]
+    plain_statuses = [send(f"{prefix}{plain}") for _ in blanks]
+    assert plain_statuses == [200] * PER_KEY + [429] * (40 - PER_KEY)
+    assert padded_statuses == plain_statuses
+
+
 def test_a_class_given_while_haproxy_runs_applies_without_a_reload(make_stack):
     stack = make_stack(start=False, FALCON_AUTH_ENABLED="true",
                        FALCON_HAPROXY_RATE_PER_KEY=str(PER_KEY),

@@ -50,6 +50,7 @@ bench: deps venv
 
 check-model: venv
 	$(PY) models/build_digits.py --check
+	$(PY) models/build_iris.py --check
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

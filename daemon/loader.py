@@ -275,8 +275,13 @@ def _advice(arg: Any) -> str:
     if arg.type.startswith("seq(map("):
         return (f"only a ZipMap node's seq(map(int64|string, tensor(float))) is served as a "
                 f"[N, C] tensor; {ZIPMAP_ADVICE}")
-    if arg.type.startswith(("seq(", "map(", "optional(")):
-        return f"{served}; export the model so that this {arg.type.split('(')[0]} is a tensor"
+    if arg.type.startswith("seq("):
+        return (f"{served}; export this sequence as a tensor (a classifier's probabilities: "
+                f"convert with options={{'zipmap': False}} (skl2onnx) or zipmap=False "
+                f"(onnxmltools))")
+    if arg.type.startswith(("map(", "optional(")):
+        return (f"{served}; export the model with a tensor here (a map input: one tensor "
+                f"column per key, e.g. without DictVectorizer)")
     return f"{served}; cast it in the graph (e.g. a Cast node to float or int64) before export"
 
 

@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from settings import Settings
 
@@ -27,12 +28,18 @@ def dev_env(root: Path, env: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def example_row(root: Path) -> list[float]:
-    path = root / "models" / "digits" / "example.json"
+DEMO_MODELS = ("digits", "iris")  # the demo models shipped in models/, banner order
+
+
+def example_rows(root: Path, model: str) -> list[Any] | None:
+    """The rows of ``models/<model>/example.json`` (the digits one: its first row only,
+    64 numbers are enough for one line); None when there is none."""
+    path = root / "models" / model / "example.json"
     try:
-        return list(json.loads(path.read_text())["instances"][0])
-    except (OSError, ValueError, KeyError, IndexError):
-        return [0.0] * 64
+        rows = list(json.loads(path.read_text())["instances"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rows[:1] if model == "digits" else rows or None
 
 
 def key_lines(s: Settings, key: str | None) -> tuple[str, list[str]]:
@@ -54,8 +61,15 @@ def key_lines(s: Settings, key: str | None) -> tuple[str, list[str]]:
 def banner(s: Settings, root: Path, key: str | None = None) -> str:
     """``key``: a key created by this run (:func:`falconctl.keys.create_demo_key`)."""
     url = f"http://{s.haproxy.bind}"
-    body = json.dumps({"instances": [example_row(root)]}, separators=(",", ":"))
     header, about_key = key_lines(s, key)
+    tries = []
+    for model in DEMO_MODELS:
+        rows = example_rows(root, model) or ([[0.0] * 64] if model == "digits" else None)
+        if rows is None:
+            continue
+        body = json.dumps({"instances": rows}, separators=(",", ":"))
+        tries.append(f"  curl -s {url}/v1/models/{model}/predict -H 'Content-Type: "
+                     f"application/json'{header} -d '{body}'")
     return "\n".join([
         "",
         f"Falcon inference is up at {url}",
@@ -66,8 +80,7 @@ def banner(s: Settings, root: Path, key: str | None = None) -> str:
         *about_key,
         "",
         "Try:",
-        f"  curl -s {url}/v1/models/digits/predict -H 'Content-Type: application/json'"
-        f"{header} -d '{body}'",
+        *tries,
         "",
         "Ctrl-C stops everything.",
         "",

@@ -230,3 +230,38 @@ def write_multi_io_model(repo: Path, name: str = "multi", version: str = "1") ->
         max_batch_size=64,
     )
     return model_path
+
+
+# ------------------------------------------------------------ models that cannot be served
+
+
+def write_unservable_model(repo: Path, name: str, kind: str, version: str = "1") -> Path:
+    """A model whose output the daemon cannot serve, to check what its refusal says.
+
+    ``kind``: ``"sequence"`` (``x`` float32 [N, 2] -> ``SequenceConstruct`` -> ``seq``
+    seq(tensor(float))), or ``"map-input"`` (``x`` map(string, tensor(float)) ->
+    ``DictVectorizer`` -> ``y`` float32).
+    """
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    if kind == "sequence":
+        nodes = [helper.make_node("SequenceConstruct", ["x"], ["seq"])]
+        out = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
+        opsets = [helper.make_opsetid("", OPSET)]
+    elif kind == "map-input":
+        x = helper.make_value_info("x", helper.make_map_type_proto(
+            TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+        nodes = [helper.make_node("DictVectorizer", ["x"], ["y"], domain="ai.onnx.ml",
+                                  string_vocabulary=["a", "b"])]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 3)]
+    else:
+        raise ValueError(f"unknown kind {kind!r}")
+    graph = helper.make_graph(nodes, name, [x], [out])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER,
+                              producer_version="1")
+    model.ir_version = IR_VERSION
+    model_path, config_path = model_paths(repo, name, version)
+    model_path.write_bytes(model.SerializeToString())
+    write_config(config_path, description=f"Test model that cannot be served: {kind}",
+                 max_batch_size=8)
+    return model_path

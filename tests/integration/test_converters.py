@@ -9,6 +9,7 @@ the bits they get alone.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from conftest import make_repo
+from conftest import ROOT, make_repo
 from httpx_lite import post_json, request
+from modelfactory import write_unservable_model
 from test_batching import coalesced, infer, one_by_one, outputs_of, pipelined, spread
 
 BUILDERS = {
@@ -36,6 +38,10 @@ CLASSIFIERS = ["rf_iris", "logreg_names", "tabular", "topics", "lgbm"]
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, cm.Built]:
     repo = make_repo(tmp_path_factory.mktemp("converters") / "models")
+    shutil.copytree(ROOT / "models" / "iris", repo / "iris",
+                    ignore=shutil.ignore_patterns("*.py", "example.json"))
+    write_unservable_model(repo, "seqout", "sequence")
+    write_unservable_model(repo, "mapin", "map-input")
     return {name: build(repo) for name, build in BUILDERS.items()}
 
 
@@ -198,3 +204,35 @@ def test_string_rows_batched_in_the_daemon_keep_their_bits(stack, built, name):
     for i, answer in enumerate(lone):
         for out, got in outputs_of(answer).items():
             np.testing.assert_array_equal(got, alone[out][i:i + 1])
+
+
+def test_shipped_iris_demo_answers_its_held_out_split(addr, stack):
+    """models/iris: skl2onnx defaults (string label, ZipMap) as make up serves them."""
+    split = np.load(ROOT / "tests" / "data" / "iris_test.npz")
+    path = Path(stack.settings.daemon.model_repository) / "iris" / "1" / "model.onnx"
+    ref = reference(cm.Built("iris", path, {"input": split["X"]}, []))
+    ans = post_json(addr, "/v1/models/iris/predict", {"instances": split["X"].tolist()})
+    assert ans.status == 200, ans.body
+    rows = ans.json()["predictions"]
+    assert [r["label"] for r in rows] == ref["output_label"].tolist()
+    assert float(np.mean(ref["output_label"] == split["y"])) > 0.9
+    got = np.array([[r["probabilities"][c] for c in cm.IRIS_NAMES] for r in rows], np.float32)
+    np.testing.assert_array_equal(got, ref["output_probability"])
+    inp = triton.InferInput("input", list(split["X"].shape), "FP32")
+    result = triton.InferenceServerClient(addr).infer("iris", [inp.set_data_from_numpy(split["X"])])
+    np.testing.assert_array_equal(as_text(result.as_numpy("output_label")), ref["output_label"])
+    np.testing.assert_array_equal(result.as_numpy("output_probability"),
+                                  ref["output_probability"])
+
+
+def test_what_cannot_load_says_why_and_what_to_do(addr):
+    index = {m["name"]: m for m in request(addr, "POST", "/v2/repository/index").json()}
+    assert index["seqout"]["state"] == "UNAVAILABLE"
+    reason = index["seqout"]["reason"]
+    assert "output 'seq' has unsupported type seq(tensor(float))" in reason
+    assert "options={'zipmap': False}" in reason
+    reason = index["mapin"]["reason"]
+    assert "input 'x' has unsupported type map(string,tensor(float))" in reason
+    assert "export the model with a tensor here" in reason
+    for name in BUILDERS:
+        assert index[name]["state"] == "READY", index[name]

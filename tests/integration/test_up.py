@@ -51,18 +51,24 @@ def run_up(tmp_path: Path) -> None:
         output = "".join(lines)
         bind = env["FALCON_HAPROXY_BIND"]
         assert f"http://{bind}" in output
-        curl = next(ln.strip() for ln in lines if ln.strip().startswith("curl "))
-        argv = shlex.split(curl)
-        body = argv[argv.index("-d") + 1]
-        url = next(a for a in argv if a.startswith("http://"))
-        path = url.split(bind, 1)[1]
-        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
-        assert headers["Authorization"].startswith("Bearer fk_"), curl
-        assert request(bind, "POST", path, body, {"Content-Type": "application/json"}).status == 401
-        ans = request(bind, "POST", path, body, headers)
-        assert ans.status == 200, ans.body
-        expected = json.loads((ROOT / "models/digits/example.json").read_text())["expected_labels"]
-        assert [p["label"] for p in ans.json()["predictions"]] == expected
+        curls = [ln.strip() for ln in lines if ln.strip().startswith("curl ")]
+        request_ids = []
+        assert len(curls) == 2, output  # one per demo model: digits, iris
+        for curl, model in zip(curls, ("digits", "iris"), strict=True):
+            argv = shlex.split(curl)
+            body = argv[argv.index("-d") + 1]
+            url = next(a for a in argv if a.startswith("http://"))
+            path = url.split(bind, 1)[1]
+            assert path == f"/v1/models/{model}/predict", curl
+            headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+            assert headers["Authorization"].startswith("Bearer fk_"), curl
+            denied = request(bind, "POST", path, body, {"Content-Type": "application/json"})
+            assert denied.status == 401
+            ans = request(bind, "POST", path, body, headers)
+            assert ans.status == 200, ans.body
+            example = json.loads((ROOT / "models" / model / "example.json").read_text())
+            assert [p["label"] for p in ans.json()["predictions"]] == example["expected_labels"]
+            request_ids.append(ans.json()["request_id"])
         children = _descendants(proc.pid)
         # daemon, gunicorn arbiter + workers, haproxy, shipper, memcached
         assert len(children) >= 6
@@ -70,7 +76,7 @@ def run_up(tmp_path: Path) -> None:
         assert cache, output
         host, port = cache.group(1).split(":")
         socket.create_connection((host, int(port)), timeout=5).close()  # it is up
-        assert _wait_for_audit_row(env, ans.json()["request_id"])
+        assert _wait_for_audit_rows(env, request_ids)
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
@@ -84,15 +90,18 @@ def run_up(tmp_path: Path) -> None:
             proc.wait()
 
 
-def _wait_for_audit_row(env: dict[str, str], request_id: str) -> bool:
-    """The embedded PostgreSQL that `up` started received the prediction's audit row."""
+def _wait_for_audit_rows(env: dict[str, str], request_ids: list[str]) -> bool:
+    """The embedded PostgreSQL that `up` started received the predictions' audit rows
+    (the iris one with string labels and a string output)."""
     out = subprocess.run([sys.executable, "-m", "falconctl", "wal", "tail", "--once",
                           "--from-start"], env=env, capture_output=True, text=True, timeout=60)
-    assert request_id in out.stdout, out.stdout + out.stderr
+    for request_id in request_ids:
+        assert request_id in out.stdout, out.stdout + out.stderr
+    assert '"labels":["setosa","versicolor","virginica"]' in out.stdout, out.stdout
     log = Path(env["FALCON_PATHS_STATE_DIR"]) / "logs" / "shipper.log"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if "shipped 1 records" in log.read_text():
+        if re.search(r"shipped [12] records", log.read_text()):  # digits' and iris' rows
             return True
         time.sleep(0.2)
     return False

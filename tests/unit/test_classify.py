@@ -83,3 +83,16 @@ def test_model_meta_reads_class_labels_from_the_daemon_metadata() -> None:
     m = ModelMeta.from_wire(wire, ("1",))
     assert m.inputs[0].dtype == np.dtype(object)
     assert m.outputs[0].class_labels == (3, 7)
+
+
+def test_openapi_describes_bytes_named_rows_and_class_labels() -> None:
+    from edge.openapi import spec
+    schemas = spec()["components"]["schemas"]
+    assert "BYTES" in schemas["Tensor"]["properties"]["datatype"]["enum"]
+    rows = schemas["PredictRequest"]["properties"]["instances"]["items"]["oneOf"]
+    keyed = next(r for r in rows if r.get("type") == "object")
+    assert "keyed by input name" in keyed["description"]
+    assert any(r.get("type") == "array" for r in rows)
+    label = schemas["PredictResponse"]["properties"]["predictions"]["items"]["properties"]["label"]
+    assert {"type": "string"} in label["oneOf"] and {"type": "integer"} in label["oneOf"]
+    assert "class_labels" in schemas["ClassLabels"]["properties"]

@@ -31,6 +31,11 @@ on the wire). A ``seq(map(int64|string, tensor(float)))`` output made by a
 the ZipMap's ``classlabels_int64s``/``classlabels_strings[j]``; those labels are
 the output's ``class_labels`` in the metadata (:class:`TensorSpec`). Any other
 type is refused at load time with what to do instead (:func:`_spec`).
+
+Warm-up (:func:`warm_up`): before :func:`load` returns (so before the registry
+publishes the version, and before the daemon announces READY), the version runs
+on synthetic inputs at 1 row and at its batch size, after a re-attach too. A
+version that cannot answer the 1-row run is refused with the cause.
 """
 
 from __future__ import annotations
@@ -69,6 +74,9 @@ ORT_TO_NUMPY = {
     "tensor(string)": STRING,
 }
 ZIPMAP_TYPES = ("seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))")
+LOCALE_ADVICE = (" (a StringNormalizer names a locale this host lacks; for a TF-IDF pipeline "
+                 "convert with skl2onnx's options={TfidfVectorizer: {'locale': 'C.UTF-8'}}, "
+                 "or install the locale)")
 ZIPMAP_ADVICE = ("serve class probabilities as a ZipMap node's output (skl2onnx's default) "
                  "or as a float tensor: convert with options={'zipmap': False} "
                  "(skl2onnx) or zipmap=False (onnxmltools)")
@@ -108,6 +116,7 @@ class LoadedVersion:
     attached: bool            # True: re-attached to an existing segment
     load_seconds: float
     inflight: int = 0         # requests admitted and not yet answered (the event loop counts)
+    warmup_seconds: float = 0.0  # the synthetic runs of :func:`warm_up`
     _ortvalues: list[Any] = field(default_factory=list, repr=False)
     _zipmaps: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
 
@@ -178,8 +187,63 @@ def load(entry: VersionEntry, *, prefix: str, placeholder_dir: Path,
             segment.unlink()
         raise
     _trim_heap()
-    return LoadedVersion(entry, session, segment, inputs, outputs, attached,
-                         time.perf_counter() - started, _ortvalues=ortvalues)
+    lv = LoadedVersion(entry, session, segment, inputs, outputs, attached,
+                       time.perf_counter() - started, _ortvalues=ortvalues)
+    try:
+        lv.warmup_seconds = warm_up(lv)
+    except BaseException:
+        lv.close(unlink=not attached)
+        raise
+    return lv
+
+
+def warmup_rows(lv: LoadedVersion) -> list[int]:
+    """The batch sizes :func:`warm_up` runs: 1 and the version's batch size when every
+    input has a dynamic first dimension, else the inputs' own (fixed) sizes once."""
+    if not all(s.shape and s.shape[0] < 0 for s in lv.inputs):
+        return [0]  # 0: every dimension as the model fixes it (dynamic ones: 1)
+    config = lv.entry.config
+    batch = config.batching.max_batch_size or config.max_batch_size
+    return sorted({1, max(1, batch)})
+
+
+def synthetic_feeds(lv: LoadedVersion, rows: int) -> dict[str, np.ndarray]:
+    """Zeros (``""`` for strings, False for bools) of every input's shape, the first
+    dimension ``rows`` where dynamic and other dynamic dimensions 1."""
+    feeds = {}
+    for spec in lv.inputs:
+        shape = [d if d >= 0 else (rows if i == 0 and rows else 1)
+                 for i, d in enumerate(spec.shape)]
+        if spec.dtype == STRING:
+            feeds[spec.name] = np.full(shape, "", dtype=object)
+        else:
+            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+    return feeds
+
+
+def warm_up(lv: LoadedVersion) -> float:
+    """Run ``lv`` on synthetic inputs (:func:`synthetic_feeds`) at 1 row and at its batch
+    size, every output asked, before it is published: ONNX Runtime allocates its arenas
+    and picks its kernels on a first run, which the first request would otherwise pay.
+    Returns the seconds taken (logged and exported by the registry).
+
+    Raises :class:`LoadError` naming the cause when the first run fails: a version that
+    cannot answer a row is refused like a corrupt one. A failure at the batch size only
+    is logged: the version serves (its requests run alone; :mod:`daemon.batcher`
+    unbatches a model that only takes one row)."""
+    started = time.perf_counter()
+    names = [s.name for s in lv.outputs]
+    for k, rows in enumerate(warmup_rows(lv)):
+        try:
+            lv.run(synthetic_feeds(lv, rows), names)
+        except Exception as exc:  # ORT raises its own classes
+            size = f"{rows} row{'s' if rows != 1 else ''}" if rows else "its fixed shape"
+            if k == 0:
+                raise LoadError(f"{lv.entry.path}: warm-up on synthetic inputs ({size}: zeros, "
+                                f"empty strings) failed: {exc}") from None
+            log.warning("model %s/%s: warm-up at %s failed (%s); requests will run alone",
+                        lv.model, lv.version, size, exc)
+    return time.perf_counter() - started
 
 
 def _attach_or_publish(name: str, entry: VersionEntry) -> tuple[shm.Segment, bool]:
@@ -253,7 +317,8 @@ def _session(segment: shm.Segment, entry: VersionEntry, placeholder_dir: Path,
         session = ort.InferenceSession(bytes(segment.blobs[GRAPH_BLOB]), so,
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
-        raise LoadError(f"{entry.path}: ONNX Runtime refused the model: {exc}") from None
+        hint = LOCALE_ADVICE if "construct locale" in str(exc) else ""
+        raise LoadError(f"{entry.path}: ONNX Runtime refused the model: {exc}{hint}") from None
     return session, ortvalues
 
 

@@ -21,5 +21,9 @@ OUTCOMES = Counter("falcon_inference_requests_total", "Infer requests answered b
                    ["model", "version", "outcome"])
 SHM_BYTES = Gauge("falcon_shm_bytes", "Shared-memory bytes of a loaded model version.",
                   ["model", "version"], multiprocess_mode="livemax")
+WARMUP_SECONDS = Gauge("falcon_warmup_seconds", "Seconds the last load of a model version "
+                       "spent in its warm-up runs (synthetic inputs at 1 row and at its "
+                       "batch size) before it became routable.", ["model", "version"],
+                       multiprocess_mode="livemax")
 INFLIGHT = Gauge("falcon_daemon_inflight_requests", "Infer requests admitted and not yet "
                  "answered.", multiprocess_mode="livesum")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from daemon import loader
+from daemon import loader, metrics
 from daemon.loader import LoadedVersion, TensorSpec
 from daemon.repository import VersionEntry
 
@@ -78,8 +78,10 @@ class Registry:
             self.failures[key] = str(exc)
             raise
         self.failures.pop(key, None)
-        log.info("model %s loaded in %.3fs (%s, %d weight bytes)", key, lv.load_seconds,
-                 "re-attached" if lv.attached else "published", lv.weight_bytes)
+        log.info("model %s loaded in %.3fs (%s, %d weight bytes), warmed up in %.3fs", key,
+                 lv.load_seconds, "re-attached" if lv.attached else "published",
+                 lv.weight_bytes, lv.warmup_seconds)
+        metrics.WARMUP_SECONDS.labels(lv.model, lv.version).set(lv.warmup_seconds)
         self._add(lv)
         return lv
 

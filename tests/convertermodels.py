@@ -147,7 +147,7 @@ TEXTS = (
 TOPICS = ("sport",) * 6 + ("tech",) * 6 + ("food",) * 6
 
 
-def tfidf_text(repo: Path, name: str = "topics") -> Built:
+def tfidf_text(repo: Path, name: str = "topics", locale: str = TEXT_LOCALE) -> Built:
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import StringTensorType
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -157,7 +157,7 @@ def tfidf_text(repo: Path, name: str = "topics") -> Built:
                      ("clf", LogisticRegression(max_iter=500))]).fit(list(TEXTS), list(TOPICS))
     onx = convert_sklearn(pipe, initial_types=[("text", StringTensorType([None, 1]))],
                           target_opset=TARGET_OPSET,
-                          options={TfidfVectorizer: {"locale": TEXT_LOCALE}})
+                          options={TfidfVectorizer: {"locale": locale}})
     texts = [*TEXTS[::2], "the keeper and the chip", "", "Caf\u00e9 soup!", "unknown words only"]
     feeds = {"text": np.asarray(texts, dtype=object).reshape(-1, 1)}
     return Built(name, _write(repo, name, onx), feeds, [[t] for t in texts], ("text",))

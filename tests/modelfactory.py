@@ -239,10 +239,13 @@ def write_unservable_model(repo: Path, name: str, kind: str, version: str = "1")
     """A model whose output the daemon cannot serve, to check what its refusal says.
 
     ``kind``: ``"sequence"`` (``x`` float32 [N, 2] -> ``SequenceConstruct`` -> ``seq``
-    seq(tensor(float))), or ``"map-input"`` (``x`` map(string, tensor(float)) ->
-    ``DictVectorizer`` -> ``y`` float32).
+    seq(tensor(float))), ``"map-input"`` (``x`` map(string, tensor(float)) ->
+    ``DictVectorizer`` -> ``y`` float32), or ``"three-rows-only"`` (``x`` float32 [N, 2]
+    -> ``Reshape`` to [3, 2]: it loads, and fails on any other number of rows, so its
+    warm-up at 1 row fails).
     """
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
+    inits: list[onnx.TensorProto] = []
     if kind == "sequence":
         nodes = [helper.make_node("SequenceConstruct", ["x"], ["seq"])]
         out = helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)
@@ -254,9 +257,14 @@ def write_unservable_model(repo: Path, name: str, kind: str, version: str = "1")
                                   string_vocabulary=["a", "b"])]
         out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
         opsets = [helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", 3)]
+    elif kind == "three-rows-only":
+        nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+        out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])
+        opsets = [helper.make_opsetid("", OPSET)]
+        inits = [numpy_helper.from_array(np.array([3, 2], dtype=np.int64), "shape")]
     else:
         raise ValueError(f"unknown kind {kind!r}")
-    graph = helper.make_graph(nodes, name, [x], [out])
+    graph = helper.make_graph(nodes, name, [x], [out], initializer=inits)
     model = helper.make_model(graph, opset_imports=opsets, producer_name=PRODUCER,
                               producer_version="1")
     model.ir_version = IR_VERSION

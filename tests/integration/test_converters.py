@@ -9,6 +9,7 @@ the bits they get alone.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import tritonclient.http as triton
 from conftest import ROOT, make_repo
 from httpx_lite import post_json, request
 from modelfactory import write_unservable_model
+from prometheus_client.parser import text_string_to_metric_families
 from test_batching import coalesced, infer, one_by_one, outputs_of, pipelined, spread
 
 BUILDERS = {
@@ -42,6 +44,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, cm.Built]:
                     ignore=shutil.ignore_patterns("*.py", "example.json"))
     write_unservable_model(repo, "seqout", "sequence")
     write_unservable_model(repo, "mapin", "map-input")
+    write_unservable_model(repo, "threerows", "three-rows-only")
+    cm.tfidf_text(repo, "topics_en", locale="en_US.UTF-8")
     return {name: build(repo) for name, build in BUILDERS.items()}
 
 
@@ -234,5 +238,22 @@ def test_what_cannot_load_says_why_and_what_to_do(addr):
     reason = index["mapin"]["reason"]
     assert "input 'x' has unsupported type map(string,tensor(float))" in reason
     assert "export the model with a tensor here" in reason
+    reason = index["topics_en"]["reason"]
+    assert "en_US.UTF-8" in reason and "{TfidfVectorizer: {'locale': 'C.UTF-8'}}" in reason
+    reason = index["threerows"]["reason"]
+    assert "warm-up on synthetic inputs (1 row: zeros, empty strings) failed" in reason
+    assert "reshape" in reason.lower()
     for name in BUILDERS:
         assert index[name]["state"] == "READY", index[name]
+
+
+def test_versions_are_warmed_up_before_they_serve_and_the_time_is_exported(stack):
+    log = stack.procs["daemon"].log.read_text()
+    assert re.search(r"model topics/1 loaded in [0-9.]+s \(published, \d+ weight bytes\), "
+                     r"warmed up in [0-9.]+s", log), log[-2000:]
+    ans = request(stack.settings.edge.bind, "GET", "/metrics")  # Prometheus scrapes the edge
+    samples = {(s.labels.get("model"), s.labels.get("version")): s.value
+               for f in text_string_to_metric_families(ans.body.decode())
+               if f.name == "falcon_warmup_seconds" for s in f.samples}
+    assert samples[("topics", "1")] > 0 and samples[("iris", "1")] > 0
+    assert ("threerows", "1") not in samples

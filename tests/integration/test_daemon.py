@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import time
@@ -155,6 +156,7 @@ def test_restart_reattaches_to_intact_segments_and_clean_stop_unlinks(make_stack
     assert segments(stack) == [name]
     second = stack.start_daemon()
     assert "re-attached" in second.tail()
+    assert re.search(r"re-attached, \d+ weight bytes\), warmed up in", second.tail())
     assert segments(stack) == [name]
     assert second.stop(signal.SIGTERM) == 0
     assert segments(stack) == []

@@ -374,10 +374,8 @@ def _zipmap_labels(segment: shm.Segment, session: ort.InferenceSession
 def zipmap_to_array(rows: Any, labels: tuple[int | str, ...]) -> np.ndarray:
     """ZipMap's output (one ``{label: probability}`` dict per row) as float32 ``[N, C]``,
     columns in ``labels`` order. The values are ZipMap's float32 inputs, unchanged."""
-    out = np.empty((len(rows), len(labels)), dtype=np.float32)
-    for i, row in enumerate(rows):
-        out[i] = [row[label] for label in labels]
-    return out
+    table = [[row[label] for label in labels] for row in rows]
+    return np.array(table, dtype=np.float32).reshape(len(rows), len(labels))
 
 
 def _trim_heap() -> None:

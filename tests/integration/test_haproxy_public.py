@@ -1,10 +1,17 @@
-"""What the public HAProxy frontend refuses to pass on (issue 15, item 7):
-``/metrics`` in every spelling the edge's router would still serve, while the
-edge itself and HAProxy's own exporter (where Prometheus scrapes) keep serving it."""
+"""What the public HAProxy frontend refuses to pass on (issue 15): ``/metrics`` in
+every spelling the edge's router would still serve, while the edge itself and
+HAProxy's own exporter (where Prometheus scrapes) keep serving it (item 7); bodies
+over the limit however they are framed, bodies that do not arrive, and the server
+timeout of a model load (item 15)."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import signal
 import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from httpx_lite import request
@@ -44,3 +51,80 @@ def test_the_api_and_the_scrape_targets_are_untouched(stack):
     assert request(stack.settings.edge.bind, "GET", "/metrics").status == 200
     exporter = request(stack.settings.haproxy.stats_bind, "GET", "/metrics")
     assert exporter.status == 200 and b"haproxy_" in exporter.body
+
+
+# -- bodies and timeouts (issue 15, item 15) ------------------------------------------
+
+LIMIT = 4096
+ROW = {"instances": [[0.0] * 64]}
+
+
+@pytest.fixture(scope="module")
+def limited(module_stacks):
+    """A stack whose HAProxy body limit (4 kB) is below the edge's (16 MB)."""
+    return module_stacks(FALCON_HAPROXY_MAX_BODY_BYTES=str(LIMIT))
+
+
+def send_chunked(addr: str, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
+    host, port = split_hostport(addr)
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("POST", path, body=iter(chunks), encode_chunked=True,
+                     headers={"Content-Type": "application/json",
+                              "Transfer-Encoding": "chunked"})
+        ans = conn.getresponse()
+        return ans.status, ans.read()
+    except (BrokenPipeError, ConnectionResetError):  # refused while still sending
+        ans = conn.getresponse()
+        return ans.status, ans.read()
+    finally:
+        conn.close()
+
+
+def test_chunked_bodies_are_held_to_the_limit(limited):
+    addr = limited.settings.haproxy.bind
+    small = json.dumps(ROW).encode()
+    # under the limit: passed on (the edge then reads no chunked body: 400 "body: empty")
+    assert send_chunked(addr, "/v1/models/digits/predict", [small[:10], small[10:]])[0] != 413
+    # over HAProxy's limit, under the edge's: used to reach the edge (400 or 200)
+    padded = small[:-1] + b" " * (2 * LIMIT) + b"}"
+    status, body = send_chunked(addr, "/v1/models/digits/predict",
+                                [padded[i:i + 512] for i in range(0, len(padded), 512)])
+    assert (status, json.loads(body)) == (413, {"error": "body: larger than the limit"})
+    # a declared length over the limit, as before
+    ans = request(addr, "POST", "/v1/models/digits/predict", padded,
+                  {"Content-Type": "application/json"})
+    assert ans.status == 413
+
+
+def test_a_withheld_body_never_reaches_an_edge(limited):
+    """Headers on time, then the body stalls: 408 from HAProxy after
+    ``timeout http-request`` (10 s); it used to hold an edge slot until the
+    server timeout."""
+    host, port = split_hostport(limited.settings.haproxy.bind)
+    started = time.monotonic()
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: falcon\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"inst")
+        data = sock.recv(65536)
+    assert data.split()[1] == b"408", data[:200]
+    assert 9 < time.monotonic() - started < 20
+
+
+def test_a_model_load_may_take_longer_than_a_prediction(limited):
+    """The daemon held still for 9 s (SIGSTOP) while a load is in flight: HAProxy
+    waits for the edge (which allows a load 120 s) instead of answering 504 after
+    the predictions' server timeout (deadline + 5 s = 7 s)."""
+    daemon = limited.procs["daemon"].popen
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            load = pool.submit(request, limited.settings.haproxy.bind, "POST",
+                               "/v2/repository/models/multi/load", b"{}",
+                               {"Content-Type": "application/json"}, 60)
+            time.sleep(9)
+            daemon.send_signal(signal.SIGCONT)
+            ans = load.result()
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    assert ans.status == 200, (ans.status, ans.body)

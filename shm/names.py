@@ -34,7 +34,7 @@ never removed, never fatal. The first of ours, in name order, is used; with none
 ``<ns>.d`` is made (``mkdir`` 0700), or ``<ns>.d.<random>`` if that name is taken.
 A squatter therefore costs a name, never the start, and never gets read. The directory
 survives a crash (kill -9), so the same search finds it after a restart and the daemon
-re-attaches to its segments; a clean stop removes it once empty (:func:`remove_dir`).
+re-attaches to its segments; unlinking its last segment removes it (:func:`unlink`).
 ``/dev/shm``'s sticky bit stops others from renaming or removing it.
 
 Not ``RuntimeDirectory=``: ``/run`` is a small tmpfs (10-20 % of RAM) and outside
@@ -48,6 +48,7 @@ dot-names stay free for temp files.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -148,12 +149,17 @@ def unlink(name: str) -> bool:
     """Remove segment ``name``; True if it existed, False if it did not.
 
     Processes that have it attached keep their mapping; the memory is freed
-    when the last of them closes it. Raises ValueError for an invalid name.
+    when the last of them closes it. The last segment out removes the directory
+    too (a publisher racing it makes a new one: :func:`shm.publish` retries).
+    Raises ValueError for an invalid name.
     """
     try:
-        os.unlink(segment_path(name))
+        path = segment_path(name)
+        os.unlink(path)
     except FileNotFoundError:
         return False
+    with contextlib.suppress(OSError):  # ENOTEMPTY: other segments or temp files
+        os.rmdir(os.path.dirname(path))
     return True
 
 

@@ -48,6 +48,7 @@ from shm.names import check_name, segment_path, temp_path
 from shm.segment import Segment
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def publish(
@@ -74,11 +75,7 @@ def publish(
         meta or {},
     )
     raw = layout.encode_manifest(manifest)
-    path = segment_path(name, create=True)
-    if os.path.lexists(path):
-        raise SegmentExists(f"segment {name!r} already exists")
-    tmp = temp_path(path)
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    path, tmp, fd = _create_temp(name)
     try:
         header = _write(fd, manifest, raw, sources, blob_views)
         _link(tmp, path, name)
@@ -112,6 +109,23 @@ def attach(name: str, *, verify: bool = True) -> Segment:
     except BaseException:
         mapping.close()
         raise
+
+
+def _create_temp(name: str) -> tuple[str, str, int]:
+    """The segment's path, a fresh temp path beside it and the temp file's fd
+    (0600, O_EXCL). Raises SegmentExists if the segment exists."""
+    attempts = 0
+    while True:
+        path = segment_path(name, create=True)
+        if os.path.lexists(path):
+            raise SegmentExists(f"segment {name!r} already exists")
+        tmp = temp_path(path)
+        try:
+            return path, tmp, os.open(tmp, _CREATE_FLAGS, 0o600)
+        except FileNotFoundError:  # the directory's last segment was just unlinked
+            attempts += 1
+            if attempts == 3:
+                raise
 
 
 def _key(key: object) -> str:

@@ -409,15 +409,20 @@ def test_sweep_temp_removes_only_dead_publishers_temp_files(name: str):
 # -- ownership: the segment directory and the files in it -----------------------------
 
 
-def test_segment_directory_is_private_and_removed_once_empty(name: str) -> None:
-    with publish_pattern(name):
-        st = seg_dir(name).stat()
+def test_segment_directory_is_private_and_removed_once_empty(new_name) -> None:
+    first, second = new_name("falcon-test-dir"), new_name("falcon-test-dir")
+    with publish_pattern(first), publish_pattern(second):
+        directory = seg_dir(first)
+        st = directory.stat()
         assert st.st_uid == os.geteuid() and st.st_mode & 0o777 == 0o700
-        assert seg_path(name).stat().st_mode & 0o777 == 0o600
-        assert shm.remove_dir(name) is False  # not empty
-    shm.unlink(name)
-    directory = seg_dir(name)
-    assert shm.remove_dir(name) is True and not directory.exists()
+        assert seg_path(first).stat().st_mode & 0o777 == 0o600
+        assert shm.remove_dir(first) is False  # not empty
+    shm.unlink(first)
+    assert directory.exists()  # the other segment is still there
+    shm.unlink(second)  # the last one out removes the directory
+    assert not directory.exists() and shm.list_segments("falcon-test-dir") == []
+    directory.mkdir(0o700)
+    assert shm.remove_dir("falcon-test-dir") is True and not directory.exists()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "socket", "other-owner", "group-writable"])

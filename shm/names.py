@@ -23,8 +23,8 @@ APPSEC: why a directory. ``/dev/shm`` is world-writable (mode 1777) and segment
 names are predictable, so anyone can take a name first: with a file holding a valid
 header, their own weights and a matching digest (the digest proves integrity, not
 origin), a FIFO that blocks ``open``, an empty file, or a symlink. Inside a directory
-that only the service user can enter, nobody else can create, replace, rename or even
-list a name, so every name there is the daemon's own. (Attach still checks each file:
+that only the service user (and root) can enter, nobody else can create, replace, rename or
+even list a name, so every name there is the daemon's own. (Attach still checks each file:
 :mod:`shm.store`.) Only the directory's own name is in the shared namespace, so it is
 chosen like this: the candidates are ``<ns>.d`` and ``<ns>.d.<16 hex>``; each is opened
 with ``O_DIRECTORY|O_NOFOLLOW|O_NONBLOCK`` and ``fstat``-ed; a directory owned by our

@@ -20,7 +20,7 @@ from falconctl.stack import split_hostport
 
 # Each of these reaches the edge's /metrics resource when sent to the edge.
 SPELLINGS = ["/metrics", "/metrics/", "//metrics", "/%6detrics", "/%6Detrics", "/metrics?x=1",
-             "/metrics%2f", "http://falcon/metrics"]
+             "/metrics%2f", "/%2fmetrics", "/metrics?", "http://falcon/metrics"]
 
 
 def raw_get(addr: str, target: str) -> tuple[int, bytes]:

@@ -1,11 +1,11 @@
 """``falconctl wal ...``: look at the audit WAL from a shell.
 
-    falconctl wal tail [--once] [--from-start] [--max N] [--bytes]
+    falconctl wal tail [--once] [--from-start] [--max N] [--bytes] [--tensors]
         Follow every stream live, records merged in time order (the record's ``ts``), one
         JSON object per line. Starts at the current end of each stream (streams that
         appear later are read from their start); ``--from-start`` prints what is there
         first; ``--once`` prints everything there now, from the start, and exits.
-    falconctl wal dump TARGET [--bytes]
+    falconctl wal dump TARGET [--bytes] [--tensors]
         Every record of a segment file, a stream directory or a stream name, with its
         position, then what ends the segment (a torn tail, or corruption).
     falconctl wal verify
@@ -93,8 +93,10 @@ class _Entry(NamedTuple):
 class _Follower:
     """One stream being tailed: its position and the records read but not printed."""
 
-    def __init__(self, reader: StreamReader, pos: Position, include_bytes: bool) -> None:
+    def __init__(self, reader: StreamReader, pos: Position, include_bytes: bool,
+                 tensors: bool = False) -> None:
         self.reader, self.pos, self.include_bytes = reader, pos, include_bytes
+        self.tensors = tensors
         self.buf: deque[_Entry] = deque()
         self.more = True
         self.corrupt = False
@@ -111,7 +113,7 @@ class _Follower:
                                    {"error": str(exc)}))
         self.more = len(got) == READ_BATCH
         for pos, payload in got:
-            doc = record_doc(payload, include_bytes=self.include_bytes)
+            doc = record_doc(payload, include_bytes=self.include_bytes, tensors=self.tensors)
             ts = doc.get("ts")
             self.buf.append(_Entry(ts if isinstance(ts, float | int) else 0.0,
                                    self.reader.stream, pos, doc))
@@ -142,7 +144,7 @@ def _drain(followers: list[_Follower], out: IO[str], budget: int) -> int:
 
 def tail(wal_dir: Path, follow: bool, out: IO[str], *, from_start: bool = False,
          max_records: int | None = None, poll_s: float = 0.2, include_bytes: bool = False,
-         stop: threading.Event | None = None) -> int:
+         stop: threading.Event | None = None, tensors: bool = False) -> int:
     """Print the records of every stream under ``wal_dir`` in time order. Without
     ``follow``, print everything there now (from the start) and return; with it, poll
     every ``poll_s`` until ``stop`` is set or ``max_records`` have been printed."""
@@ -157,7 +159,7 @@ def tail(wal_dir: Path, follow: bool, out: IO[str], *, from_start: bool = False,
                 reader = StreamReader(wal_dir, name)
                 at_end = follow and not from_start and first
                 followers[name] = _Follower(reader, reader.end() if at_end else START,
-                                            include_bytes)
+                                            include_bytes, tensors)
         for name in set(followers) - set(streams):
             if not followers[name].buf:
                 del followers[name]  # shipped and removed
@@ -292,7 +294,7 @@ def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path],
 
     def run_tail(s: Any, args: argparse.Namespace) -> int:
         return tail(wal_dir(s, args), not args.once, sys.stdout, from_start=args.from_start,
-                    max_records=args.max, include_bytes=args.bytes)
+                    max_records=args.max, include_bytes=args.bytes, tensors=args.tensors)
 
     def run_dump(s: Any, args: argparse.Namespace) -> int:
         target = Path(args.target)
@@ -311,6 +313,8 @@ def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path],
     t.add_argument("--from-start", action="store_true", help="begin at each stream's start")
     t.add_argument("--max", type=int, help="exit after this many records")
     t.add_argument("--bytes", action="store_true", help="print input bytes (base64)")
+    t.add_argument("--tensors", action="store_true",
+                   help="print the inputs decoded (input_tensors; strings as strings)")
     t.set_defaults(func=run_tail)
     d = sub.add_parser("dump", help="print every record of a segment or stream")
     d.add_argument("target", help="a segment file, a stream directory or a stream name")

@@ -73,7 +73,11 @@ def test_string_tensors_in_the_cache_the_wal_and_postgresql(make_stack, memcache
     dumped = [json.loads(line) for stream in list_streams(wal_dir)
               for line in falconctl(stack, "wal", "dump", str(wal_dir / stream),
                                     "--tensors").stdout.splitlines()]
+    tailed = [json.loads(line) for line in falconctl(stack, "wal", "tail", "--once",
+                                                     "--tensors").stdout.splitlines()]
     record = next(d for d in dumped if d.get("request_id") == first["request_id"])
+    tailed_record = next(d for d in tailed if d.get("request_id") == first["request_id"])
+    assert tailed_record["input_tensors"] == record["input_tensors"]
     assert record["input_tensors"]["text"]["data"] == body["instances"]
     assert record["outputs"]["output_label"]["data"] == [p["label"] for p in first["predictions"]]
 

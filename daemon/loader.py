@@ -233,9 +233,10 @@ def warm_up(lv: LoadedVersion) -> float:
     unbatches a model that only takes one row)."""
     started = time.perf_counter()
     names = [s.name for s in lv.outputs]
+    answers: dict[int, list[np.ndarray]] = {}
     for k, rows in enumerate(warmup_rows(lv)):
         try:
-            lv.run(synthetic_feeds(lv, rows), names)
+            answers[rows] = lv.run(synthetic_feeds(lv, rows), names)
         except Exception as exc:  # ORT raises its own classes
             size = f"{rows} row{'s' if rows != 1 else ''}" if rows else "its fixed shape"
             if k == 0:
@@ -243,7 +244,25 @@ def warm_up(lv: LoadedVersion) -> float:
                                 f"empty strings) failed: {exc}") from None
             log.warning("model %s/%s: warm-up at %s failed (%s); requests will run alone",
                         lv.model, lv.version, size, exc)
+    _fix_declared_batch_dims(lv, answers)
     return time.perf_counter() - started
+
+
+def _fix_declared_batch_dims(lv: LoadedVersion, answers: dict[int, list[np.ndarray]]) -> None:
+    """An output declared with a fixed first dimension of 1 that answered 1 row with 1
+    and the batch size with the batch size gets a dynamic first dimension, so the
+    version batches (onnxmltools declares a LightGBM classifier's label [1]). The
+    batcher still checks every run's first dimensions (:mod:`daemon.batcher`)."""
+    sizes = [rows for rows in answers if rows > 1]
+    if 1 not in answers or not sizes:
+        return
+    for i, spec in enumerate(lv.outputs):
+        if spec.shape[:1] == (1,) and answers[1][i].shape[:1] == (1,) and all(
+                answers[rows][i].shape[:1] == (rows,) for rows in sizes):
+            lv.outputs[i] = TensorSpec(spec.name, spec.dtype, (-1, *spec.shape[1:]),
+                                       spec.class_labels)
+            log.info("model %s/%s: output %r is declared [1, ...] but answers one row per "
+                     "input row: served as [N, ...]", lv.model, lv.version, spec.name)
 
 
 def _attach_or_publish(name: str, entry: VersionEntry) -> tuple[shm.Segment, bool]:
@@ -305,6 +324,8 @@ def _session(segment: shm.Segment, entry: VersionEntry, placeholder_dir: Path,
     if not entry.config.prepack:
         so.add_session_config_entry("session.disable_prepacking", "1")
     threads = entry.config.intra_op_threads or intra_op_threads
+    if not entry.config.intra_op_threads and _row_order_dependent(entry, segment):
+        threads = 1
     if threads:
         so.intra_op_num_threads = threads
     so.log_severity_level = 3
@@ -320,6 +341,32 @@ def _session(segment: shm.Segment, entry: VersionEntry, placeholder_dir: Path,
         hint = LOCALE_ADVICE if "construct locale" in str(exc) else ""
         raise LoadError(f"{entry.path}: ONNX Runtime refused the model: {exc}{hint}") from None
     return session, ortvalues
+
+
+# Operators whose sums ONNX Runtime orders differently with several threads once a run
+# holds enough rows (a TreeEnsemble over ~50 rows): a row's bits then depend on its batch.
+ROW_ORDER_DEPENDENT_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor",
+                                     "TreeEnsemble"})
+
+
+def _row_order_dependent(entry: VersionEntry, segment: shm.Segment) -> bool:
+    """Whether the version must run single-threaded to keep ``[batching] exact``: its
+    graph has a tree ensemble, whose multi-threaded runs of ~50 rows or more sum the
+    trees in another order than a run of a few rows (the last bits of a probability
+    change with the batch). With one intra-op thread every run gives each row the bits
+    it gets alone. Off with ``exact = false`` or an explicit ``intra_op_threads``.
+    PERF: only a graph whose bytes name such an operator is parsed."""
+    if not entry.config.batching.exact:
+        return False
+    blob = bytes(segment.blobs[GRAPH_BLOB])
+    if b"TreeEnsemble" not in blob:
+        return False
+    ops = {node.op_type for node in onnx.load_from_string(blob).graph.node}
+    if ops & ROW_ORDER_DEPENDENT_OPS:
+        log.info("model %s/%s: tree ensemble: one intra-op thread, so that batching never "
+                 "changes a row's answer ([batching] exact)", entry.model, entry.version)
+        return True
+    return False
 
 
 def _spec(arg: Any, what: str,

@@ -174,9 +174,15 @@ def instances_to_array(meta: ModelMeta, instances: Any, max_rows: int) -> tuple[
 def _columns(meta: ModelMeta, instances: list[Any]) -> dict[str, list[Any]]:
     """The rows, checked, as one list per input: objects keyed by input name, or for a
     one-input model also plain rows."""
+    alone = meta.inputs[0] if len(meta.inputs) == 1 else None
+    if alone is not None and alone.shape[1:] != (1,) and dict not in set(map(type, instances)):
+        # PERF: the common case (a one-input model, plain rows) as before named inputs
+        row_shape, dtype = alone.shape[1:], alone.dtype
+        for i, row in enumerate(instances):
+            _check_row(row, row_shape, f"instances[{i}]", dtype)
+        return {alone.name: instances}
     names = [spec.name for spec in meta.inputs]
     columns: dict[str, list[Any]] = {name: [] for name in names}
-    alone = meta.inputs[0] if len(meta.inputs) == 1 else None
     for i, row in enumerate(instances):
         field = f"instances[{i}]"
         if alone is not None and type(row) is not dict:  # a one-input model's plain row

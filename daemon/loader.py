@@ -23,14 +23,9 @@ How the session runs on the shared buffers without a private copy:
 The segment name is derived from the file's identity (path, size, mtime,
 inode), so a replaced model file gets a new segment, never a stale one.
 
-Types served (:data:`ORT_TO_NUMPY`): every numeric tensor type, bool, and
-``tensor(string)`` (numpy object arrays of ``str``, :data:`wire.messages.STRING`
-on the wire). A ``seq(map(int64|string, tensor(float)))`` output made by a
-``ZipMap`` node (skl2onnx's default for classifiers) is served as a float32
-``[N, C]`` tensor under the output's own name, column ``j`` the probability of
-the ZipMap's ``classlabels_int64s``/``classlabels_strings[j]``; those labels are
-the output's ``class_labels`` in the metadata (:class:`TensorSpec`). Any other
-type is refused at load time with what to do instead (:func:`_spec`).
+The types served, a ZipMap output as its ``[N, C]`` tensor, and what a refused
+type's message advises are :mod:`daemon.tensortypes`; :meth:`LoadedVersion.run`
+converts ZipMap outputs.
 
 Warm-up (:func:`warm_up`): before :func:`load` returns (so before the registry
 publishes the version, and before the daemon announces READY), the version runs
@@ -54,8 +49,9 @@ import onnxruntime as ort
 from onnx import TensorProto, numpy_helper
 
 import shm
+from daemon import tensortypes
 from daemon.repository import VersionEntry
-from wire.messages import STRING
+from daemon.tensortypes import STRING, TensorSpec, UnsupportedType, tensor_spec
 
 log = logging.getLogger(__name__)
 
@@ -66,41 +62,11 @@ PLACEHOLDER = "falcon-placeholder.bin"
 EMBED_MAX_ELEMENTS = 64
 GRAPH_BLOB = "graph"
 
-ORT_TO_NUMPY = {
-    "tensor(bool)": "|b1", "tensor(int8)": "|i1", "tensor(uint8)": "|u1",
-    "tensor(int16)": "<i2", "tensor(uint16)": "<u2", "tensor(int32)": "<i4",
-    "tensor(uint32)": "<u4", "tensor(int64)": "<i8", "tensor(uint64)": "<u8",
-    "tensor(float16)": "<f2", "tensor(float)": "<f4", "tensor(double)": "<f8",
-    "tensor(string)": STRING,
-}
-ZIPMAP_TYPES = ("seq(map(int64,tensor(float)))", "seq(map(string,tensor(float)))")
-LOCALE_ADVICE = (" (a StringNormalizer names a locale this host lacks; for a TF-IDF pipeline "
-                 "convert with skl2onnx's options={TfidfVectorizer: {'locale': 'C.UTF-8'}}, "
-                 "or install the locale)")
-ZIPMAP_ADVICE = ("serve class probabilities as a ZipMap node's output (skl2onnx's default) "
-                 "or as a float tensor: convert with options={'zipmap': False} "
-                 "(skl2onnx) or zipmap=False (onnxmltools)")
-
 
 class LoadError(Exception):
     """A model version could not be loaded: unreadable or invalid ONNX, an input
     or output of an unsupported type, or ONNX Runtime refused the graph. The
     serving versions are untouched."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    dtype: str            # numpy type string, e.g. "<f4"; "|O" for strings
-    shape: tuple[int, ...]  # -1 for a dynamic dimension
-    # A ZipMap output's class labels (ints or strs), in column order; () otherwise.
-    class_labels: tuple[int | str, ...] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-        if self.class_labels:
-            wire["class_labels"] = list(self.class_labels)
-        return wire
 
 
 @dataclass
@@ -148,7 +114,7 @@ class LoadedVersion:
             for i, name in enumerate(output_names):
                 labels = self._zipmaps.get(name)
                 if labels is not None:
-                    arrays[i] = zipmap_to_array(arrays[i], labels)
+                    arrays[i] = tensortypes.zipmap_to_array(arrays[i], labels)
         return arrays
 
     def close(self, unlink: bool) -> None:
@@ -178,9 +144,12 @@ def load(entry: VersionEntry, *, prefix: str, placeholder_dir: Path,
     segment, attached = _attach_or_publish(name, entry)
     try:
         session, ortvalues = _session(segment, entry, placeholder_dir, intra_op_threads)
-        inputs = [_spec(a, "input") for a in session.get_inputs()]
-        zipmaps = _zipmap_labels(segment, session)
-        outputs = [_spec(a, "output", zipmaps) for a in session.get_outputs()]
+        try:
+            inputs = [tensor_spec(a, "input") for a in session.get_inputs()]
+            zipmaps = _zipmap_labels(segment, session)
+            outputs = [tensor_spec(a, "output", zipmaps) for a in session.get_outputs()]
+        except UnsupportedType as exc:
+            raise LoadError(f"{entry.path}: {exc}") from None
     except BaseException:
         segment.close()
         if not attached:
@@ -338,91 +307,30 @@ def _session(segment: shm.Segment, entry: VersionEntry, placeholder_dir: Path,
         session = ort.InferenceSession(bytes(segment.blobs[GRAPH_BLOB]), so,
                                        providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... classes
-        hint = LOCALE_ADVICE if "construct locale" in str(exc) else ""
+        hint = tensortypes.LOCALE_ADVICE if "construct locale" in str(exc) else ""
         raise LoadError(f"{entry.path}: ONNX Runtime refused the model: {exc}{hint}") from None
     return session, ortvalues
 
 
-# Operators whose sums ONNX Runtime orders differently with several threads once a run
-# holds enough rows (a TreeEnsemble over ~50 rows): a row's bits then depend on its batch.
-ROW_ORDER_DEPENDENT_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor",
-                                     "TreeEnsemble"})
-
-
 def _row_order_dependent(entry: VersionEntry, segment: shm.Segment) -> bool:
-    """Whether the version must run single-threaded to keep ``[batching] exact``: its
-    graph has a tree ensemble, whose multi-threaded runs of ~50 rows or more sum the
-    trees in another order than a run of a few rows (the last bits of a probability
-    change with the batch). With one intra-op thread every run gives each row the bits
-    it gets alone. Off with ``exact = false`` or an explicit ``intra_op_threads``.
-    PERF: only a graph whose bytes name such an operator is parsed."""
-    if not entry.config.batching.exact:
+    """Whether the version must run on one intra-op thread to keep ``[batching] exact``:
+    its graph has a tree ensemble (:data:`daemon.tensortypes.ROW_ORDER_DEPENDENT_OPS`).
+    Off with ``exact = false`` or an explicit ``intra_op_threads``."""
+    if not entry.config.batching.exact or not tensortypes.row_order_dependent(
+            bytes(segment.blobs[GRAPH_BLOB])):
         return False
-    blob = bytes(segment.blobs[GRAPH_BLOB])
-    if b"TreeEnsemble" not in blob:
-        return False
-    ops = {node.op_type for node in onnx.load_from_string(blob).graph.node}
-    if ops & ROW_ORDER_DEPENDENT_OPS:
-        log.info("model %s/%s: tree ensemble: one intra-op thread, so that batching never "
-                 "changes a row's answer ([batching] exact)", entry.model, entry.version)
-        return True
-    return False
-
-
-def _spec(arg: Any, what: str,
-          zipmaps: dict[str, tuple[int | str, ...]] | None = None) -> TensorSpec:
-    labels = (zipmaps or {}).get(arg.name)
-    if labels is not None:
-        return TensorSpec(arg.name, "<f4", (-1, len(labels)), labels)
-    dtype = ORT_TO_NUMPY.get(arg.type)
-    if dtype is None:
-        raise LoadError(f"{what} {arg.name!r} has unsupported type {arg.type}: {_advice(arg)}")
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or []))
-    return TensorSpec(arg.name, dtype, shape)
-
-
-def _advice(arg: Any) -> str:
-    """What to do about a type the daemon cannot serve."""
-    served = "numeric, bool and string tensors and ZipMap outputs are served"
-    if arg.type.startswith("seq(map("):
-        return (f"only a ZipMap node's seq(map(int64|string, tensor(float))) is served as a "
-                f"[N, C] tensor; {ZIPMAP_ADVICE}")
-    if arg.type.startswith("seq("):
-        return (f"{served}; export this sequence as a tensor (a classifier's probabilities: "
-                f"convert with options={{'zipmap': False}} (skl2onnx) or zipmap=False "
-                f"(onnxmltools))")
-    if arg.type.startswith(("map(", "optional(")):
-        return (f"{served}; export the model with a tensor here (a map input: one tensor "
-                f"column per key, e.g. without DictVectorizer)")
-    return f"{served}; cast it in the graph (e.g. a Cast node to float or int64) before export"
+    log.info("model %s/%s: tree ensemble: one intra-op thread, so that batching never "
+             "changes a row's answer ([batching] exact)", entry.model, entry.version)
+    return True
 
 
 def _zipmap_labels(segment: shm.Segment, session: ort.InferenceSession
                    ) -> dict[str, tuple[int | str, ...]]:
-    """Class labels of every graph output produced by a ZipMap node, by output name.
-    Only models with a sequence output pay for parsing the (weight-stripped) graph."""
-    if not any(o.type in ZIPMAP_TYPES for o in session.get_outputs()):
+    """Class labels of the ZipMap outputs. PERF: only a model with a sequence output
+    pays for parsing its (weight-stripped) graph."""
+    if not any(o.type in tensortypes.ZIPMAP_TYPES for o in session.get_outputs()):
         return {}
-    graph = onnx.load_from_string(bytes(segment.blobs[GRAPH_BLOB])).graph
-    outputs = {o.name for o in graph.output}
-    labels: dict[str, tuple[int | str, ...]] = {}
-    for node in graph.node:
-        if node.op_type != "ZipMap" or node.output[0] not in outputs:
-            continue
-        attrs = {a.name: a for a in node.attribute}
-        if "classlabels_int64s" in attrs:
-            labels[node.output[0]] = tuple(int(v) for v in attrs["classlabels_int64s"].ints)
-        elif "classlabels_strings" in attrs:
-            labels[node.output[0]] = tuple(v.decode("utf-8")
-                                           for v in attrs["classlabels_strings"].strings)
-    return labels
-
-
-def zipmap_to_array(rows: Any, labels: tuple[int | str, ...]) -> np.ndarray:
-    """ZipMap's output (one ``{label: probability}`` dict per row) as float32 ``[N, C]``,
-    columns in ``labels`` order. The values are ZipMap's float32 inputs, unchanged."""
-    table = [[row[label] for label in labels] for row in rows]
-    return np.array(table, dtype=np.float32).reshape(len(rows), len(labels))
+    return tensortypes.zipmap_labels(bytes(segment.blobs[GRAPH_BLOB]))
 
 
 def _trim_heap() -> None:

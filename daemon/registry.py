@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from daemon import loader, metrics
-from daemon.loader import LoadedVersion, TensorSpec
+from daemon.loader import LoadedVersion
 from daemon.repository import VersionEntry
+from daemon.tensortypes import TensorSpec
 
 log = logging.getLogger(__name__)
 

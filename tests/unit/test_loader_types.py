@@ -1,5 +1,5 @@
-"""daemon.loader's type support without ONNX Runtime sessions: ZipMap rows to [N, C],
-the advice for types it cannot serve, the warm-up's synthetic inputs."""
+"""daemon.tensortypes and daemon.loader's warm-up inputs, without ONNX Runtime sessions:
+ZipMap rows to [N, C], the advice for types the daemon cannot serve, synthetic inputs."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from daemon import loader
-from daemon.loader import TensorSpec, synthetic_feeds, warmup_rows, zipmap_to_array
+from daemon.loader import synthetic_feeds, warmup_rows
 from daemon.repository import BatchingConfig, ModelConfig
+from daemon.tensortypes import TensorSpec, UnsupportedType, tensor_spec, zipmap_to_array
 
 
 def test_zipmap_rows_become_float32_columns_in_class_label_order() -> None:
@@ -33,13 +33,13 @@ def test_unsupported_types_say_what_to_do() -> None:
                          ("map(string,tensor(float))", "DictVectorizer"),
                          ("tensor(complex64)", "Cast node")]:
         try:
-            loader._spec(arg("p", type_), "output")
-        except loader.LoadError as exc:
+            tensor_spec(arg("p", type_), "output")
+        except UnsupportedType as exc:
             assert f"output 'p' has unsupported type {type_}" in str(exc)
             assert words in str(exc), str(exc)
         else:
             raise AssertionError(type_)
-    assert loader._spec(arg("s", "tensor(string)"), "input") == TensorSpec("s", "|O", (-1,))
+    assert tensor_spec(arg("s", "tensor(string)"), "input") == TensorSpec("s", "|O", (-1,))
 
 
 def version(*inputs: TensorSpec, max_batch: int = 8, batch_rows: int | None = None) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,29 @@ def make_auditor(settings: Settings) -> Auditor | None:
 
     def writer(wal_dir: Path, stream: str) -> WalWriter:
         return WalWriter(wal_dir, stream, sync=a.sync, interval_ms=a.interval_ms,
-                         segment_bytes=a.segment_bytes, min_free_bytes=a.min_free_bytes)
+                         segment_bytes=a.segment_bytes, min_free_bytes=a.min_free_bytes,
+                         fsync=cooperative(os.fdatasync))
     return Auditor(Path(settings.wal_dir), settings.host_id, writer,
                    max_input_bytes=a.max_input_bytes)
+
+
+def cooperative(blocking: Callable[[int], None]) -> Callable[[int], None]:
+    """``blocking`` as it should run in this process. Under gevent (the edge's worker
+    class by default) a call that blocks in the kernel, like ``fdatasync``, stops every
+    greenlet of the worker, so it runs in gevent's thread pool and only the caller
+    waits (PERF: an fsync covers a group of records, so one thread hand-off per group);
+    otherwise it is called as it is."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return blocking
+    if not monkey.is_module_patched("threading"):
+        return blocking
+    import gevent
+
+    def in_pool(fd: int) -> None:
+        gevent.get_hub().threadpool.apply(blocking, (fd,))
+    return in_pool
 
 
 def make_cache(settings: Settings) -> PredictionCache | None:

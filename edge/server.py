@@ -1,11 +1,18 @@
 """Run the edge under gunicorn from the platform's settings.
 
-Worker class ``gthread``: each worker process serves ``edge.threads``
-concurrent requests, and keeps HTTP/1.1 connections alive so HAProxy can
-reuse them (sync workers close every connection, and HAProxy then pays a
-connect per request). All threads of a worker share one multiplexed daemon
-connection (``edge.daemon_client``), so their requests reach the daemon
-together.
+Worker class ``edge.worker_class``, ``gevent`` by default: each worker process
+serves ``edge.threads`` concurrent requests (greenlets) on one OS thread, so a
+request costs no thread hand-off: the greenlet that parsed it sends its frame
+to the daemon and sleeps in the hub until the answer is routed to it.
+``gthread`` (a thread pool per worker) stays available. Both keep HTTP/1.1
+connections alive so HAProxy can reuse them. All requests of a worker share one
+multiplexed daemon connection (``edge.daemon_client``), so they reach the daemon
+together and can be batched.
+
+Under gevent the process is monkey-patched (``falconctl edge``) before anything
+that creates a lock, a thread or a socket is imported -- in the arbiter, since the
+app is preloaded there and forked -- so every lock, ``threading.Thread``, socket
+and sleep in the edge, the audit writer and the libraries is cooperative.
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ from gunicorn.app.base import BaseApplication
 from edge import watchdog
 from settings import Settings
 
+WORKER_CLASSES = {"gevent": "edge.gevent_worker.GeventWorker", "gthread": "gthread"}
+
 
 def gunicorn_options(settings: Settings) -> dict[str, Any]:
     edge = settings.edge
     return {
         "bind": [edge.bind],
         "workers": edge.workers,
-        "worker_class": "gthread",
-        "threads": edge.threads,
+        "worker_class": WORKER_CLASSES[edge.worker_class],
+        "threads": edge.threads,  # gthread: the pool's size
+        # gevent: a greenlet per open connection, idle keep-alive ones included, so
+        # far more than the requests HAProxy sends at once (its server maxconn is
+        # workers x threads): a full pool would leave health checks unaccepted.
+        "worker_connections": max(1000, 4 * edge.threads),
         "keepalive": 30,
         "graceful_timeout": edge.graceful_timeout_s,
         # a worker stuck past every deadline is killed and replaced

@@ -9,7 +9,7 @@ period. Two gunicorn server hooks (``edge.server.gunicorn_options``) fix both:
 - :func:`on_starting` runs in the arbiter just before gunicorn's ``READY=1``:
   it takes ``NOTIFY_SOCKET`` out of the environment, so gunicorn's own
   notification is a no-op and the workers do not inherit the socket;
-- :func:`when_ready` starts one daemon thread in the arbiter
+- :func:`when_ready` starts one OS thread in the arbiter
   (:class:`EdgeWatchdog`) that sends ``READY=1`` once a worker has answered
   ``GET /v2/health/live`` on the edge's own listener, then ``WATCHDOG=1`` every
   half period (``$WATCHDOG_USEC / 2``) while the edge is healthy.
@@ -33,6 +33,13 @@ What a hung edge looks like, and what is checked before each ping:
    daemon outage makes the edge answer 503 (degraded, correct), it must not
    get the edge restarted in a loop.
 
+NOTE: the thread, its sleeps and its sockets are the standard library's even
+when the edge runs gevent (:func:`native`). Under gevent the arbiter is
+monkey-patched, and a greenlet -- which is what a patched ``threading.Thread``
+is -- would be copied into every worker by ``fork()`` and go on running there:
+each worker would then tell systemd it is ready and ping the watchdog for an
+arbiter it cannot see. An OS thread does not survive ``fork()``.
+
 Under load the probe waits its turn behind real requests, which carry
 deadlines (``edge.deadline_ms``), so it is answered within seconds; only an
 edge that answers nothing for a whole ``WatchdogSec`` (30 s in the unit) is
@@ -42,6 +49,7 @@ hooks do nothing.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import threading
@@ -74,7 +82,18 @@ def when_ready(server: Any) -> None:
     EdgeWatchdog(server, env).start()
 
 
-def probe(address: Any, family: int, timeout: float) -> bool:
+def native(module: str, name: str) -> Any:
+    """``module.name`` as the standard library defines it, also in a process that
+    gevent has monkey-patched (then ``gevent.monkey.get_original`` has it)."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return getattr(importlib.import_module(module), name)
+    return monkey.get_original(module, name)
+
+
+def probe(address: Any, family: int, timeout: float,
+          socket_factory: Callable[..., socket.socket] = socket.socket) -> bool:
     """True if ``GET /v2/health/live`` on the listener answers 200."""
     if family in (socket.AF_INET, socket.AF_INET6):
         host = address[0]
@@ -84,7 +103,7 @@ def probe(address: Any, family: int, timeout: float) -> bool:
             host = "::1"
         address = (host, *address[1:])
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
+        with socket_factory(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(address)
             sock.sendall(f"GET {PROBE_PATH} HTTP/1.1\r\nHost: localhost\r\n"
@@ -100,15 +119,22 @@ def probe(address: Any, family: int, timeout: float) -> bool:
     return head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
 
 
-class EdgeWatchdog(threading.Thread):
-    """See the module doc. ``env`` holds ``NOTIFY_SOCKET`` (and ``WATCHDOG_*``)."""
+class EdgeWatchdog:
+    """See the module doc. ``env`` holds ``NOTIFY_SOCKET`` (and ``WATCHDOG_*``).
+    :meth:`start` runs :meth:`run` in an OS thread (``start_thread``); ``sleep`` and
+    ``socket_factory`` are the ones that thread uses (all native by default)."""
 
     def __init__(self, server: Any, env: dict[str, str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(name="edge-watchdog", daemon=True)
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] | None = None,
+                 socket_factory: Callable[..., socket.socket] | None = None,
+                 start_thread: Callable[..., Any] | None = None) -> None:
         self.server = server
         self.env = env
         self.clock = clock
+        self.sleep = sleep or native("time", "sleep")
+        self.socket_factory = socket_factory or native("socket", "socket")
+        self.start_thread = start_thread or native("_thread", "start_new_thread")
         interval = watchdog_interval(env)
         self.interval = interval  # None: readiness only
         self.period = 2 * interval if interval else 0.0
@@ -127,6 +153,9 @@ class EdgeWatchdog(threading.Thread):
 
             setattr(self.server, name, stamped)
 
+    def start(self) -> None:
+        self.start_thread(self.run, ())
+
     def listener(self) -> tuple[Any, int] | None:
         for lnr in getattr(self.server, "LISTENERS", []):
             sock = getattr(lnr, "sock", lnr)
@@ -138,7 +167,7 @@ class EdgeWatchdog(threading.Thread):
 
     def probe(self, timeout: float) -> bool:
         where = self.listener()
-        ok = where is not None and probe(where[0], where[1], timeout)
+        ok = where is not None and probe(where[0], where[1], timeout, self.socket_factory)
         if ok:
             self.last_probe_ok = self.clock()
         return ok
@@ -159,14 +188,14 @@ class EdgeWatchdog(threading.Thread):
 
     def send(self, state: str) -> None:
         try:
-            notify(state, self.env)
+            notify(state, self.env, self.socket_factory)
         except OSError as exc:  # systemd gone (stopping): nothing to tell
             self.server.log.warning("sd_notify %s failed: %s", state.split("=")[0], exc)
 
     def wait_ready(self) -> None:
         delay = 0.05
         while not self.probe(timeout=5.0):
-            time.sleep(delay)
+            self.sleep(delay)
             delay = min(delay * 2, 1.0)
         n = self.live_workers()
         self.send(f"READY=1\nSTATUS=serving, {n} worker{'s' if n != 1 else ''}")
@@ -190,4 +219,4 @@ class EdgeWatchdog(threading.Thread):
             elif why.split(" ")[0] != reported.split(" ")[0]:
                 self.server.log.warning("watchdog: not pinging systemd: %s", why)
                 reported = why
-            time.sleep(max(0.0, interval - (self.clock() - started)))
+            self.sleep(max(0.0, interval - (self.clock() - started)))

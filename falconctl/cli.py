@@ -70,6 +70,10 @@ def cmd_daemon(s: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_edge(s: Settings, args: argparse.Namespace) -> int:
+    if s.edge.worker_class == "gevent":  # before the edge's modules make a lock or a socket
+        from gevent import monkey
+
+        monkey.patch_all()
     enable_metrics(s.paths.run_dir)
     from edge.server import run
 

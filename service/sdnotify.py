@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 
-def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
+def notify(state: str, env: Mapping[str, str] | None = None,
+           socket_factory: Callable[..., socket.socket] = socket.socket) -> bool:
     """Send ``state`` (e.g. ``"READY=1"``, ``"WATCHDOG=1"``, ``"STOPPING=1"``).
 
     Returns True if a datagram was sent. Raises OSError only if the socket is
@@ -25,7 +26,7 @@ def notify(state: str, env: Mapping[str, str] | None = None) -> bool:
         return False
     if addr.startswith("@"):
         addr = "\0" + addr[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+    with socket_factory(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
         sock.connect(addr)
         sock.sendall(state.encode())
     return True

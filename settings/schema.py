@@ -66,9 +66,13 @@ class DaemonSettings:
 class EdgeSettings:
     bind: str = key("127.0.0.1:8000", "host:port (or unix:/path) gunicorn listens on.")
     workers: int = key(2, "gunicorn worker processes.", min=1, max=256)
-    threads: int = key(32, "Threads per gunicorn worker (gthread). They mostly wait on the "
-                           "daemon; more of them in flight let bigger batches form "
-                           "(bench/compare.py, heavy model: 204 -> 482 req/s from 8 to 32).",
+    worker_class: str = key("gevent", "gunicorn worker class: 'gevent' (one thread, a "
+                                      "greenlet per request: no thread hand-off per request) "
+                                      "or 'gthread' (a thread pool per worker).",
+                            choices=("gevent", "gthread"))
+    threads: int = key(32, "Requests in flight per gunicorn worker (greenlets under gevent, "
+                           "pool threads under gthread). They mostly wait on the daemon; more "
+                           "of them in flight let bigger batches form (bench/RESULTS.md).",
                        min=1, max=1024)
     deadline_ms: int = key(2000, "Default request deadline; a client may lower it with the "
                                  "'X-Request-Timeout-Ms' header.", min=10, max=600000)

@@ -5,6 +5,7 @@ nothing but 200s and 503s, and 503s only while it is down."""
 
 from __future__ import annotations
 
+import http.client
 import signal
 import time
 from pathlib import Path
@@ -115,3 +116,23 @@ def test_sigterm_makes_the_edge_not_ready_while_it_still_serves(make_stack):
     ans = post_json(edge, "/v1/models/digits/predict", {"instances": DIGITS["X"][:1].tolist()})
     assert ans.status == 200  # still finishing work during the drain
     assert stack.procs["edge"].popen.wait(30) == 0
+
+
+def test_sigterm_closes_idle_keepalive_connections_and_exits_soon(make_stack):
+    """An idle keep-alive connection (HAProxy keeps them for reuse) must not hold the
+    edge's stop for the keep-alive timeout: the edge ends it (EOF to the client) and
+    exits within drain_s plus a few seconds. (gunicorn's stock gevent worker waited for
+    every connection to close: 30 s here.)"""
+    stack = make_stack(FALCON_EDGE_DRAIN_S="1")
+    host, _, port = stack.settings.edge.bind.rpartition(":")
+    idle = http.client.HTTPConnection(host, int(port), timeout=20)
+    idle.request("GET", "/v2/health/live")
+    first = idle.getresponse()
+    first.read()
+    assert first.status == 200 and not first.will_close  # kept alive, now idle
+    started = time.monotonic()
+    stack.procs["edge"].popen.send_signal(signal.SIGTERM)
+    assert stack.procs["edge"].popen.wait(15) == 0
+    assert time.monotonic() - started < 1 + 5
+    assert idle.sock.recv(1) == b""  # the edge ended the idle connection (end-of-file)
+    idle.close()

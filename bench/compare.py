@@ -23,7 +23,8 @@ processes each:
   bench ran it before issue 13;
 - ``dirty``: gunicorn 27's dirty arbiter, one dirty worker holding the model, a Falcon
   handler on gthread workers calling it (``bench/contenders/falcon_apps.py``);
-- ``floor``: gunicorn + a Falcon handler that parses the JSON and answers a constant;
+- ``floor``: gunicorn (``--floor-class``, gevent like the platform's edge by default) + a
+  Falcon handler that parses the JSON and answers a constant;
 - ``ceiling``: ONNX Runtime in-process, default threads, no HTTP
   (``bench/contenders/ceiling.py``): batch 1 and the best of a few batch sizes (rows/s).
 
@@ -150,7 +151,7 @@ class Bench:
     stacks: list[Stack] = field(default_factory=list)
     started: int = 0
     env: dict[str, str] = field(default_factory=dict)  # FALCON_* overrides (platform)
-    floor_class: str = "gthread"  # the floor's gunicorn worker class
+    floor_class: str = "gevent"  # the floor's gunicorn worker class
     key: str = ""  # the bench's API key (create_key), sent to every contender
 
     def base_env(self, tmp: Path) -> dict[str, str]:
@@ -247,9 +248,13 @@ def start(contender: str, bench: Bench, repo: Path, model: str) -> Stack:
                               "--dirty-workers", "1", "--dirty-timeout", "10",
                               "bench.contenders.falcon_apps:dirty"], model, model_path)
         elif contender == "floor":
-            argv = gunicorn if bench.floor_class == "gthread" else [
-                PYTHON, "-m", "gunicorn", "-w", w, "-k", "sync", "-b", f"127.0.0.1:{port}",
-                "--log-level", "warning"]
+            argv = {"gthread": gunicorn,
+                    "gevent": [PYTHON, "-m", "gunicorn", "-w", w, "-k", "gevent",
+                               "--worker-connections", "1000", "--keep-alive", "30",
+                               "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+                    "sync": [PYTHON, "-m", "gunicorn", "-w", w, "-k", "sync",
+                             "-b", f"127.0.0.1:{port}", "--log-level", "warning"],
+                    }[bench.floor_class]
             start_app(stack, [*argv, "bench.contenders.falcon_apps:floor"], model, model_path)
         else:
             raise ValueError(contender)
@@ -493,9 +498,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "measured first in the same run)")
     p.add_argument("--ceiling-seconds", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=32, help="gthread threads per worker")
-    p.add_argument("--floor-class", choices=("gthread", "sync"), default="gthread",
-                   help="the floor's gunicorn worker class (sync: one request per worker, "
+    p.add_argument("--threads", type=int, default=32,
+                   help="requests in flight per edge worker (the platform's edge.threads: "
+                        "greenlets under gevent; the gthread contenders' threads)")
+    p.add_argument("--floor-class", choices=("gevent", "gthread", "sync"), default="gevent",
+                   help="the floor's gunicorn worker class (the platform's edge runs gevent; "
+                        "sync: one request per worker, "
                         "every connection closed; pair it with --threads 1 so HAProxy's "
                         "server maxconn is the worker count)")
     p.add_argument("--prepack", action="store_true",

@@ -183,7 +183,7 @@ class Bench:
 
 
 def segment_bytes(names: list[str]) -> int:
-    return sum(os.stat(f"/dev/shm/{name}").st_size for name in names)
+    return sum(os.stat(shm.segment_path(name)).st_size for name in names)
 
 
 # ---------------------------------------------------------------- load

@@ -11,7 +11,7 @@ from typing import Any
 import falcon
 
 from audit.wal import WalWriter
-from edge import admin, auth, http_errors, metrics, openapi, resources
+from edge import admin, auth, http_errors, metrics, openapi, proxyauth, resources
 from edge.audit import Auditor
 from edge.breaker import Breaker
 from edge.cache import PredictionCache, parse_servers
@@ -42,8 +42,10 @@ OPEN_RESOURCES = (openapi.OpenAPI, metrics.Metrics)
 
 
 def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None = None,
-               host_id: str = "edge") -> falcon.App:
+               host_id: str = "edge", proxy_secret: str | None = None) -> falcon.App:
     middleware: list[Any] = [metrics.RequestMetrics()]
+    if proxy_secret is not None:
+        middleware.append(proxyauth.ProxyCheck(proxy_secret))
     if authorizer is not None:
         middleware.append(auth.AuthMiddleware(authorizer, OPEN_RESOURCES))
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
@@ -107,5 +109,10 @@ def from_settings(settings: Settings) -> falcon.App:
                 breaker=breaker, deadline_ms=settings.edge.deadline_ms,
                 max_rows=settings.edge.max_batch_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s)
+    try:
+        secret = proxyauth.load_or_create(Path(settings.proxy_secret_file))
+    except (OSError, proxyauth.ProxySecretError) as exc:
+        raise ConfigError(f"edge.proxy_secret_file: {exc}") from None
     return create_app(core, max_body=settings.edge.max_body_bytes,
-                      authorizer=auth.from_settings(settings), host_id=settings.host_id)
+                      authorizer=auth.from_settings(settings), host_id=settings.host_id,
+                      proxy_secret=secret)

@@ -101,8 +101,13 @@ def haproxy_files(s: Settings) -> list[str]:
 def haproxy_env(s: Settings) -> dict[str, str]:
     """The environment ``ops/haproxy/haproxy.cfg`` expands. Also (re)writes the
     per-key limits map it names, from the keys file (:mod:`falconctl.keys`)."""
+    from edge.proxyauth import ProxySecretError, load_or_create
     from falconctl.keys import write_limits_map
 
+    try:
+        secret = load_or_create(Path(s.proxy_secret_file))
+    except (OSError, ProxySecretError) as exc:
+        raise settings_mod.ConfigError(f"edge.proxy_secret_file: {exc}") from None
     edge = haproxy_addr(s.edge.bind)
     return {
         "FALCON_HAPROXY_ID": s.host_id,
@@ -121,6 +126,7 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_RATE_PER_IP": str(s.haproxy.rate_per_ip),
         "FALCON_HAPROXY_RATE_PER_KEY": str(s.haproxy.rate_per_key),
         "FALCON_HAPROXY_KEY_LIMITS_MAP": str(write_limits_map(s)),
+        "FALCON_HAPROXY_PROXY_SECRET": secret,
     }
 
 

@@ -90,6 +90,10 @@ class EdgeSettings:
                                    "circuit breaker (then 503 at once).", min=1, max=1000)
     breaker_reset_s: float = key(1.0, "How long the daemon breaker stays open before a trial "
                                       "call.", min=0.05, max=600)
+    proxy_secret_file: str = key("", "The secret HAProxy sends the edges (X-Falcon-Proxy-Secret; "
+                                     "HAProxy's headers are refused without it); made if "
+                                     "missing. Empty means <state_dir>/proxy.secret. Hosts "
+                                     "behind one HAProxy share the front's file.")
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,10 @@ class Settings:
     @property
     def wal_dir(self) -> str:
         return self.audit.wal_dir or os.path.join(self.paths.state_dir, "wal")
+
+    @property
+    def proxy_secret_file(self) -> str:
+        return self.edge.proxy_secret_file or os.path.join(self.paths.state_dir, "proxy.secret")
 
     @property
     def keys_file(self) -> str:

@@ -79,8 +79,15 @@ def front_stack(net: Network, tmp: Path, hosts: list[str]) -> NetStack:
         tmp, tmp / "models", FALCON_HOST_ID="front",
         FALCON_HAPROXY_BIND=f"{net.addr('front')}:{HAPROXY_PORT}",
         FALCON_HAPROXY_STATS_BIND=f"{net.addr('front')}:{STATS_PORT}",
-        FALCON_HAPROXY_HOSTS=",".join(f"host-{h}={net.addr(h)}:{EDGE_PORT}" for h in hosts)),
+        FALCON_HAPROXY_HOSTS=",".join(f"host-{h}={net.addr(h)}:{EDGE_PORT}" for h in hosts),
+        FALCON_EDGE_PROXY_SECRET_FILE=shared_secret(tmp)),
         tmp / "logs", netns=net.ns("front"))
+
+
+def shared_secret(tmp: Path) -> str:
+    """The proxy secret file the front and its hosts share (each host's copy of
+    the front's, as an operator would make it): beside their directories."""
+    return str(tmp.parent / "proxy.secret")
 
 
 def host_stack(net: Network, tmp: Path, host: str, dsn: str, cache: bool = True) -> NetStack:
@@ -92,7 +99,7 @@ def host_stack(net: Network, tmp: Path, host: str, dsn: str, cache: bool = True)
                     FALCON_HOST_ID=f"host-{host}",
                     FALCON_EDGE_BIND=f"{net.addr(host)}:{EDGE_PORT}",
                     FALCON_AUDIT_DSN=dsn, FALCON_AUDIT_SHIP_BATCH="50",
-                    FALCON_CACHE_SERVERS=caches)
+                    FALCON_CACHE_SERVERS=caches, FALCON_EDGE_PROXY_SECRET_FILE=shared_secret(tmp))
     return NetStack(env, tmp / "logs", netns=net.ns(host))
 
 

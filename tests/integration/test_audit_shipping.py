@@ -289,13 +289,15 @@ def test_a_request_logged_twice_is_one_row_and_request_ids_carry_the_host(make_s
 
     accepted = time.time() - 0.2
     start = f"t={int(accepted * 1e6)}"
+    # this test plays HAProxy, which proves itself with the proxy secret (issue 15 item 3)
+    proxy = {"X-Falcon-Proxy-Secret": Path(s.proxy_secret_file).read_text().strip()}
     same = {"X-Request-Id": "client-1", "X-Request-Start": start,
-            "X-Falcon-Request-Key": "front-k1"}
+            "X-Falcon-Request-Key": "front-k1", **proxy}
     for _ in range(2):  # the dying edge's log, then the retry's
         assert post_json(s.edge.bind, "/v1/models/digits/predict", body, same).status == 200
     other = {**same, "X-Falcon-Request-Key": "front-k2"}  # another request, same id and tick
     assert post_json(s.edge.bind, "/v1/models/digits/predict", body, other).status == 200
-    later = {"X-Request-Id": "client-1", "X-Request-Start": f"t={int(time.time() * 1e6)}"}
+    later = {"X-Request-Id": "client-1", "X-Request-Start": f"t={int(time.time() * 1e6)}", **proxy}
     assert post_json(s.edge.bind, "/v1/models/digits/predict", body, later).status == 200
     last = post_json(s.edge.bind, "/v1/models/digits/predict", body).headers["x-request-id"]
     wait_for_rows(pg_dsn, {*ids, last})  # one stream, shipped in order: all before it landed

@@ -22,10 +22,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 from conftest import ROOT, falconctl
+from httpx_lite import post_json
 from loadgen import LoadGen, Outcome
 from modelfactory import write_mlp_model
 from multihost import (
     DIGITS,
+    EDGE_PORT,
     HAPROXY_PORT,
     audit_rows,
     front_services,
@@ -77,6 +79,14 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
         first, second = predict(net, "a", probe), predict(net, "b", probe)
         assert (first["cached"], second["cached"]) == (False, True)
         probes = {first["request_id"], second["request_id"]}
+        # a client reaching an edge directly cannot name a row's key and time, so that
+        # its own prediction's row would be dropped as a duplicate (issue 15 item 3)
+        with entered(net.ns("front")):
+            forged = post_json(f"{net.addr('b')}:{EDGE_PORT}", "/v1/models/digits/predict",
+                               {"instances": probe.tolist()},
+                               {"X-Falcon-Request-Key": first["request_id"],
+                                "X-Request-Start": f"t={int(time.time() * 1e6)}"})
+        assert forged.status == 403, forged.body
 
         load = LoadGen(f"{net.addr('front')}:{HAPROXY_PORT}", DIGITS["X"], threads=6,
                        netns=net.ns("front"), send_ids=False).start()  # ids: HAProxy's

@@ -148,13 +148,32 @@ class DaemonServer:
         edge in one ``send``, and its reader takes them in one ``recv``)."""
         if writer.is_closing():
             return
-        frame = frames.encode(frames.RESPONSE, payload)
+        frame = self._encode(payload)
         queued = self._outbox.get(writer)
         if queued is None:
             self._outbox[writer] = [frame]
             asyncio.get_running_loop().call_soon(self._flush, writer)
         else:
             queued.append(frame)
+
+    def _encode(self, payload: dict[str, Any]) -> bytes:
+        """``payload``'s frame, or, if it would exceed ``max_frame`` (the edge's
+        limit too: its reader drops a connection that sends a bigger frame, and
+        every request in flight on it), an error answer to that request alone."""
+        try:
+            frame = frames.encode(frames.RESPONSE, payload)
+            size = len(frame) - frames.HEADER.size
+        except frames.BadFrame:
+            frame, size = b"", 1 << 32
+        if size <= self.max_frame:
+            return frame
+        log.warning("answer to request %s is %d bytes, over the frame limit of %d",
+                    payload.get("id"), size, self.max_frame)
+        error = messages.error(messages.RESULT_TOO_LARGE,
+                               f"the answer is {size} bytes, over the frame limit of "
+                               f"{self.max_frame} (daemon.max_frame_bytes): send fewer rows")
+        return frames.encode(frames.RESPONSE, {"id": payload.get("id"), "ok": False,
+                                               "error": error})
 
     def _flush(self, writer: asyncio.StreamWriter) -> None:
         queued = self._outbox.pop(writer, None)

@@ -41,6 +41,7 @@ _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
     messages.DRAINING: lambda m: errors.Unavailable(f"daemon draining: {m}", 1.0),
     messages.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
     messages.INFERENCE_FAILED: errors.InferenceFailed,
+    messages.RESULT_TOO_LARGE: errors.ResultTooLarge,
 }
 
 

@@ -56,6 +56,11 @@ class InferenceFailed(EdgeError):
     Not retryable; the message comes from the runtime."""
 
 
+class ResultTooLarge(EdgeError):
+    """The answer to this request would exceed the daemon's frame limit
+    (``daemon.max_frame_bytes``). Not retryable as it is: send fewer rows."""
+
+
 class Unauthorized(EdgeError):
     """No usable API key: none was sent, it is malformed, unknown, wrong, or
     revoked. ``invalid`` is true when a key was sent but not accepted (the

@@ -23,6 +23,7 @@ STATUS: dict[type[errors.EdgeError], str] = {
     errors.PayloadTooLarge: falcon.HTTP_413,  # before its base class InvalidInput
     errors.InvalidInput: falcon.HTTP_400,
     errors.InferenceFailed: falcon.HTTP_400,
+    errors.ResultTooLarge: falcon.HTTP_400,  # the same request never fits; fewer rows do
     errors.ModelNotFound: falcon.HTTP_404,
     errors.ModelNotReady: falcon.HTTP_503,
     errors.Unavailable: falcon.HTTP_503,

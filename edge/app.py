@@ -69,7 +69,7 @@ def make_auditor(settings: Settings) -> Auditor | None:
                          segment_bytes=a.segment_bytes, min_free_bytes=a.min_free_bytes,
                          fsync=cooperative(os.fdatasync))
     return Auditor(Path(settings.wal_dir), settings.host_id, writer,
-                   max_input_bytes=a.max_input_bytes)
+                   max_input_bytes=a.max_input_bytes, retry_s=a.retry_s)
 
 
 def cooperative(blocking: Callable[[int], None]) -> Callable[[int], None]:

@@ -8,6 +8,12 @@ closed by the kernel releasing its lock; the shipper then drains it). If the
 WAL cannot take a record — a failed fsync stops the writer for good, a full
 disk refuses until space returns — the prediction is answered 503 rather than
 served unaudited.
+
+A stream whose writer failed is closed (the shipper drains it like a dead
+worker's) and never written again (STYLE 7: a failed fsync is never retried);
+for ``retry_s`` the worker refuses predictions and reports not-ready
+(:meth:`Auditor.healthy`, so HAProxy sends its traffic elsewhere), then opens a
+new stream. A new stream that fails too doubles the wait, up to ``MAX_RETRY_S``.
 """
 
 from __future__ import annotations
@@ -87,35 +93,79 @@ def outputs_doc(outputs: list[tuple[str, np.ndarray]]) -> dict[str, dict[str, An
 
 
 WriterFactory = Callable[[Path, str], WalWriter]
+MAX_RETRY_S = 60.0
 
 
 class Auditor:
     """Appends audit records to this process's WAL stream. Thread-safe.
 
     Raises :class:`~edge.errors.Unavailable` when the WAL refuses a record;
-    nothing is served unaudited.
+    nothing is served unaudited. After a failed stream, :meth:`healthy` is false
+    for the back-off (see the module docstring), then a new stream is opened.
     """
 
     def __init__(self, wal_dir: Path, host: str, writer_factory: WriterFactory, *,
-                 max_input_bytes: int = 64 << 10) -> None:
+                 max_input_bytes: int = 64 << 10, retry_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.wal_dir = wal_dir
         self.host = host
         self.writer_factory = writer_factory
         self.max_input_bytes = max_input_bytes
+        self.retry_s = retry_s
+        self.clock = clock
         self._lock = threading.Lock()
         self._writer: WalWriter | None = None
         self._pid = 0
+        self._retry_at = 0.0        # clock() before which no new stream is opened
+        self._backoff = retry_s     # the next failure's wait
+
+    def healthy(self) -> bool:
+        """False while a failed stream's back-off runs: this worker is not ready."""
+        return self.clock() >= self._retry_at
 
     def _current(self) -> WalWriter:
         with self._lock:
             if self._writer is None or self._pid != os.getpid():
-                self._pid = os.getpid()
+                if self._pid != os.getpid():
+                    self._pid, self._retry_at, self._backoff = os.getpid(), 0.0, self.retry_s
+                wait = self._retry_at - self.clock()
+                if wait > 0:
+                    raise Unavailable(f"audit log failed; a new stream in {wait:.1f} s",
+                                      retry_after=wait)
                 stream = f"{self.host}-{self._pid}-{time.time_ns()}"
-                self.wal_dir.mkdir(parents=True, exist_ok=True)
-                self._writer = self.writer_factory(self.wal_dir, stream)
+                try:
+                    self.wal_dir.mkdir(parents=True, exist_ok=True)
+                    self._writer = self.writer_factory(self.wal_dir, stream)
+                except (OSError, WalError) as exc:
+                    wait = self._back_off()
+                    log.critical("audit stream %s could not be opened, refusing predictions "
+                                 "for %.1f s: %s", stream, wait, exc)
+                    raise Unavailable(f"audit log unavailable: {exc}", retry_after=wait) from None
                 atexit.register(self._writer.close)
                 log.info("audit stream %s opened in %s", stream, self.wal_dir)
             return self._writer
+
+    def _back_off(self) -> float:
+        """Start a back-off (lock held); its length."""
+        wait = self._backoff
+        self._retry_at = self.clock() + wait
+        self._backoff = min(wait * 2, MAX_RETRY_S)
+        return wait
+
+    def _failed(self, writer: WalWriter, exc: WalFailed) -> float:
+        """``writer`` stopped for good: close it (the shipper drains it) and back off."""
+        with self._lock:
+            if self._writer is not writer:  # another thread got there first
+                return max(0.0, self._retry_at - self.clock())
+            self._writer = None
+            wait = self._back_off()
+        log.critical("audit WAL stream %s failed, refusing predictions for %.1f s, then a new "
+                     "stream: %s", writer.stream, wait, exc)
+        try:
+            writer.close()
+        except (OSError, WalError) as close_exc:
+            log.warning("closing failed audit stream %s: %s", writer.stream, close_exc)
+        return wait
 
     def record(self, ctx: RequestContext, *, model: str, version: str, canon: Canonical,
                outputs: list[tuple[str, np.ndarray]], labels: list[Any] | None,
@@ -138,10 +188,12 @@ class Auditor:
         try:
             writer.append(payload)
         except WalFailed as exc:
-            log.critical("audit WAL stream %s failed, refusing predictions: %s", writer.stream, exc)
-            raise Unavailable(f"audit log unavailable: {exc}", retry_after=5) from None
+            wait = self._failed(writer, exc)
+            raise Unavailable(f"audit log unavailable: {exc}", retry_after=wait) from None
         except WalError as exc:
             raise Unavailable(f"audit log refused the record: {exc}", retry_after=5) from None
+        if self._backoff != self.retry_s:  # a stream works again
+            self._backoff = self.retry_s
         metrics.WAL_RECORDS.inc()
         metrics.WAL_BYTES.inc(len(payload))
 

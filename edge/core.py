@@ -112,7 +112,10 @@ class Core:
 
     # -- health and metadata ----------------------------------------------
     def ready(self) -> bool:
-        """Ready when the daemon answers, is not draining and serves a model."""
+        """Ready when the daemon answers, is not draining and serves a model, and
+        the audit log takes records (not in a failed stream's back-off)."""
+        if self.auditor is not None and not self.auditor.healthy():
+            return False
         try:
             state = self._call("ping", {}, self.clock() + 0.5)
         except errors.EdgeError:

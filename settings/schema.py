@@ -142,6 +142,10 @@ class AuditSettings:
     min_free_bytes: int = key(256 << 20, "Disk-space guard: below this many free bytes on the "
                                          "WAL's filesystem, predictions are refused (503).",
                               min=0, max=1 << 50)
+    retry_s: float = key(5.0, "After a WAL write or fsync error, how long the worker refuses "
+                              "predictions and reports not-ready before it opens a new stream "
+                              "(doubled while new streams keep failing, up to 60 s).",
+                         min=0.1, max=60)
     max_input_bytes: int = key(64 << 10, "Inputs up to this size are stored in the record "
                                          "(always their digest).", min=0, max=64 << 20)
     dsn: str = key("", "PostgreSQL DSN for the audit table; empty means the embedded cluster "

@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +112,7 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     from edge.auth import KeysFileError
     from falconctl.keys import create_demo_key
     from falconctl.stack import Stack, StackError
+    from falconctl.supervisor import Supervisor
     from falconctl.up import banner, dev_env
 
     base = dict(os.environ, **({"FALCON_CONFIG": args.config} if args.config else {}))
@@ -128,16 +128,7 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
         print(f"falconctl up: {exc}", file=sys.stderr)
         return 1
     print(banner(stack.settings, Path(args.root).resolve(), key), flush=True)
-    while not stop["signal"]:
-        dead = [p.name for p in stack.procs.values() if not p.alive()]
-        if dead:
-            print(f"falconctl up: {', '.join(dead)} exited; stopping", file=sys.stderr)
-            break
-        time.sleep(0.2)
-    print("stopping...", flush=True)
-    codes = stack.stop()
-    print("stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
-    return 0
+    return Supervisor(stack).run(stop)  # restarts what exits; stops on a crash loop
 
 
 def cmd_install(s: Settings, args: argparse.Namespace) -> int:

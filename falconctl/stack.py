@@ -164,6 +164,8 @@ class Proc:
     name: str
     popen: subprocess.Popen
     log: Path
+    argv: list[str] = field(default_factory=list)  # as started: respawn() runs it again
+    extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def tail(self, lines: int = 30) -> str:
         try:
@@ -206,9 +208,16 @@ class Stack:
             popen = subprocess.Popen(argv, env={**self.env, **extra_env}, stdout=fh,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      start_new_session=True, cwd=ROOT)
-        proc = Proc(name, popen, log)
+        proc = Proc(name, popen, log, list(argv), dict(extra_env))
         self.procs[name] = proc
         return proc
+
+    def respawn(self, name: str) -> Proc:
+        """Start ``name`` again as it was started (same argv, so the same ports and
+        paths), without waiting for it to be ready: ``falconctl up`` restarting a
+        component that exited (:mod:`falconctl.supervisor`)."""
+        old = self.procs[name]
+        return self._spawn(name, old.argv, old.extra_env)
 
     def _wait(self, proc: Proc, check: object, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ class Outcome:
     sent_rows: list[list[float]] | None = None
     seconds: float = 0.0  # as the client saw it
     started: float = 0.0  # time.monotonic() when it was sent
+    retry_after: str | None = None  # the answer's Retry-After header
 
 
 @dataclass
@@ -76,7 +77,8 @@ class LoadGen:
                               json.dumps({"instances": rows}),
                               {"X-Request-Id": rid} if rid else {}, timeout=self.timeout)
                 rid = rid or ans.headers.get("x-request-id", "")
-                outcome = Outcome(rid, ans.status, ans.json() if ans.status == 200 else None, rows)
+                outcome = Outcome(rid, ans.status, ans.json() if ans.status == 200 else None, rows,
+                                  retry_after=ans.headers.get("retry-after"))
             except (OSError, ValueError, http.client.HTTPException):  # no HTTP answer
                 outcome = Outcome(rid, 0)
                 time.sleep(0.01)

@@ -189,15 +189,18 @@ class CrashLoop(Exception):
 class Supervisor:
     """Restart what exits (see the module docstring). ``clock`` and ``out`` are seams."""
 
-    def __init__(self, stack: Stack, policy: Policy = Policy(), *,
+    def __init__(self, stack: Stack, policy: Policy = Policy(), *, units: list[Unit] | None = None,
                  clock: Callable[[], float] = time.monotonic, out: TextIO = sys.stderr) -> None:
+        """``units``: what to watch; default every process of ``stack`` and its
+        embedded PostgreSQL."""
         self.stack = stack
         self.policy = policy
         self.clock = clock
         self.out = out
-        units: list[Unit] = [ProcUnit(stack, name) for name in stack.procs]
-        if stack.postgres is not None:
-            units.append(PostgresUnit(stack))
+        if units is None:
+            units = [ProcUnit(stack, name) for name in stack.procs]
+            if stack.postgres is not None:
+                units.append(PostgresUnit(stack))
         now = clock()
         self.states = [_State(u, now, policy.first_delay) for u in units]
 

@@ -64,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
@@ -243,6 +244,8 @@ class Batcher:
         self._pad_failures = 0  # padded runs that failed where the lone row worked
         self._recent_run_s = math.inf  # exponential average of compute_s; inf: unknown
         self._pump_soon = False  # a pump is scheduled for the end of this loop turn
+        self.executions = 0  # model runs (V2 statistics' execution_count)
+        self._executions_lock = threading.Lock()  # runs happen in pool threads too
 
     @property
     def batching(self) -> bool:
@@ -406,6 +409,12 @@ class Batcher:
 
     # ---------------------------------------------------------- in a pool thread
 
+    def _execute(self, feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """One model run (counted in :attr:`executions`, failed runs included)."""
+        with self._executions_lock:
+            self.executions += 1
+        return self.run(feeds, names)
+
     def _compute(self, batch: list[_Request]) -> list[Outcome]:
         started = self.clock()
         live = [r for r in batch if r.deadline >= started]
@@ -426,7 +435,7 @@ class Batcher:
         try:
             feeds = {name: np.concatenate([r.feeds[name] for r in batch])
                      for name in batch[0].feeds}
-            arrays = self.run(feeds, list(names))
+            arrays = self._execute(feeds, list(names))
         except Exception as exc:  # ORT's own classes; one request may poison the batch
             log.info("model %s: batch of %d requests failed (%s); running them alone",
                      self.name, len(batch), exc)
@@ -446,7 +455,7 @@ class Batcher:
         try:
             arrays = self._run_padded(req) if req.rows == 1 and self._pads() else None
             if arrays is None:
-                arrays = self.run(req.feeds, list(req.outputs))
+                arrays = self._execute(req.feeds, list(req.outputs))
         except Exception as exc:  # ORT's own exception classes: the input broke the graph
             return InferenceFailed(str(exc))
         return Answer(list(arrays), started - req.enqueued, self.clock() - started, req.rows)
@@ -464,9 +473,9 @@ class Batcher:
         then on (logged)."""
         feeds = {name: np.concatenate([a, a]) for name, a in req.feeds.items()}
         try:
-            arrays = self.run(feeds, list(req.outputs))
+            arrays = self._execute(feeds, list(req.outputs))
         except Exception as exc:  # ORT's own classes
-            arrays = self.run(req.feeds, list(req.outputs))  # raises: the request's own error
+            arrays = self._execute(req.feeds, list(req.outputs))  # raises: its own error
             self._pad_failures += 1  # NOTE: not at once: one could be an allocation failure
             if self._pad_failures >= PAD_FAILURES_TO_UNBATCH and not self._split_failed:
                 self._split_failed = True

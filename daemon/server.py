@@ -32,6 +32,7 @@ from daemon.batcher import Batcher, BatchError, batch_policy
 from daemon.lifecycle import Lifecycle, LifecycleError
 from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
+from daemon.stats import VersionStats
 from wire import frames, messages
 from wire.messages import MessageError
 
@@ -80,6 +81,7 @@ class DaemonServer:
         self.pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
         self._batchers: dict[int, Batcher] = {}  # by id(LoadedVersion); each holds its version
         self._observers: dict[tuple[str, str], _Observer] = {}
+        self._stats: dict[int, VersionStats] = {}  # by id(LoadedVersion), like the batchers
         self.inflight = 0
         self.draining = False
         self.ready = False
@@ -210,6 +212,8 @@ class DaemonServer:
             return {**lv.metadata(), "batching": self.batcher(lv).to_wire()}
         if op == "infer":
             return await self._infer(req)
+        if op == "stats":
+            return self._stats_of(req)
         raise _Fail(messages.PROTOCOL_ERROR, f"unknown op {op!r} (known: {', '.join(messages.OPS)})")
 
     async def _manage(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -232,6 +236,7 @@ class DaemonServer:
                 unloaded = await self.lifecycle.unload(model, version)
                 for lv in going:
                     self._batchers.pop(id(lv), None)
+                    self._stats.pop(id(lv), None)
                     metrics.SHM_BYTES.labels(lv.model, lv.version).set(0)
                 return {"model": model, "unloaded": unloaded}
             if op == "split":
@@ -255,6 +260,25 @@ class DaemonServer:
             batcher = Batcher(lv.run, policy, executor=self.pool, clock=self.clock, name=name)
             self._batchers[id(lv)] = batcher
         return batcher
+
+    def _version_stats(self, lv: LoadedVersion) -> VersionStats:
+        stats = self._stats.get(id(lv))
+        if stats is None:
+            stats = self._stats[id(lv)] = VersionStats()
+        return stats
+
+    def _stats_of(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The statistics of every loaded version, or of ``model`` (and ``version``)."""
+        model, version = req.get("model"), req.get("version")
+        if model not in (None, ""):
+            lvs = ([self._lookup(req)] if version not in (None, "") else
+                   [lv for lv in self.registry.versions() if lv.model == model])
+            if not lvs:
+                raise _Fail(messages.NOT_FOUND, f"model {model!r} is not loaded")
+        else:
+            lvs = list(self.registry.versions())
+        return {"model_stats": [self._version_stats(lv).to_wire(
+            lv.model, lv.version, executions=self.batcher(lv).executions) for lv in lvs]}
 
     def _lookup(self, req: dict[str, Any]) -> LoadedVersion:
         try:
@@ -282,9 +306,11 @@ class DaemonServer:
         lv.inflight += 1
         metrics.INFLIGHT.inc()
         self._idle.clear()
+        stats = self._version_stats(lv)
         try:
             answer = await self.batcher(lv).infer(feeds, outputs, deadline)
         except BatchError as exc:
+            stats.failure(total_s=self.clock() - received)
             metrics.OUTCOMES.labels(lv.model, lv.version, exc.type).inc()
             log.info("infer %s/%s failed (%s) trace=%s: %s", lv.model, lv.version, exc.type,
                      req.get("trace"), exc)
@@ -299,8 +325,15 @@ class DaemonServer:
         if observer is None:
             observer = self._observers[lv.model, lv.version] = _Observer(lv.model, lv.version)
         observer(answer)
+        stats.success(rows=_rows(feeds), total_s=self.clock() - received,
+                      queue_s=answer.queue_s, compute_s=answer.compute_s)
         return {"model": lv.model, "version": lv.version,
                 "outputs": [messages.encode_tensor(n, a)
                             for n, a in zip(outputs, answer.outputs, strict=True)],
                 "queue_us": int(answer.queue_s * 1e6), "compute_us": int(answer.compute_s * 1e6),
                 "batch_rows": answer.batch_rows}
+
+
+def _rows(feeds: dict[str, Any]) -> int:
+    """Rows of a request: its inputs' first dimension (1 for scalars)."""
+    return max((a.shape[0] if a.ndim else 1 for a in feeds.values()), default=1)

@@ -11,7 +11,7 @@ from typing import Any
 import falcon
 
 from audit.wal import WalWriter
-from edge import admin, auth, http_errors, metrics, openapi, proxyauth, resources
+from edge import admin, auth, http_errors, metrics, openapi, proxyauth, resources, stats
 from edge.audit import Auditor
 from edge.breaker import Breaker
 from edge.cache import PredictionCache, parse_servers
@@ -51,7 +51,7 @@ def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None 
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
-    for path, cls in ROUTES + admin.ROUTES:
+    for path, cls in ROUTES + admin.ROUTES + stats.ROUTES:
         app.add_route(path, cls(core, max_body, host_id))
     app.add_route("/openapi.json", openapi.OpenAPI())
     app.add_route("/metrics", metrics.Metrics())

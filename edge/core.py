@@ -31,7 +31,7 @@ from wire.messages import MessageError, RemoteError
 
 SERVER_NAME = "falcon-inference"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data", "model_repository")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
 LISTING_TTL_S = 0.5
 
 _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
@@ -180,6 +180,12 @@ class Core:
         with self._lock:
             self._listing_cache = None  # this worker sees the change at once
         return result
+
+    def stats(self, model: str | None, version: str | None, deadline: float) -> dict[str, Any]:
+        """The daemon's inference statistics (V2 statistics extension) of every loaded
+        version, of ``model``'s, or of one version; ModelNotFound if none is loaded."""
+        args = {"model": model, "version": version} if model else {}
+        return self._call("stats", args, deadline)
 
     def model_ready(self, model: str, version: str | None, deadline: float) -> bool:
         try:

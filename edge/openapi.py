@@ -138,6 +138,11 @@ def spec() -> dict[str, Any]:
         "/v2/models/{model}/ready": _get("Model readiness (400 when not ready)", None, [MODEL], 400),
         "/v2/models/{model}/versions/{version}/ready": _get("Model version readiness", None,
                                                             [MODEL, VERSION], 400),
+        "/v2/models/stats": _get("Inference statistics of every loaded version (Triton's "
+                                 "statistics extension)", None, []),
+        "/v2/models/{model}/stats": _get("A model's inference statistics", None, [MODEL], 404),
+        "/v2/models/{model}/versions/{version}/stats": _get("A version's inference statistics",
+                                                            None, [MODEL, VERSION], 404),
         "/v2/models/{model}/infer": _infer([MODEL]),
         "/v2/models/{model}/versions/{version}/infer": _infer([MODEL, VERSION]),
         "/v2/repository/index": _admin("post", "Every version in the repository and its state"),

@@ -21,6 +21,11 @@ Request (kind ``REQUEST``)::
     op "unload"    {"model", "version"?} -> {"model", "unloaded": [str]}
     op "split"     {"model", "split": {version: weight}} -> {"model", "old", "new"}
     op "rollback"  {"model"} -> {"model", "old", "new"} (the previous split again)
+    op "stats"     {"model"?, "version"?} -> {"model_stats": [per loaded version: {"name",
+                   "version", "last_inference" (ms since the epoch, 0: none),
+                   "inference_count" (rows answered), "execution_count" (model runs),
+                   "inference_stats": {"success"|"fail"|"queue"|"compute_infer":
+                   {"count", "ns"}}}]} (Triton's statistics extension's names)
 
 Tensor::
 
@@ -62,7 +67,8 @@ from typing import Any
 
 import numpy as np
 
-OPS = ("ping", "models", "metadata", "infer", "index", "load", "unload", "split", "rollback")
+OPS = ("ping", "models", "metadata", "infer", "index", "load", "unload", "split", "rollback",
+       "stats")
 
 # dtypes a tensor may carry on the wire (ONNX's numeric + bool types).
 DTYPES = frozenset(

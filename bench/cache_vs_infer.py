@@ -51,7 +51,7 @@ def compare(core: Core, cache: PredictionCache, name: str, width: int, n: int) -
     meta = core.metadata(name, None, core.deadline())
     inputs = [("input", np.random.default_rng(0).random((1, width), np.float32))]
     result = core._run(meta, inputs, core.deadline())
-    key = cache_key(name, meta.version, uuid.uuid4().hex)
+    key = cache_key(name, meta.content_digest, uuid.uuid4().hex)
     cache.set(key, result.outputs, 60)
     for label, fn in (("infer (daemon)", lambda: core._run(meta, inputs, core.deadline(5000))),
                       ("cache hit (memcached)", lambda: cache.get(name, key))):
@@ -76,7 +76,7 @@ def main() -> None:
     try:
         stack.start_daemon()
         core = Core(DaemonClient(stack.settings.daemon_socket))
-        cache = PredictionCache([("127.0.0.1", port)], timeout_s=0.5)
+        cache = PredictionCache([("127.0.0.1", port)], secret=b"bench", timeout_s=0.5)
         print("| model | path | median µs | p99 µs |\n|---|---|---:|---:|")
         for name, width in (("digits", 64), ("mlp", 1024)):
             if name == "mlp" and args.no_mlp:

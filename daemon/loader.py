@@ -105,7 +105,10 @@ class LoadedVersion:
         return {"name": self.model, "version": self.version, "platform": "onnxruntime_onnx",
                 "inputs": [t.to_wire() for t in self.inputs],
                 "outputs": [t.to_wire() for t in self.outputs],
-                "config": self.entry.config.to_wire(), "weight_bytes": self.weight_bytes}
+                "config": self.entry.config.to_wire(), "weight_bytes": self.weight_bytes,
+                # the segment's SHA-256 (graph, weights, model and version): what the
+                # edge's prediction cache keys on, so a replaced file never hits
+                "content_digest": self.segment.digest}
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         """ONNX Runtime's outputs; a ZipMap output (a list of dicts) as its [N, C] tensor."""
@@ -253,9 +256,10 @@ def _attach_or_publish(name: str, entry: VersionEntry) -> tuple[shm.Segment, boo
             raise LoadError(f"segment {name} cannot be replaced: {err}") from None
     graph, arrays = _strip(entry.path)
     try:
+        # no file path in meta: the segment's digest is the version's content digest
+        # (the prediction cache's key), the same on every host that has this file
         segment = shm.publish(name, arrays, {GRAPH_BLOB: graph},
-                              meta={"model": entry.model, "version": entry.version,
-                                    "source": str(entry.path)})
+                              meta={"model": entry.model, "version": entry.version})
     except shm.SegmentExists:  # published concurrently by another process: use theirs
         return shm.attach(name), True
     return segment, False

@@ -98,7 +98,12 @@ def make_cache(settings: Settings) -> PredictionCache | None:
         raise ConfigError(f"cache.servers: {exc}") from None
     if not servers:
         return None
-    return PredictionCache(servers, timeout_s=settings.cache.timeout_ms / 1000.0)
+    try:
+        secret = proxyauth.load_or_create(Path(settings.cache_secret_file))
+    except (OSError, proxyauth.ProxySecretError) as exc:
+        raise ConfigError(f"cache.secret_file: {exc}") from None
+    return PredictionCache(servers, secret=secret.encode(),
+                           timeout_s=settings.cache.timeout_ms / 1000.0)
 
 
 def from_settings(settings: Settings) -> falcon.App:

@@ -1,10 +1,18 @@
 """The prediction cache: Memcached through pymemcache, never a reason to fail.
 
-Key: ``falcon:<model>:<version>:<sha256 of the canonical input bytes>`` — the
-version is the one that *would* answer, resolved before the lookup, so a new
-version (or a rollback) never serves another version's answer. Value: the
-daemon's full answer (every output), as msgpack with raw tensor bytes
+Key: ``falcon:<model>:<content digest>:<sha256 of the canonical input bytes>``
+— the content digest (SHA-256 of the segment: graph, weights, model and version,
+the same on every host; the daemon's metadata) of the version that *would* answer, resolved before
+the lookup, so another version, a rollback, or a version number reloaded from a
+replaced file never serves another model's answer (a worker's metadata is at most
+``edge.metadata_ttl_s`` old). Value: ``HMAC-SHA256(secret, key + body) || body``,
+body the daemon's full answer (every output) as msgpack with raw tensor bytes
 (:mod:`wire.messages` tensors).
+
+APPSEC: memcached has no authentication here, so anyone who can reach it could
+plant "predictions" that would be served and audited as served. A value whose tag
+does not verify (under ``cache.secret_file``, shared by the hosts of one pool) is
+a miss, counted as ``result="error"`` and logged.
 
 A pool of servers (several hosts' edges share it) is spread by rendezvous
 hashing over *all* configured servers (:func:`rendezvous`: BLAKE2b scores, ~1 µs a
@@ -28,6 +36,7 @@ server costs nothing while it is open.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import threading
 from collections.abc import Callable
@@ -71,16 +80,28 @@ def rendezvous(key: str, servers: list[str]) -> str:
         data, digest_size=8, key=name.encode()[:64]).digest())
 
 
-def cache_key(model: str, version: str, digest: str) -> str:
-    return f"falcon:{model}:{version}:{digest}"
+def cache_key(model: str, content_digest: str, digest: str) -> str:
+    return f"falcon:{model}:{content_digest}:{digest}"
 
 
-def encode(outputs: Outputs) -> bytes:
-    return msgpack.packb([messages.encode_tensor(n, a) for n, a in outputs], use_bin_type=True)
+TAG_BYTES = 32  # HMAC-SHA256
 
 
-def decode(value: bytes) -> Outputs:
-    return messages.decode_tensors(msgpack.unpackb(value, raw=False), "cached")
+class Forged(ValueError):
+    """A cached value whose tag does not verify: planted, or made under another
+    ``cache.secret_file`` (hosts of one pool must share it)."""
+
+
+def encode(outputs: Outputs, secret: bytes, key: str) -> bytes:
+    body = msgpack.packb([messages.encode_tensor(n, a) for n, a in outputs], use_bin_type=True)
+    return hmac.digest(secret, key.encode() + body, "sha256") + body
+
+
+def decode(value: bytes, secret: bytes, key: str) -> Outputs:
+    tag, body = value[:TAG_BYTES], value[TAG_BYTES:]
+    if not hmac.compare_digest(tag, hmac.digest(secret, key.encode() + body, "sha256")):
+        raise Forged("tag does not verify")
+    return messages.decode_tensors(msgpack.unpackb(body, raw=False), "cached")
 
 
 class _Server:
@@ -107,15 +128,16 @@ class _Server:
 
 
 class PredictionCache:
-    """Thread-safe. ``get`` returns None on a miss *or any failure*; ``set``
-    never raises. ``client_factory(server, **kwargs)`` makes one server's client
-    (a seam for tests)."""
+    """Thread-safe. ``get`` returns None on a miss *or any failure* (a value
+    whose tag does not verify under ``secret`` included); ``set`` never raises.
+    ``client_factory(server, **kwargs)`` makes one server's client (a seam for tests)."""
 
-    def __init__(self, servers: list[tuple[str, int]], *, timeout_s: float = 0.05,
+    def __init__(self, servers: list[tuple[str, int]], *, secret: bytes, timeout_s: float = 0.05,
                  client_factory: Callable[..., Any] = PooledClient,
                  fail_max: int = 3, reset_timeout_s: float = 2.0) -> None:
         if not servers:
             raise ValueError("a prediction cache needs at least one server")
+        self.secret = secret
         self.servers: dict[str, _Server] = {}
         for host, port in servers:
             name = f"{host}:{port}"
@@ -145,7 +167,7 @@ class PredictionCache:
             LOOKUPS.labels(model, "miss").inc()
             return None
         try:
-            outputs = decode(value)
+            outputs = decode(value, self.secret, key)
         except (ValueError, TypeError, msgpack.ExtraData) as exc:
             LOOKUPS.labels(model, "error").inc()
             log.warning("prediction cache: undecodable value under %s: %s", key, exc)
@@ -156,7 +178,7 @@ class PredictionCache:
     def set(self, key: str, outputs: Outputs, ttl_s: int) -> None:
         server = self.server_for(key)
         try:
-            server.breaker.call(server.client.set, key, encode(outputs), expire=ttl_s,
+            server.breaker.call(server.client.set, key, encode(outputs, self.secret, key), expire=ttl_s,
                                 noreply=False)
         except Open:
             pass

@@ -227,9 +227,10 @@ class Core:
         """Every output of ``meta``'s version for ``inputs``: from the cache when
         the model allows it and it has them, else from the daemon."""
         canon = canonical(inputs) if self.cache or self.auditor else None
-        if self.cache is None or not meta.cache_enabled or canon is None:
+        if self.cache is None or not meta.cache_enabled or canon is None \
+                or not meta.content_digest:  # (a daemon that does not say: no cache)
             return self._run(meta, inputs, deadline, trace_id), canon
-        key = cache_key(meta.name, meta.version, input_digest(canon[0]))
+        key = cache_key(meta.name, meta.content_digest, input_digest(canon[0]))
         hit = self.cache.get(meta.name, key)
         if hit is not None:
             return InferResult(meta.name, meta.version, hit, cached=True), canon

@@ -16,7 +16,8 @@ check, a Prometheus scrape, a test) is served as an edge reached directly: it
 gets a request key and time of the edge's own making. The secret is compared in
 constant time (``hmac.compare_digest``).
 
-The secret file: 43 characters of ``secrets.token_urlsafe(32)``, mode 0600, made
+The secret file (the prediction cache's key, ``cache.secret_file``, is made the
+same way): 43 characters of ``secrets.token_urlsafe(32)``, mode 0600, made
 by the first process that needs it (atomically: ``link`` of a whole temp file,
 so two starting at once agree). Several hosts behind one HAProxy must share the
 front's file (copy it to each host's ``edge.proxy_secret_file``).
@@ -58,7 +59,7 @@ def load_or_create(path: Path) -> str:
     except FileNotFoundError:
         text = _create(path)
     if not SECRET_RE.match(text):
-        raise ProxySecretError(f"{path}: not a proxy secret (43 URL-safe characters); "
+        raise ProxySecretError(f"{path}: not a secret of ours (43 URL-safe characters); "
                                "remove it to make a new one")
     return text
 

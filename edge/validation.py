@@ -50,6 +50,7 @@ class ModelMeta:
     platform: str = "onnxruntime_onnx"
     cache_enabled: bool = False
     cache_ttl_s: int = 300
+    content_digest: str = ""  # the version's weights and graph (SHA-256): the cache key's
 
     @classmethod
     def from_wire(cls, data: dict[str, Any], versions: tuple[str, ...]) -> ModelMeta:
@@ -65,7 +66,8 @@ class ModelMeta:
                    probabilities_output=cfg.get("probabilities_output", ""),
                    platform=data.get("platform", "onnxruntime_onnx"),
                    cache_enabled=bool(cfg.get("cache", {}).get("enabled", False)),
-                   cache_ttl_s=int(cfg.get("cache", {}).get("ttl_s", 300)))
+                   cache_ttl_s=int(cfg.get("cache", {}).get("ttl_s", 300)),
+                   content_digest=str(data.get("content_digest", "")))
 
 
 def dtype_name(dtype: np.dtype) -> str:

@@ -161,6 +161,10 @@ class CacheSettings:
                            "(consistent hashing across them); empty turns the cache off.")
     timeout_ms: int = key(50, "Connect and I/O timeout per cache call; a slower cache is a miss.",
                           min=1, max=10000)
+    secret_file: str = key("", "The key cached values are authenticated with (HMAC-SHA256; a "
+                               "value that does not verify is a miss); made if missing. Empty "
+                               "means <state_dir>/cache.secret. Hosts sharing a memcached pool "
+                               "share this file.")
 
 
 @dataclass(frozen=True)
@@ -197,6 +201,10 @@ class Settings:
     @property
     def wal_dir(self) -> str:
         return self.audit.wal_dir or os.path.join(self.paths.state_dir, "wal")
+
+    @property
+    def cache_secret_file(self) -> str:
+        return self.cache.secret_file or os.path.join(self.paths.state_dir, "cache.secret")
 
     @property
     def proxy_secret_file(self) -> str:

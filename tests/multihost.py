@@ -99,7 +99,8 @@ def host_stack(net: Network, tmp: Path, host: str, dsn: str, cache: bool = True)
                     FALCON_HOST_ID=f"host-{host}",
                     FALCON_EDGE_BIND=f"{net.addr(host)}:{EDGE_PORT}",
                     FALCON_AUDIT_DSN=dsn, FALCON_AUDIT_SHIP_BATCH="50",
-                    FALCON_CACHE_SERVERS=caches, FALCON_EDGE_PROXY_SECRET_FILE=shared_secret(tmp))
+                    FALCON_CACHE_SERVERS=caches, FALCON_EDGE_PROXY_SECRET_FILE=shared_secret(tmp),
+                    FALCON_CACHE_SECRET_FILE=str(tmp.parent / "cache.secret"))
     return NetStack(env, tmp / "logs", netns=net.ns(host))
 
 

@@ -4,20 +4,26 @@ versions, and Memcached going away never fails a request."""
 from __future__ import annotations
 
 import signal
+import socket
 import time
+import urllib.parse
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import onnxruntime as ort
 from conftest import Memcached
 from httpx_lite import post_json, request
 from loadgen import LoadGen
 from modelfactory import write_mlp_model
+from pymemcache.client.base import Client
 
 from audit.record import AuditRecord
 from audit.wal import START, StreamReader, list_streams
 from edge.audit import canonical, input_digest
 from edge.cache import cache_key, rendezvous
+from edge.daemon_client import DaemonClient
+from wire import messages
 
 WIDTH = 16
 
@@ -120,8 +126,10 @@ def test_losing_one_server_of_a_pool_loses_only_its_keys_and_it_rejoins(make_sta
         rows = [r[None, :] for r in np.random.default_rng(2).normal(size=(30, WIDTH))
                 .astype(np.float32)]
         names = [m.addr for m in pool]
-        home = [rendezvous(cache_key("mlp", "1", input_digest(canonical([("input", r)])[0])), names)
-                for r in rows]
+        content = DaemonClient(stack.settings.daemon_socket).call(
+            "metadata", {"model": "mlp", "version": "1"}, time.monotonic() + 5)["content_digest"]
+        home = [rendezvous(cache_key("mlp", content, input_digest(canonical([("input", r)])[0])),
+                           names) for r in rows]
         victim = pool[0]
         on_victim = [h == victim.addr for h in home]
         assert 0 < sum(on_victim) < len(rows)  # the test means something: keys on every side
@@ -142,3 +150,69 @@ def test_losing_one_server_of_a_pool_loses_only_its_keys_and_it_rejoins(make_sta
     finally:
         for m in pool:
             m.stop()
+
+
+# -- issue 15 item 9: keyed by content, values authenticated -----------------------------
+
+def memcached_keys(addr: str) -> list[str]:
+    """Every key memcached holds (``lru_crawler metadump all``)."""
+    host, _, port = addr.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"lru_crawler metadump all\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data[-200:]
+            data += chunk
+    return [urllib.parse.unquote(line.split()[0].removeprefix(b"key=").decode())
+            for line in data.splitlines() if line.startswith(b"key=")]
+
+
+def test_a_version_reloaded_from_a_replaced_file_never_gets_the_old_answer(make_stack, memcached,
+                                                                           tmp_path):
+    """Unload version 2, replace its file, load version 2: the same input is
+    answered by the new file's model, not from the cache (keyed by content digest)."""
+    repo = tmp_path / "repo"
+    small_mlp(repo, "1", seed=1)
+    small_mlp(repo, "2", seed=2)
+    stack = make_stack(repo=repo, FALCON_CACHE_SERVERS=memcached.addr)
+    addr = stack.settings.haproxy.bind
+    rows = np.random.default_rng(5).normal(size=(2, WIDTH)).astype(np.float32)
+    first, second = predict(addr, rows), predict(addr, rows)
+    assert (first["version"], second["version"], second["cached"]) == ("2", "2", True)
+
+    def manage(op: str) -> None:
+        ans = post_json(addr, f"/v2/repository/models/mlp/{op}", {"parameters": {"version": "2"}})
+        assert ans.status == 200, ans.body
+    manage("unload")
+    replaced = small_mlp(repo, "2", seed=3)
+    manage("load")
+    time.sleep(0.6)  # the edge's metadata TTL in tests
+    third = predict(addr, rows)
+    assert third["version"] == "2" and third["cached"] is False
+    np.testing.assert_allclose(probs(third), reference(replaced, rows), rtol=1e-5)
+    assert not np.allclose(probs(third), probs(first))
+
+
+def test_a_value_planted_in_memcached_is_not_served(make_stack, memcached, tmp_path):
+    """Whoever can write to memcached replaces a cached answer (a valid encoding,
+    other probabilities): it is not served (nor audited as served)."""
+    repo = tmp_path / "repo"
+    small_mlp(repo, "1", seed=1)
+    stack = make_stack(repo=repo, FALCON_CACHE_SERVERS=memcached.addr)
+    addr = stack.settings.haproxy.bind
+    rows = np.random.default_rng(6).normal(size=(1, WIDTH)).astype(np.float32)
+    honest = predict(addr, rows)
+    assert predict(addr, rows)["cached"] is True
+    [key] = memcached_keys(memcached.addr)
+    host, _, port = memcached.addr.rpartition(":")
+    client = Client((host, int(port)))
+    value = client.get(key)
+    planted = [("label", np.array([3], np.int64)),
+               ("probabilities", np.array([[0.0, 0.0, 0.0, 1.0]], np.float32))]
+    body = msgpack.packb([messages.encode_tensor(n, a) for n, a in planted], use_bin_type=True)
+    for forged in (body, value[:32] + body, b"\0" * 32 + body):
+        assert client.set(key, forged, noreply=False)
+        answer = predict(addr, rows)
+        assert answer["cached"] is False and answer["predictions"] == honest["predictions"], answer
+    client.close()

@@ -9,10 +9,15 @@ and concurrent requests reach the daemon together, where they can be batched.
 Failure handling (the caller's deadline bounds everything):
 
 - cannot connect -> :class:`~edge.errors.Unavailable` (503 + Retry-After);
-- the connection breaks with the request unanswered -> retried once on a
-  fresh connection if the broken one was made before this call (a daemon
-  restart leaves stale connections) and time remains. Safe: an inference is
-  a pure function of its inputs, and the other ops only read. A request that
+- the frame could not be sent -> sent once more on a fresh connection (a torn
+  frame is never acted on);
+- the connection breaks with the request sent but unanswered -> retried once on
+  a fresh connection if the broken one was made before this call (a daemon
+  restart leaves stale connections), time remains, and the op is in
+  :data:`IDEMPOTENT` (an inference is a pure function of its inputs, the others
+  only read). A management change (load, unload, split, rollback) is never sent
+  twice: the first may have been applied (a rollback re-sent goes back two
+  steps), so it is :class:`~edge.errors.Unavailable` saying so. A request that
   broke a *fresh* connection is not retried (it may be what broke it);
 - no answer by the deadline -> :class:`~edge.errors.DeadlineExceeded` (504);
   the late answer, if it comes, is dropped;
@@ -37,6 +42,9 @@ from wire import frames
 from wire.messages import RemoteError
 
 log = logging.getLogger(__name__)
+
+# Ops that may be sent again when the first copy's fate is unknown.
+IDEMPOTENT = frozenset({"ping", "models", "metadata", "infer", "index", "stats"})
 
 
 class _Slot:
@@ -161,8 +169,11 @@ class DaemonClient:
                 conn.forget(rid)
                 raise DeadlineExceeded(f"no answer from the daemon within the deadline ({op})")
             if slot.response is None:
-                if attempt == 1 and reused:  # stale connection (daemon restarted): once more
+                if attempt == 1 and reused and op in IDEMPOTENT:  # stale (daemon restarted)
                     continue
+                if op not in IDEMPOTENT:
+                    raise Unavailable(f"inference daemon connection lost: {op!r} may or may not "
+                                      "have been applied; check before sending it again")
                 raise Unavailable("inference daemon connection lost")
             return _unwrap(slot.response)
         raise Unavailable("inference daemon connection lost")  # pragma: no cover

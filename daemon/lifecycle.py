@@ -41,6 +41,11 @@ class LifecycleError(Exception):
     load. The message says which and why; nothing was changed."""
 
 
+class UnknownModel(LifecycleError):
+    """The model, or the version, is not in the repository or not loaded (a 404,
+    where the other LifecycleErrors are a request that cannot be done: 400)."""
+
+
 def check_split(split: Any, loaded: list[str]) -> dict[str, int]:
     if not isinstance(split, dict) or not split:
         raise LifecycleError("split: expected a map of version -> weight, e.g. {\"1\": 90, \"2\": 10}")
@@ -142,7 +147,7 @@ class Lifecycle:
         if not isinstance(model, str) or not NAME_RE.match(model):
             raise LifecycleError(f"model: invalid name {model!r}")
         if not (self.repo / model).is_dir():
-            raise LifecycleError(f"model {model!r} is not in the repository {self.repo}")
+            raise UnknownModel(f"model {model!r} is not in the repository {self.repo}")
         try:
             entries = [e for e in scan(self.repo) if e.model == model]
         except RepositoryError as exc:  # e.g. a broken config.toml: refuse, change nothing
@@ -150,7 +155,7 @@ class Lifecycle:
         if version is not None:
             entries = [e for e in entries if e.version == str(version)]
             if not entries:
-                raise LifecycleError(f"model {model!r} has no version {version!r} in the repository")
+                raise UnknownModel(f"model {model!r} has no version {version!r} in the repository")
         return entries
 
     async def load(self, model: str, version: str | None) -> list[str]:
@@ -169,7 +174,7 @@ class Lifecycle:
         loaded = [lv for lv in self.registry.versions() if lv.model == model
                   and (version is None or lv.version == str(version))]
         if not loaded:
-            raise LifecycleError(f"model {model!r} has no loaded version "
+            raise UnknownModel(f"model {model!r} has no loaded version "
                                  f"{version if version is not None else ''}".rstrip())
         split = self.traffic.splits.get(model, {})
         for lv in loaded:
@@ -197,13 +202,15 @@ class Lifecycle:
     def set_split(self, model: str, split: Any) -> dict[str, Any]:
         versions = self._versions(model)
         if not versions:
-            raise LifecycleError(f"model {model!r} is not loaded")
+            raise UnknownModel(f"model {model!r} is not loaded")
         new = check_split(split, versions)
         old = self.traffic.set(model, new)
         log.info("model %s: traffic split %s -> %s", model, old or "default", new)
         return {"model": model, "old": old, "new": new}
 
     def rollback(self, model: str) -> dict[str, Any]:
+        if not self._versions(model):
+            raise UnknownModel(f"model {model!r} is not loaded")
         previous = self.traffic.previous(model)
         missing = [v for v, w in previous.items() if w > 0 and v not in self._versions(model)]
         if missing:

@@ -29,7 +29,7 @@ from typing import Any
 
 from daemon import metrics
 from daemon.batcher import Batcher, BatchError, batch_policy
-from daemon.lifecycle import Lifecycle, LifecycleError
+from daemon.lifecycle import Lifecycle, LifecycleError, UnknownModel
 from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
 from daemon.stats import VersionStats
@@ -242,6 +242,8 @@ class DaemonServer:
             if op == "split":
                 return self.lifecycle.set_split(model, req.get("split"))
             return self.lifecycle.rollback(model)
+        except UnknownModel as exc:
+            raise _Fail(messages.NOT_FOUND, str(exc)) from None
         except LifecycleError as exc:
             raise _Fail(messages.INVALID_INPUT, str(exc)) from None
 

@@ -129,3 +129,24 @@ def test_unload_and_falconctl_models(make_stack, tmp_path):
         ("1", "UNAVAILABLE"), ("2", "READY")}
     assert json.loads(ctl("load", "mlp", "--version", "1").stdout)["loaded"] == ["1"]
     assert ask(addr, version="1") == (200, "1")
+
+
+def test_management_of_an_unknown_model_or_version_is_404_and_a_bad_request_400(make_stack):
+    """README: an unknown model or version is 404 on every route, management included
+    (it was 400: every refusal of the daemon's lifecycle was 'invalid input')."""
+    stack = make_stack()
+    addr = stack.settings.haproxy.bind
+    for method, path, doc in (
+            ("POST", "/v2/repository/models/nope/load", None),
+            ("POST", "/v2/repository/models/digits/load", {"parameters": {"version": "9"}}),
+            ("POST", "/v2/repository/models/nope/unload", None),
+            ("POST", "/v2/repository/models/digits/unload", {"parameters": {"version": "9"}}),
+            ("PUT", "/v1/models/nope/traffic", {"split": {"1": 100}}),
+            ("POST", "/v1/models/nope/rollback", None),
+            ("GET", "/v1/models/nope/traffic", None)):
+        ans = admin(addr, method, path, doc)
+        error = ans.json().get("error", "")
+        assert ans.status == 404 and ("nope" in error or "9" in error), (method, path, ans.body)
+    # a request that names a loaded model but cannot be done stays a 400
+    assert admin(addr, "POST", "/v1/models/digits/rollback").status == 400
+    assert admin(addr, "PUT", "/v1/models/digits/traffic", {"split": {"1": 0}}).status == 400

@@ -60,6 +60,9 @@ def key_lines(s: Settings, key: str | None) -> tuple[str, list[str]]:
 
 def banner(s: Settings, root: Path, key: str | None = None) -> str:
     """``key``: a key created by this run (:func:`falconctl.keys.create_demo_key`)."""
+    from falconctl.supervisor import Policy
+
+    policy = Policy()
     url = f"http://{s.haproxy.bind}"
     header, about_key = key_lines(s, key)
     tries = []
@@ -82,6 +85,9 @@ def banner(s: Settings, root: Path, key: str | None = None) -> str:
         "Try:",
         *tries,
         "",
+        f"A component that exits is restarted ({policy.burst} exits within "
+        f"{policy.interval:.0f} s stop the stack);",
+        f"each one's log is in {Path(s.paths.state_dir) / 'logs'}.",
         "Ctrl-C stops everything.",
         "",
     ])

@@ -9,18 +9,27 @@ Protocol's repository extension plus traffic splits and rollback.
     POST /v1/models/{model}/rollback                 the previous split, at once
 
 Split changes and rollbacks are recorded in the audit trail (who, when,
-old -> new) as records with ``face = "admin"``.
+old -> new) as records with ``face = "admin"``, twice: the intent *before* the
+change is applied (``{"phase": "intent", "requested": ...}``; if the WAL refuses
+it, the change is not made: 503) and the outcome after (``{"phase": "done",
+"old", "new"}`` or ``{"phase": "failed", "error"}``). An outcome the WAL refuses
+is logged, and the change still answered: it was made, and a client that retried
+a rollback would go back two steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
 import falcon
 
 from edge.auth import ADMIN
-from edge.errors import InvalidInput
+from edge.errors import EdgeError, InvalidInput
 from edge.resources import Resource, context, parse_json, read_body, send_json
+
+log = logging.getLogger(__name__)
 
 
 def _version_param(req: falcon.Request, max_body: int) -> str | None:
@@ -75,28 +84,47 @@ class Traffic(Resource):
         doc = parse_json(read_body(req, self.max_body))
         if not isinstance(doc, dict) or "split" not in doc:
             raise InvalidInput("split", "missing; expected {\"split\": {\"1\": 90, \"2\": 10}}")
-        result = self.core.manage("split", {"model": model, "split": doc["split"]},
-                                  self.deadline(req))
-        record(self, req, resp, "split", result)
-        send_json(resp, result)
+        args = {"model": model, "split": doc["split"]}
+        send_json(resp, audited(self, req, resp, "split", args, self.deadline(req)))
 
 
 class Rollback(Resource):
     scope = ADMIN
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
-        result = self.core.manage("rollback", {"model": model}, self.deadline(req))
-        record(self, req, resp, "rollback", result)
-        send_json(resp, result)
+        send_json(resp, audited(self, req, resp, "rollback", {"model": model},
+                                self.deadline(req)))
 
 
-def record(resource: Resource, req: falcon.Request, resp: falcon.Response, event: str,
-           result: dict[str, Any]) -> None:
-    """The change in the audit trail: who (API key id), when, old -> new."""
-    if resource.core.auditor is not None:
-        ctx = context(req, resp, "admin", resource.host_id)
-        resource.core.auditor.event(ctx, event, result["model"],
-                                    {"old": result["old"], "new": result["new"]})
+def audited(resource: Resource, req: falcon.Request, resp: falcon.Response, op: str,
+            args: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """``op`` applied by the daemon, its intent in the audit trail before (who: the
+    API key id; what was asked) and its outcome after (old -> new, or the error).
+    Raises ``Unavailable`` (nothing applied) if the WAL refuses the intent."""
+    auditor = resource.core.auditor
+    if auditor is None:
+        return resource.core.manage(op, args, deadline)
+    ctx = context(req, resp, "admin", resource.host_id)
+    model = args["model"]
+    # the two records need their own keys: (request id, time, request key) is the row's
+    intent = dataclasses.replace(ctx, request_key=f"{ctx.request_key}.intent")
+    auditor.event(intent, op, model, {"phase": "intent",
+                                      "requested": {k: v for k, v in args.items() if k != "model"}})
+    try:
+        result = resource.core.manage(op, args, deadline)
+    except EdgeError as exc:
+        _outcome(auditor, ctx, op, model, {"phase": "failed", "error": str(exc)})
+        raise
+    _outcome(auditor, ctx, op, model, {"phase": "done", "old": result["old"], "new": result["new"]})
+    return result
+
+
+def _outcome(auditor: Any, ctx: Any, op: str, model: str, detail: dict[str, Any]) -> None:
+    try:
+        auditor.event(ctx, op, model, detail)
+    except EdgeError as exc:  # applied (or not) all the same: say so, do not invite a retry
+        log.critical("%s of %s: outcome %s not in the audit trail (its intent is): %s",
+                     op, model, detail, exc)
 
 
 ROUTES: list[tuple[str, type[Resource]]] = [

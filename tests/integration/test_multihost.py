@@ -223,9 +223,10 @@ def test_a_split_and_its_rollback_reach_every_host(net: Network, audit_dsn: str,
         assert out.returncode == 0 and out.stdout.count('{"1": 100}') == 2, out.stdout
 
         deadline = time.monotonic() + 30  # every host shipped its own events
-        # host-a: 80/20, 100 (host-b failed), 100 again; host-b: 80/20, 100
+        # host-a: 80/20, 100 (host-b failed), 100 again; host-b: 80/20, 100;
+        # each change twice: its intent before, its outcome after (issue 15 item 4)
         want = sorted([("rollback", "host-a"), ("rollback", "host-b"), *[("split", "host-a")] * 3,
-                       *[("split", "host-b")] * 2])
+                       *[("split", "host-b")] * 2] * 2)
         while events(net, audit_dsn) != want and time.monotonic() < deadline:
             time.sleep(0.2)
         assert events(net, audit_dsn) == want

@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pwd
+import socket
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +42,23 @@ from wire.messages import MessageError
 log = logging.getLogger(__name__)
 
 MANAGEMENT = ("index", "load", "unload", "split", "rollback")
+CHANGES = ("load", "unload", "split", "rollback")
+
+
+def peer_actor(writer: asyncio.StreamWriter) -> str:
+    """Who is on the other end of a connection, as the kernel says (SO_PEERCRED;
+    never an environment variable): ``<user> (uid N, pid P)``."""
+    sock = writer.get_extra_info("socket")
+    try:
+        pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                          struct.calcsize("3i")))
+    except (AttributeError, OSError):
+        return "unknown"
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid-{uid}"
+    return f"{user} (uid {uid}, pid {pid})"
 
 
 class _Fail(Exception):
@@ -121,12 +141,13 @@ class DaemonServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
         tasks: set[asyncio.Task] = set()
+        actor = peer_actor(writer)
         try:
             while True:
                 kind, req = await frames.read_frame_async(reader, self.max_frame)
                 if kind != frames.REQUEST:
                     raise frames.BadFrame("expected a request frame")
-                task = asyncio.create_task(self._answer(req, writer))
+                task = asyncio.create_task(self._answer(req, writer, actor))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
         except frames.ConnectionClosed:
@@ -182,10 +203,19 @@ class DaemonServer:
         if queued and not writer.is_closing():
             writer.write(b"".join(queued) if len(queued) > 1 else queued[0])
 
-    async def _answer(self, req: dict[str, Any], writer: asyncio.StreamWriter) -> None:
-        rid = req.get("id")
+    async def _answer(self, req: dict[str, Any], writer: asyncio.StreamWriter,
+                      actor: str = "unknown") -> None:
+        """``actor``: the peer (:func:`peer_actor`). ``ping`` tells it who it is (what
+        ``falconctl models`` audits as its actor); every change is logged with it."""
+        rid, op = req.get("id"), req.get("op")
         try:
             result = await self._op(req)
+            if op == "ping":
+                result = {**result, "peer": actor}
+            elif op in CHANGES:
+                log.info("%s of %s by %s: %s", op, req.get("model"), actor,
+                         {k: result.get(k) for k in ("old", "new", "loaded", "unloaded")
+                          if k in result})
             payload = {"id": rid, "ok": True, "result": result}
         except _Fail as exc:
             payload = {"id": rid, "ok": False, "error": messages.error(exc.type, str(exc))}

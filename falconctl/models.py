@@ -2,13 +2,16 @@
 while serving, straight through the daemon's socket (no HTTP, no API key: the
 operator is on the host). Split changes and rollbacks are written to the audit
 trail from a WAL stream of this command's own, which the shipper lands like any
-other (the actor is ``falconctl:<user>``).
+other: the intent before the change is sent (no WAL, no change), the outcome
+after. The actor is ``falconctl:<user> (uid N, pid P)`` as the daemon sees this
+command's connection (``SO_PEERCRED``; not ``$USER``, which anyone can set), and
+the daemon logs every change with it too.
 """
 
 from __future__ import annotations
 
 import argparse
-import getpass
+import dataclasses
 import json
 import os
 import sys
@@ -27,11 +30,10 @@ def _core(s: Settings) -> Any:
     return Core(DaemonClient(s.daemon_socket))
 
 
-def _record(s: Settings, event: str, result: dict[str, Any]) -> None:
-    if not s.audit.enabled:
-        return
+def _auditor(s: Settings) -> tuple[Any, list[str]]:
+    """An auditor with a WAL stream of this command's own; the streams it made."""
     from audit.wal import WalWriter
-    from edge.audit import Auditor, RequestContext
+    from edge.audit import Auditor
 
     def writer(wal_dir: Path, stream: str) -> WalWriter:
         return WalWriter(wal_dir, stream, sync="always", min_free_bytes=s.audit.min_free_bytes)
@@ -43,11 +45,37 @@ def _record(s: Settings, event: str, result: dict[str, Any]) -> None:
         streams.append(stream)
         return writer(wal_dir, stream)
 
-    auditor = Auditor(wal_dir, f"{s.host_id}-falconctl", tracked)
-    ctx = RequestContext(uuid.uuid4().hex, "admin", api_key_id=f"falconctl:{getpass.getuser()}")
-    auditor.event(ctx, event, result["model"], {"old": result["old"], "new": result["new"]})
-    auditor.close()
-    _give_to_wal_owner(wal_dir, streams)
+    return Auditor(wal_dir, f"{s.host_id}-falconctl", tracked), streams
+
+
+def _audited(s: Settings, core: Any, args: argparse.Namespace, deadline: float) -> Any:
+    """A split or rollback with its intent in the audit trail before and its
+    outcome after (as the management API does, edge/admin.py)."""
+    if not s.audit.enabled:
+        return _dispatch(core, args, deadline)
+    from edge.audit import RequestContext
+    from edge.errors import EdgeError
+
+    actor = core.client.call("ping", {}, deadline).get("peer", "unknown")
+    auditor, streams = _auditor(s)
+    ctx = RequestContext(uuid.uuid4().hex, "admin", api_key_id=f"falconctl:{actor}",
+                         request_key=uuid.uuid4().hex)
+    op, model = args.models_command, args.name
+    requested = {"split": parse_split(args.weights)} if op == "split" else {}
+    try:
+        auditor.event(dataclasses.replace(ctx, request_key=f"{ctx.request_key}.intent"), op,
+                      model, {"phase": "intent", "requested": requested})
+        try:
+            result = _dispatch(core, args, deadline)
+        except EdgeError as exc:
+            auditor.event(ctx, op, model, {"phase": "failed", "error": str(exc)})
+            raise
+        auditor.event(ctx, op, model, {"phase": "done", "old": result["old"],
+                                       "new": result["new"]})
+        return result
+    finally:
+        auditor.close()
+        _give_to_wal_owner(Path(s.wal_dir), streams)
 
 
 def _give_to_wal_owner(wal_dir: Path, streams: list[str]) -> None:
@@ -77,12 +105,13 @@ def run(s: Settings, args: argparse.Namespace) -> int:
     core = _core(s)
     deadline = time.monotonic() + 120.0
     try:
-        result = _dispatch(core, args, deadline)
+        if args.models_command in ("split", "rollback"):
+            result = _audited(s, core, args, deadline)
+        else:
+            result = _dispatch(core, args, deadline)
     except EdgeError as exc:
         print(f"falconctl models {args.models_command}: {exc}", file=sys.stderr)
         return 1
-    if args.models_command in ("split", "rollback"):
-        _record(s, args.models_command, result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -4,6 +4,8 @@ roll back in one call, refuse a corrupt version — no restart, no failed reques
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 import time
@@ -157,3 +159,26 @@ def test_management_of_an_unknown_model_or_version_is_404_and_a_bad_request_400(
     # a request that names a loaded model but cannot be done stays a 400
     assert admin(addr, "POST", "/v1/models/digits/rollback").status == 400
     assert admin(addr, "PUT", "/v1/models/digits/traffic", {"split": {"1": 0}}).status == 400
+
+
+def test_falconctl_models_audits_the_kernels_actor_before_and_after(make_stack, tmp_path):
+    """`falconctl models split|rollback` records its intent before the change and its
+    outcome after, with the actor the daemon's socket sees (SO_PEERCRED), never
+    ``$USER``/``$LOGNAME``, which anyone sets (issue 15 item 4)."""
+    repo = tmp_path / "repo"
+    mlp(repo, "1")
+    stack = make_stack(repo=repo)
+    env = {**stack.env, "USER": "mallory", "LOGNAME": "mallory"}
+    out = subprocess.run([sys.executable, "-m", "falconctl", "models", "split", "mlp", "1=100"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    wal = Path(stack.settings.wal_dir)
+    events = [r for s in list_streams(wal) for _, p in StreamReader(wal, s).read(START, max_records=100)
+              if (r := AuditRecord.from_payload(p)).face == "admin"]
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert [(e.extra["event"], e.extra["phase"]) for e in events] == [
+        ("split", "intent"), ("split", "done")]
+    for e in events:
+        assert e.api_key_id.startswith(f"falconctl:{me} (uid {os.getuid()}, pid "), e.api_key_id
+    assert events[0].extra["requested"] == {"split": {"1": 100}}
+    assert events[1].extra["new"] == {"1": 100}

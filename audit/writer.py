@@ -19,6 +19,10 @@ nothing. What the sync policy decides is when the bytes reach the disk:
                  ``bench/wal_append.py --policies batch --threads 8,32`` measured 70-91 µs
                  of CPU and 6.1-8.4 voluntary context switches per record that way, 64-73 µs
                  and 4.6-6.3 now (README, "WAL append cost per record").
+                 ``before_sync`` (optional) runs in the leader just before it takes the
+                 bytes its fsync covers: under gevent, a yield, so that the greenlets
+                 made runnable with it (the other answers of one daemon batch) append
+                 first and share its fsync instead of each leading one.
 - ``interval`` — append returns after the write; a background thread fdatasyncs every
                  ``interval_ms`` (a power loss may lose that long; a process crash loses
                  nothing).
@@ -81,6 +85,7 @@ class WalWriter:
                  interval_ms: int = 50, segment_bytes: int = 64 << 20,
                  min_free_bytes: int = 256 << 20,
                  fsync: Callable[[int], None] = os.fdatasync,
+                 before_sync: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if sync not in SYNC_POLICIES:
             raise ValueError(f"WAL sync policy {sync!r}: expected one of {SYNC_POLICIES}")
@@ -93,6 +98,7 @@ class WalWriter:
         self.sync, self.interval_s = sync, interval_ms / 1000
         self.segment_bytes, self.min_free_bytes = segment_bytes, min_free_bytes
         self._fsync, self._clock = fsync, clock
+        self._before_sync = before_sync
         self.failed: BaseException | None = None
         self._closed = False
         self._cond = threading.Condition(threading.Lock())
@@ -297,13 +303,19 @@ class WalWriter:
         self._wake()
 
     def _lead_sync(self) -> None:
-        """fsync everything written so far, outside the lock; wake the waiters."""
+        """fsync everything written so far, outside the lock; wake the waiters.
+        With ``before_sync``, the leader first calls it (without the lock) and then
+        takes what was written meanwhile into the same fsync."""
         self._syncing = True
         fd, target = self._fd, self._written
         error: OSError | None = None
         synced = False
         self._cond.release()
         try:
+            if self._before_sync is not None:
+                self._before_sync()
+                with self._cond:  # (no roll meanwhile: _roll waits while _syncing)
+                    fd, target = self._fd, self._written
             self._fsync(fd)
             synced = True
         except OSError as exc:

@@ -67,7 +67,7 @@ def make_auditor(settings: Settings) -> Auditor | None:
     def writer(wal_dir: Path, stream: str) -> WalWriter:
         return WalWriter(wal_dir, stream, sync=a.sync, interval_ms=a.interval_ms,
                          segment_bytes=a.segment_bytes, min_free_bytes=a.min_free_bytes,
-                         fsync=cooperative(os.fdatasync))
+                         fsync=cooperative(os.fdatasync), before_sync=greenlet_yield())
     return Auditor(Path(settings.wal_dir), settings.host_id, writer,
                    max_input_bytes=a.max_input_bytes, retry_s=a.retry_s)
 
@@ -89,6 +89,21 @@ def cooperative(blocking: Callable[[int], None]) -> Callable[[int], None]:
     def in_pool(fd: int) -> None:
         gevent.get_hub().threadpool.apply(blocking, (fd,))
     return in_pool
+
+
+def greenlet_yield() -> Callable[[], None] | None:
+    """Under gevent, a yield to the greenlets that are runnable now (None otherwise):
+    the WAL's group-commit leader calls it before its fsync, so the other answers of
+    the same daemon batch, woken together, append first and share that fsync."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return None
+    if not monkey.is_module_patched("threading"):
+        return None
+    import gevent
+
+    return lambda: gevent.sleep(0)
 
 
 def make_cache(settings: Settings) -> PredictionCache | None:

@@ -180,6 +180,36 @@ def test_batch_groups_fsyncs_under_concurrency(tmp_path: Path) -> None:
     assert sorted(acked) == [pos for pos, _ in got]
 
 
+def test_before_sync_lets_appenders_that_run_meanwhile_share_the_leaders_fsync(
+        tmp_path: Path) -> None:
+    """``before_sync`` runs in a leader before it takes the bytes its fsync covers (the
+    edge yields to the other greenlets there): what is appended during it is covered
+    by that one fsync, and those appends return after it, durable."""
+    fsync = CountingFsync()
+    others: list[threading.Thread] = []
+    acked: list[Position] = []
+
+    def before_sync() -> None:
+        if others:  # only the first leader lets five others write first
+            return
+        others.extend(threading.Thread(target=lambda i=i: acked.append(w.append(payload(i))))
+                      for i in range(1, 6))
+        for t in others:
+            t.start()
+        while len(w._waiters) < 5:  # each wrote its record and waits for an fsync
+            time.sleep(0.001)
+
+    w = writer(tmp_path, sync="batch", fsync=fsync, before_sync=before_sync)
+    before = fsync.calls  # the first segment's header
+    acked.append(w.append(payload(0)))
+    for t in others:
+        t.join()
+    assert fsync.calls - before == 1  # one fsync for six appends (each would lead its own)
+    assert len(acked) == 6
+    w.close()
+    assert sorted(acked) == [pos for pos, _ in read_all(StreamReader(tmp_path, "s1"))]
+
+
 def test_batch_returns_only_once_an_fsync_covered_the_record(tmp_path: Path) -> None:
     """The group commit's contract, checked at every return under contention: a slow
     fsync records how many bytes of the file it made durable (the size when it began)."""

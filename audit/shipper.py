@@ -35,6 +35,11 @@ from audit.wal import START, Position, StreamReader, WalError, list_streams
 log = logging.getLogger(__name__)
 
 
+class ReshipPastPosition(ValueError):
+    """``reship --from`` names a position past what was shipped: refused, since
+    shipping from there would skip (and then delete) records never landed."""
+
+
 @dataclass
 class ShipStats:
     """What one pass saw; the metrics are derived from it."""
@@ -157,7 +162,17 @@ class Shipper:
     def reship(self, stream: str, start: Position) -> ShipStats:
         """Ship ``stream`` again from ``start`` (an operator's recovery): records
         already in the table are skipped, so nothing is duplicated; the stored
-        position ends at the stream's end, as after normal shipping."""
+        position ends at the stream's end, as after normal shipping. Raises
+        :class:`ReshipPastPosition` for a ``start`` past the shipped position (the
+        records between would be skipped, and their segments deleted once shipped
+        past), leaving everything as it was."""
+        stored = self.breaker.call(self.store.position, stream)
+        shipped = Position(*stored) if stored else START
+        if tuple(start) > tuple(shipped):
+            raise ReshipPastPosition(
+                f"{stream}: --from {start[0]}:{start[1]} is past the shipped position "
+                f"{shipped[0]}:{shipped[1]}; the records between are not in the table yet "
+                f"(use --from {shipped[0]}:{shipped[1]} or earlier)")
         stats = ShipStats(streams=1)
         self._positions[stream] = start
         self._ship_stream(stream, stats)

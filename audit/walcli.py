@@ -330,7 +330,7 @@ def add_subcommands(subparsers: Any, wal_dir_getter: Callable[[Any], Path],
 
 def _add_reship(sub: Any, wal_dir: Callable[[Any, argparse.Namespace], Path],
                 store_getter: Callable[[Any], Any]) -> None:
-    from audit.shipper import Shipper
+    from audit.shipper import ReshipPastPosition, Shipper
     from audit.wal import Position
 
     def run_reship(s: Any, args: argparse.Namespace) -> int:
@@ -340,7 +340,11 @@ def _add_reship(sub: Any, wal_dir: Callable[[Any, argparse.Namespace], Path],
                   file=sys.stderr)
             return 2
         shipper = Shipper(wal_dir(s, args), store_getter(s))
-        stats = shipper.reship(args.stream, Position(int(segment), int(offset)))
+        try:
+            stats = shipper.reship(args.stream, Position(int(segment), int(offset)))
+        except ReshipPastPosition as exc:
+            print(f"falconctl wal reship: {exc}", file=sys.stderr)
+            return 2
         print(orjson.dumps({"stream": args.stream, "read": stats.shipped,
                             "inserted": stats.inserted, "skipped": stats.skipped,
                             "errors": stats.errors}).decode())

@@ -8,7 +8,6 @@ import hashlib
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psycopg2
 from conftest import make_repo, stack_env

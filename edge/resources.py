@@ -71,10 +71,14 @@ def label(req: falcon.Request, model: str, version: str, cached: bool = False) -
 
 
 def read_body(req: falcon.Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes (PayloadTooLarge beyond). A chunked body
+    (no Content-Length) is read from the server's stream, which decodes it to its end;
+    Falcon's bounded stream would give nothing without a length."""
     length = req.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge("body", f"{length} bytes exceed the limit of {limit}")
-    data = req.bounded_stream.read(limit + 1)
+    stream = req.bounded_stream if length is not None else req.stream
+    data = stream.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge("body", f"more than {limit} bytes")
     return data

@@ -20,9 +20,12 @@ at once, without a reload.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,16 +136,31 @@ def sync_haproxy(s: Settings) -> None:
 # -- the commands ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold ``<keys file>.lock`` (flock, exclusive) across a read-modify-write of the
+    keys file: two ``falconctl keys`` at once would otherwise each write what they
+    read, and one could undo the other's revocation."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def create_key(path: Path, name: str, scopes: Sequence[str], models: Sequence[str] = (),
                rate_class: str = DEFAULT_CLASS) -> tuple[str, ApiKey]:
     """Add a new key to the keys file; returns the key (to show once) and its entry.
     Raises ValueError on a bad name, scope, model or class."""
     from edge.auth import generate, load_keys, save_keys
 
-    keys = load_keys(path)
-    key, entry = generate(name, scopes, models, rate_class)
-    keys[entry.id] = entry
-    save_keys(path, keys.values())
+    with locked(path):
+        keys = load_keys(path)
+        key, entry = generate(name, scopes, models, rate_class)
+        keys[entry.id] = entry
+        save_keys(path, keys.values())
     return key, entry
 
 
@@ -189,12 +207,13 @@ def cmd_revoke(s: Settings, args: argparse.Namespace) -> int:
     from edge.auth import load_keys, save_keys
 
     path = Path(s.keys_file)
-    keys = load_keys(path)
-    if args.id not in keys:
-        print(f"falconctl keys revoke: no key {args.id!r} in {path}", file=sys.stderr)
-        return 1
-    keys[args.id] = keys[args.id].revoke()
-    save_keys(path, keys.values())
+    with locked(path):
+        keys = load_keys(path)
+        if args.id not in keys:
+            print(f"falconctl keys revoke: no key {args.id!r} in {path}", file=sys.stderr)
+            return 1
+        keys[args.id] = keys[args.id].revoke()
+        save_keys(path, keys.values())
     sync_haproxy(s)
     print(f"revoked key {args.id} ({keys[args.id].name}); every edge worker refuses it "
           f"within {s.auth.reload_s:g} s")

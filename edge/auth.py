@@ -211,7 +211,10 @@ class KeyStore:
     ``reload_s``. The constructor reads it once and raises KeysFileError if it is
     malformed; later, a malformed file is logged and the keys read before stay in
     force (APPSEC: a broken hand edit must not lock every client out; ``falconctl
-    keys`` never writes a broken file). A deleted file means no keys.
+    keys`` never writes a broken file). A deleted file means no keys. A file that
+    changed and cannot be read (permissions, I/O error, not a file) means no keys
+    either, logged as an error: APPSEC: what it says may be a revocation, and the
+    keys read before must not stay in force for ever (issue 15 item 13).
     """
 
     def __init__(self, path: Path, reload_s: float = 1.0,
@@ -252,10 +255,14 @@ class KeyStore:
             self._sig = sig  # whatever happens next, log it once per change
             try:
                 keys = load_keys(self.path)
-            except (OSError, KeysFileError) as exc:
+            except KeysFileError as exc:
                 log.error("API keys file unusable, keeping the %d keys read before: %s",
                           len(self._keys), exc)
                 return
+            except OSError as exc:
+                log.error("API keys file unreadable, refusing every key until it can be "
+                          "read (it may hold a revocation): %s", exc)
+                keys = {}
             self._keys = keys
             log.info("API keys reloaded from %s: %d (%d revoked)", self.path, len(keys),
                      sum(k.revoked for k in keys.values()))

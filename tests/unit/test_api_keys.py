@@ -149,6 +149,25 @@ def test_store_keeps_its_keys_when_the_file_turns_malformed(tmp_path, caplog):
         KeyStore(path)  # at start-up a malformed file is an error
 
 
+def test_store_refuses_every_key_when_the_file_turns_unreadable(tmp_path, caplog):
+    """A changed file the edge cannot read may hold a revocation: the keys read
+    before do not stay in force (issue 15 item 13; they did)."""
+    path, clock = tmp_path / "keys.json", Clock()
+    _, a = auth.generate("a", ["predict"])
+    auth.save_keys(path, [a])
+    store = KeyStore(path, reload_s=0.0, clock=clock)
+    assert store.get(a.id) == a
+    path.rename(tmp_path / "elsewhere.json")
+    path.mkdir()  # unreadable as a file whoever we run as (root reads a mode-000 file)
+    clock.now += 1
+    assert store.get(a.id) is None
+    assert "refusing every key" in caplog.text
+    path.rmdir()
+    (tmp_path / "elsewhere.json").rename(path)
+    clock.now += 1
+    assert store.get(a.id) == a  # readable again: back in force
+
+
 # -- the authorisation rules --------------------------------------------------------------
 
 

@@ -38,7 +38,12 @@ HISTORY = 20
 class LifecycleError(Exception):
     """A management request cannot be done: unknown model or version, a split
     that does not add up, nothing to roll back to, a version that failed to
-    load. The message says which and why; nothing was changed."""
+    load. ``field`` names the part of the request at fault (``model``, ``split``,
+    ``version``), the message says why; nothing was changed."""
+
+    def __init__(self, message: str, field: str = "model") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownModel(LifecycleError):
@@ -48,18 +53,19 @@ class UnknownModel(LifecycleError):
 
 def check_split(split: Any, loaded: list[str]) -> dict[str, int]:
     if not isinstance(split, dict) or not split:
-        raise LifecycleError("split: expected a map of version -> weight, e.g. {\"1\": 90, \"2\": 10}")
+        raise LifecycleError("expected a map of version -> weight, e.g. {\"1\": 90, \"2\": 10}",
+                             "split")
     out = {}
     for version, weight in split.items():
         if str(version) not in loaded:
-            raise LifecycleError(f"split: version {version!r} is not loaded "
-                                 f"(loaded: {', '.join(loaded) or 'none'})")
+            raise LifecycleError(f"version {version!r} is not loaded "
+                                 f"(loaded: {', '.join(loaded) or 'none'})", "split")
         if type(weight) is not int or weight < 0:
-            raise LifecycleError(f"split: weight of version {version!r} must be a "
-                                 f"non-negative integer, got {weight!r}")
+            raise LifecycleError(f"weight of version {version!r} must be a "
+                                 f"non-negative integer, got {weight!r}", "split")
         out[str(version)] = weight
     if sum(out.values()) <= 0:
-        raise LifecycleError("split: the weights add up to 0")
+        raise LifecycleError("the weights add up to 0", "split")
     return out
 
 
@@ -133,7 +139,7 @@ class Lifecycle:
         try:
             entries = scan(self.repo)
         except RepositoryError as exc:
-            raise LifecycleError(str(exc)) from None
+            raise LifecycleError(str(exc), "repository") from None
         loaded = {(lv.model, lv.version) for lv in self.registry.versions()}
         out = []
         for e in entries:
@@ -145,7 +151,7 @@ class Lifecycle:
 
     def _entries(self, model: str, version: str | None) -> list[VersionEntry]:
         if not isinstance(model, str) or not NAME_RE.match(model):
-            raise LifecycleError(f"model: invalid name {model!r}")
+            raise LifecycleError(f"invalid name {model!r}")
         if not (self.repo / model).is_dir():
             raise UnknownModel(f"model {model!r} is not in the repository {self.repo}")
         try:

@@ -32,7 +32,12 @@ class NotFound(RegistryError):
 
 class InvalidFeeds(RegistryError):
     """The tensors sent do not fit the model's inputs (names, dtype, rank,
-    fixed dimensions, batch bound). The message names the tensor."""
+    fixed dimensions, batch bound). ``field`` names the tensor, ``reason`` says
+    what is wrong with it; they travel apart (error data's ``field``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field, self.reason = field, reason
 
 
 Loader = Callable[[VersionEntry], LoadedVersion]
@@ -150,36 +155,36 @@ def check_feeds(lv: LoadedVersion, feeds: list[tuple[str, np.ndarray]],
     for name, arr in feeds:
         spec = specs.get(name)
         if spec is None:
-            raise InvalidFeeds(f"input {name!r}: the model has no such input "
+            raise InvalidFeeds(f"input {name!r}", f"the model has no such input "
                                f"(inputs: {', '.join(specs)})")
         if name in got:
-            raise InvalidFeeds(f"input {name!r}: given twice")
+            raise InvalidFeeds(f"input {name!r}", "given twice")
         _check_tensor(spec, arr, lv.entry.config.max_batch_size)
         got[name] = arr
     missing = [n for n in specs if n not in got]
     if missing:
-        raise InvalidFeeds(f"input {missing[0]!r}: missing")
+        raise InvalidFeeds(f"input {missing[0]!r}", "missing")
     names = [s.name for s in lv.outputs]
     if outputs is None:
         return got, names
     if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-        raise InvalidFeeds("outputs: expected a list of output names")
+        raise InvalidFeeds("outputs", "expected a list of output names")
     for o in outputs:
         if o not in names:
-            raise InvalidFeeds(f"output {o!r}: the model has no such output")
+            raise InvalidFeeds(f"output {o!r}", "the model has no such output")
     return got, outputs
 
 
 def _check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> None:
     if arr.dtype.str != spec.dtype:
-        raise InvalidFeeds(f"input {spec.name!r}: dtype {arr.dtype.str}, model expects {spec.dtype}")
+        raise InvalidFeeds(f"input {spec.name!r}", f"dtype {arr.dtype.str}, model expects {spec.dtype}")
     if arr.ndim != len(spec.shape):
-        raise InvalidFeeds(f"input {spec.name!r}: rank {arr.ndim} (shape {list(arr.shape)}), "
+        raise InvalidFeeds(f"input {spec.name!r}", f"rank {arr.ndim} (shape {list(arr.shape)}), "
                            f"model expects shape {list(spec.shape)}")
     for i, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
         if want >= 0 and got != want:
-            raise InvalidFeeds(f"input {spec.name!r}: dimension {i} is {got}, model expects {want}")
+            raise InvalidFeeds(f"input {spec.name!r}", f"dimension {i} is {got}, model expects {want}")
     if spec.shape and spec.shape[0] < 0 and arr.shape[0] > max_batch:
-        raise InvalidFeeds(f"input {spec.name!r}: batch of {arr.shape[0]} rows exceeds "
+        raise InvalidFeeds(f"input {spec.name!r}", f"batch of {arr.shape[0]} rows exceeds "
                            f"max_batch_size {max_batch}")
 

@@ -62,11 +62,12 @@ def peer_actor(writer: asyncio.StreamWriter) -> str:
 
 
 class _Fail(Exception):
-    """An op's failure, already classified as a wire error type."""
+    """An op's failure, already classified as a wire error type; ``field`` names
+    the part of the request at fault, if any."""
 
-    def __init__(self, type_: str, message: str) -> None:
+    def __init__(self, type_: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
-        self.type = type_
+        self.type, self.field = type_, field
 
 
 class _Observer:
@@ -218,7 +219,8 @@ class DaemonServer:
                           if k in result})
             payload = {"id": rid, "ok": True, "result": result}
         except _Fail as exc:
-            payload = {"id": rid, "ok": False, "error": messages.error(exc.type, str(exc))}
+            payload = {"id": rid, "ok": False,
+                       "error": messages.error(exc.type, str(exc), exc.field)}
         except Exception as exc:  # a bug: answer as data, keep serving, log the traceback
             log.exception("op %r failed", req.get("op"))
             payload = {"id": rid, "ok": False,
@@ -275,7 +277,7 @@ class DaemonServer:
         except UnknownModel as exc:
             raise _Fail(messages.NOT_FOUND, str(exc)) from None
         except LifecycleError as exc:
-            raise _Fail(messages.INVALID_INPUT, str(exc)) from None
+            raise _Fail(messages.INVALID_INPUT, str(exc), exc.field) from None
 
     def batcher(self, lv: LoadedVersion) -> Batcher:
         """The version's batcher, created (and its policy logged) on first use."""
@@ -331,8 +333,10 @@ class DaemonServer:
         try:
             feeds, outputs = check_feeds(lv, messages.decode_tensors(req.get("inputs"), "inputs"),
                                          req.get("outputs"))
-        except (InvalidFeeds, MessageError) as exc:
-            raise _Fail(messages.INVALID_INPUT, str(exc)) from None
+        except InvalidFeeds as exc:
+            raise _Fail(messages.INVALID_INPUT, exc.reason, exc.field) from None
+        except MessageError as exc:
+            raise _Fail(messages.INVALID_INPUT, str(exc), "inputs") from None
         deadline = received + budget / 1000.0
         self.inflight += 1
         lv.inflight += 1

@@ -36,7 +36,6 @@ LISTING_TTL_S = 0.5
 
 _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
     messages.NOT_FOUND: errors.ModelNotFound,
-    messages.INVALID_INPUT: lambda m: errors.InvalidInput("inputs", m),
     messages.OVERLOADED: lambda m: errors.Unavailable(f"daemon overloaded: {m}", 1.0),
     messages.DRAINING: lambda m: errors.Unavailable(f"daemon draining: {m}", 1.0),
     messages.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
@@ -46,6 +45,8 @@ _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
 
 
 def translate(exc: RemoteError) -> errors.EdgeError:
+    if exc.type == messages.INVALID_INPUT:  # the field travels apart from the message
+        return errors.InvalidInput(exc.field or "inputs", exc.message)
     make = _REMOTE.get(exc.type)
     if make is None:
         return errors.Unavailable(f"daemon error {exc.type}: {exc.message}", 1.0)
@@ -171,12 +172,9 @@ class Core:
 
     def manage(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
         """A model-management op of the daemon (load, unload, split, rollback,
-        index); its refusal (bad split, failed load) is an InvalidInput."""
-        try:
-            result = self._call(op, args, deadline)
-        except errors.InvalidInput as exc:  # the daemon's message names the field itself
-            field, _, reason = exc.reason.partition(": ")
-            raise errors.InvalidInput(field, reason) if reason else exc from None
+        index); its refusal (bad split, failed load) is an InvalidInput naming the
+        field, an unknown model or version ModelNotFound."""
+        result = self._call(op, args, deadline)
         with self._lock:
             self._listing_cache = None  # this worker sees the change at once
         return result

@@ -206,6 +206,4 @@ def _unwrap(resp: dict[str, Any]) -> dict[str, Any]:
     if resp.get("ok"):
         result = resp.get("result")
         return result if isinstance(result, dict) else {}
-    err = resp.get("error") or {}
-    raise RemoteError(str(err.get("type", "Internal")), str(err.get("message", "")),
-                      bool(err.get("retryable", False)))
+    raise RemoteError.from_wire(resp.get("error"))

@@ -51,11 +51,15 @@ implementation (the edge's V2 codec and audit digest use them too).
 Response (kind ``RESPONSE``), one per request, in any order::
 
     {"id": int, "ok": true,  "result": {...}}
-    {"id": int, "ok": false, "error": {"type": str, "message": str, "retryable": bool}}
+    {"id": int, "ok": false, "error": {"type": str, "message": str, "retryable": bool,
+                                       "field"?: str}}
 
 Errors are plain data, never pickled (MLServer issue #881). ``type`` is one of
 :data:`ERROR_TYPES`; ``retryable`` says whether the *same* request may succeed
 if sent again later (overloaded, draining) as opposed to never (bad input).
+``field``, when present, names the part of the request at fault (``input 'x'``,
+``split``, ``model``) and ``message`` says what is wrong with it, so the edge
+answers 400 naming the field without parsing the message.
 """
 
 from __future__ import annotations
@@ -101,18 +105,34 @@ class MessageError(ValueError):
 
 @dataclass
 class RemoteError(Exception):
-    """An error the daemon answered with, as data."""
+    """An error the daemon answered with, as data; ``field`` names the part of the
+    request at fault (an input, ``split``, ``model``) when there is one."""
 
     type: str
     message: str
     retryable: bool
+    field: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.type}: {self.message}"
+        return f"{self.type}: {self.field + ': ' if self.field else ''}{self.message}"
+
+    @classmethod
+    def from_wire(cls, err: Any) -> RemoteError:
+        """From a response's ``error`` data (see the module docstring); never raises."""
+        err = err if isinstance(err, dict) else {}
+        field = err.get("field")
+        return cls(str(err.get("type", INTERNAL)), str(err.get("message", "")),
+                   bool(err.get("retryable", False)),
+                   field if isinstance(field, str) and field else None)
 
 
-def error(type_: str, message: str) -> dict[str, Any]:
-    return {"type": type_, "message": message, "retryable": type_ in RETRYABLE}
+def error(type_: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """A response's ``error`` data; ``field``, if any, names the part of the request
+    at fault, and ``message`` then says what is wrong with it."""
+    data: dict[str, Any] = {"type": type_, "message": message, "retryable": type_ in RETRYABLE}
+    if field:
+        data["field"] = field
+    return data
 
 
 # PERF: the dtype of each wire string, and the wire string of each dtype met so far,

@@ -78,6 +78,14 @@ def test_errors_come_back_as_data_and_the_connection_survives(make_stack):
             assert resp["id"] == req["id"] and resp["ok"] is False
             assert resp["error"]["type"] == expected, resp
             assert resp["error"]["retryable"] is False
+            if req["id"] == 5:  # the field at fault travels apart from the message
+                assert resp["error"]["field"] == "input 'input'", resp
+                assert resp["error"]["message"] == "dtype <f8, model expects <f4", resp
+        sock.sendall(frames.encode(frames.REQUEST, {"id": 6, "op": "split", "model": "digits",
+                                                    "split": {"7": 100}}))
+        _, resp = frames.read_frame(sock)
+        assert resp["error"]["type"] == messages.INVALID_INPUT and resp["error"]["field"] == "split"
+        assert resp["error"]["message"].startswith("version '7' is not loaded"), resp
         sock.sendall(infer_req(9, np.zeros((1, 64), np.float32)))
         assert frames.read_frame(sock)[1]["ok"] is True
     with connect(stack.settings.daemon_socket) as sock:  # garbage -> error frame, then close

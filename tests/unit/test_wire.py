@@ -458,3 +458,17 @@ def test_error_is_plain_data_with_retryable_flag() -> None:
         assert err == {"type": type_, "message": "why",
                        "retryable": type_ in (messages.OVERLOADED, messages.DRAINING)}
         assert msgpack.unpackb(msgpack.packb(err)) == err
+
+
+def test_error_data_carries_the_field_apart_and_decodes_whatever_arrives():
+    data = messages.error(messages.INVALID_INPUT, "version '3' is not loaded", "split")
+    assert data == {"type": messages.INVALID_INPUT, "message": "version '3' is not loaded",
+                    "retryable": False, "field": "split"}
+    exc = messages.RemoteError.from_wire(data)
+    assert (exc.type, exc.field, exc.message, exc.retryable) == (
+        messages.INVALID_INPUT, "split", "version '3' is not loaded", False)
+    assert "field" not in messages.error(messages.OVERLOADED, "busy")
+    assert messages.RemoteError.from_wire(messages.error(messages.OVERLOADED, "x")).retryable
+    for junk in (None, "x", [], {"type": 3, "field": 7}, {"field": ""}):
+        exc = messages.RemoteError.from_wire(junk)
+        assert exc.field is None and isinstance(exc.type, str)

@@ -177,7 +177,6 @@ class _State:
     delay: float
     exits: deque[float] = field(default_factory=deque)
     down_since: float | None = None   # exited, not yet restarted
-    how: str = ""
     term_sent: float | None = None    # SIGTERM to its leftovers at
     restart_at: float = 0.0
 
@@ -260,7 +259,7 @@ class Supervisor:
                 f"{name} exited {len(state.exits)} times within {p.interval:.0f} s (last: "
                 f"{how}); it keeps crashing, stopping the stack. The end of its log:\n"
                 f"{state.unit.log_tail()}")
-        state.down_since, state.how, state.restart_at = now, how, now + state.delay
+        state.down_since, state.restart_at = now, now + state.delay
         self.say(f"{name} exited unexpectedly ({how}); restarting in {state.delay:g} s")
         state.delay = min(state.delay * 2, p.max_delay)
 

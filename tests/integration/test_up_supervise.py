@@ -202,7 +202,12 @@ def first_200_after(load: LoadGen, since: float, within: float) -> float:
 def wait_for_rows(dsn: str, expected: set[str], timeout: float = 30.0) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
-        rows = audit_rows(dsn)
+        try:
+            rows = audit_rows(dsn)
+        except psycopg2.OperationalError:  # still recovering from its kill -9
+            assert time.monotonic() < deadline, "the audit database did not come back"
+            time.sleep(0.25)
+            continue
         if expected <= set(rows) or time.monotonic() > deadline:
             missing = expected - set(rows)
             assert not missing, f"{len(missing)} of {len(expected)} 200s not in the audit table"

@@ -16,6 +16,8 @@ STREAMS = Gauge("falcon_wal_streams", "WAL streams on disk.", multiprocess_mode=
 SHIPPED = Counter("falcon_shipped_records_total", "Audit records read from the WAL and shipped.")
 INSERTED = Counter("falcon_audit_rows_inserted_total", "Audit rows inserted into PostgreSQL.")
 ERRORS = Counter("falcon_ship_errors_total", "Shipping passes that stopped on an error.")
+QUARANTINED = Counter("falcon_audit_quarantined_total",
+                      "Audit records PostgreSQL refused, landed in audit.quarantine instead.")
 POSTGRES_UP = Gauge("falcon_ship_postgres_up",
                     "1 when the last pass reached PostgreSQL, 0 when it failed.",
                     multiprocess_mode="livemax")
@@ -27,6 +29,7 @@ def observe(stats: ShipStats) -> None:
     STREAMS.set(stats.streams)
     SHIPPED.inc(stats.shipped)
     INSERTED.inc(stats.inserted)
+    QUARANTINED.inc(stats.quarantined)
     if stats.errors:
         ERRORS.inc()
     POSTGRES_UP.set(0 if stats.errors else 1)

@@ -51,6 +51,7 @@ class ShipStats:
     lag_seconds: float = 0.0   # age of the oldest record not yet shipped
     streams: int = 0
     removed_streams: int = 0
+    quarantined: int = 0       # records the database refused, landed in audit.quarantine
     errors: list[str] = field(default_factory=list)
 
 
@@ -134,9 +135,8 @@ class Shipper:
             batch = reader.read(pos, max_records=self.batch)
             if not batch:
                 break
-            records = self._decode(stream, batch, stats)
+            self._land(stream, batch, stats)
             end = batch[-1][0]
-            stats.inserted += self.breaker.call(self.store.write, stream, records, tuple(end))
             stats.shipped += len(batch)
             self.heartbeat()
             pos = self._positions[stream] = end
@@ -146,6 +146,31 @@ class Shipper:
         if reader.dir in removed:
             self._positions.pop(stream, None)
             stats.removed_streams += 1
+
+    def _land(self, stream: str, batch: list[tuple[Position, bytes]], stats: ShipStats) -> None:
+        """Write ``batch`` (its rows and the position after it, in one transaction).
+        A batch the database refuses is split in halves, each landed the same way,
+        down to the one record it refuses: that one goes to ``audit.quarantine`` with
+        the reason, and the rest ship (issue 15 item 6). Raises StoreError for the
+        database being unreachable (nothing after the last landed half is written)."""
+        records = self._decode(stream, batch, stats)
+        end = tuple(batch[-1][0])
+        try:
+            stats.inserted += self.breaker.call(self.store.write, stream, records, end)
+            return
+        except StoreRejected as exc:
+            if not exc.about_the_data:  # the database's state, not a record: retried
+                raise
+            if len(batch) > 1:
+                half = len(batch) // 2
+                self._land(stream, batch[:half], stats)
+                self._land(stream, batch[half:], stats)
+                return
+            reason = str(exc)
+        self.breaker.call(self.store.quarantine, stream, end, batch[0][1], reason)
+        stats.quarantined += 1
+        log.error("stream %s: the record ending at %s was refused by the audit database and "
+                  "is in audit.quarantine: %s", stream, end, reason)
 
     def _decode(self, stream: str, batch: list[tuple[Position, bytes]],
                 stats: ShipStats) -> list[AuditRecord]:

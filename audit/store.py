@@ -66,7 +66,19 @@ class StoreUnavailable(StoreError):
 class StoreRejected(StoreError):
     """A record or batch the database (or our checks before it) refuses: a wrong
     type, a NaN in JSONB, a NUL in text, a missing schema. A bug, not retryable;
-    nothing of the batch was written."""
+    nothing of the batch was written. ``pgcode`` is the database's SQLSTATE (None:
+    our own checks refused it)."""
+
+    def __init__(self, message: str, pgcode: str | None = None) -> None:
+        super().__init__(message)
+        self.pgcode = pgcode
+
+    @property
+    def about_the_data(self) -> bool:
+        """True when the refusal is about the values sent (our checks, or SQLSTATE
+        class 22 data exception / 23 integrity violation), not the database's state
+        (a missing table, a permission): only such a record may be quarantined."""
+        return self.pgcode is None or self.pgcode[:2] in ("22", "23")
 
 
 # -- binary COPY encoding ---------------------------------------------------------------
@@ -246,6 +258,13 @@ ON CONFLICT (request_id, ts, request_key) DO NOTHING
 """
 
 
+INSERT_QUARANTINE = """
+INSERT INTO audit.quarantine (stream, segment, "offset", reason, payload)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (stream, segment, "offset") DO NOTHING
+"""
+
+
 def event_row(stream: str, record: AuditRecord) -> tuple[Any, ...]:
     """The parameters of :data:`INSERT_EVENT` for a management record."""
     try:
@@ -333,6 +352,18 @@ class PgStore:
         self._staging_ready = True
         return int(inserted)
 
+    def quarantine(self, stream: str, end: tuple[int, int], payload: bytes, reason: str) -> int:
+        """Land one refused record in ``audit.quarantine`` (where it ended in the
+        WAL, the database's reason, its payload) and set ``stream``'s position to
+        ``end``, in one transaction; returns 1, or 0 if it was there already."""
+        segment, offset = _check_position(end)
+        with self._transaction() as cur:
+            cur.execute(INSERT_QUARANTINE, (stream, segment, offset,
+                                            reason.replace("\x00", "\\0"), payload))
+            landed = cur.rowcount
+            cur.execute(UPSERT_POSITION, (stream, segment, offset))
+        return int(landed)
+
     def count(self) -> int:
         """Rows in ``audit.predictions``."""
         with self._transaction() as cur:
@@ -385,7 +416,8 @@ class PgStore:
             self.close()
             return StoreUnavailable(f"audit database unavailable: {exc}".strip())
         self._rollback()
-        return StoreRejected(f"audit database refused the batch: {exc}".strip())
+        return StoreRejected(f"audit database refused the batch: {exc}".strip(),
+                             getattr(exc, "pgcode", None) or "XX000")
 
     def _rollback(self) -> None:
         try:

@@ -230,9 +230,11 @@ def test_a_long_catch_up_keeps_the_watchdog_fed(tmp_path, pg_dsn):
     assert len(beats) == 5
 
 
-def test_a_batch_the_database_refuses_stalls_only_its_own_stream(tmp_path, pg_cluster, caplog):
-    """A record PostgreSQL refuses (a NUL byte in a text column) holds back its
-    stream, retried every pass and logged once; every other stream still ships."""
+def test_a_record_the_database_refuses_is_quarantined_and_its_stream_ships(tmp_path, pg_cluster,
+                                                                          caplog):
+    """A record PostgreSQL refuses (a NUL byte in a text column) is found by
+    splitting its batch and lands in audit.quarantine with the reason; the records
+    after it ship (issue 15 item 6: it held back its stream for ever)."""
     from dataclasses import replace
 
     from audit.record import AuditRecord
@@ -258,11 +260,16 @@ def test_a_batch_the_database_refuses_stalls_only_its_own_stream(tmp_path, pg_cl
     shipper = Shipper(wal, store)
     first, second = shipper.ship_once(), shipper.ship_once()
     store.close()
-    assert (first.shipped, second.shipped) == (3, 0)
-    assert [e.split(":")[0] for e in first.errors] == ["a-bad"] == \
-        [e.split(":")[0] for e in second.errors]
-    assert sorted(audit_rows(pg_dsn)) == ["r-2", "r-3", "r-4"]
-    assert caplog.text.count("batch refused by the audit database") == 1
+    assert (first.shipped, second.shipped, first.quarantined) == (5, 0, 1)
+    assert first.errors == [] == second.errors
+    assert sorted(audit_rows(pg_dsn)) == ["r-1", "r-2", "r-3", "r-4"]
+    with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT stream, reason, payload FROM audit.quarantine")
+        [(stream, reason, payload)] = cur.fetchall()
+    conn.close()
+    assert stream == "a-bad" and "host" in reason
+    assert AuditRecord.from_payload(bytes(payload)).request_id == "r-0"
+    assert caplog.text.count("is in audit.quarantine") == 1
 
 
 def test_a_request_logged_twice_is_one_row_and_request_ids_carry_the_host(make_stack, pg_dsn):

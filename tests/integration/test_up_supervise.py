@@ -24,6 +24,7 @@ import psycopg2
 from conftest import ROOT, make_repo, stack_env
 from loadgen import LoadGen
 from pg_fixture import make_root
+from test_up import _descendants, _zombie
 
 import shm
 
@@ -144,6 +145,7 @@ def test_kill9_of_each_component_under_load_restarts_it_and_loses_nothing():
         dsn = up.audit_dsn()
         load = LoadGen(up.env["FALCON_HAPROXY_BIND"], DIGITS["X"], threads=4, timeout=5).start()
         windows: dict[str, tuple[float, float]] = {}  # kill -> first 200 sent after it
+        seen = set(_descendants(up.proc.pid))  # every process up ran, the killed ones too
         try:
             time.sleep(1.0)
             for name in COMPONENTS:
@@ -153,6 +155,7 @@ def test_kill9_of_each_component_under_load_restarts_it_and_loses_nothing():
                 up.wait_for(f"{name} exited unexpectedly (killed by SIGKILL)", timeout=10)
                 up.wait_for(f"restarting {name}", timeout=20)
                 up.wait_for_new_pid(name, pid)
+                seen.update(_descendants(up.proc.pid))
                 windows[name] = (killed, first_200_after(load, killed, within=15))
                 time.sleep(0.5)
             postmaster = up.postmaster_pid()  # not our child: pg_ctl daemonizes it
@@ -181,11 +184,14 @@ def test_kill9_of_each_component_under_load_restarts_it_and_loses_nothing():
         assert set(rows) - set(ok) <= {o.request_id for o in lost}
         daemon_log = Path(up.env["FALCON_PATHS_STATE_DIR"]) / "logs" / "daemon.log"
         assert "re-attached" in daemon_log.read_text()
-        os.kill(up.proc.pid, signal.SIGINT)
+        seen.update(_descendants(up.proc.pid))
+        os.kill(up.proc.pid, signal.SIGTERM)  # as Ctrl-C (test_up.py): everything, exit 0
         assert up.proc.wait(60) == 0, up.output
         up.wait_for("stopped:")
         assert "daemon exit 0" in up.output and "shipper exit 0" in up.output, up.output
         assert shm.list_segments(up.env["FALCON_DAEMON_SHM_PREFIX"]) == []
+        # nothing left running: not the restarted components, not the killed edge's workers
+        assert [p for p in seen if Path(f"/proc/{p}").exists() and not _zombie(p)] == []
 
 
 def first_200_after(load: LoadGen, since: float, within: float) -> float:

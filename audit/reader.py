@@ -1,8 +1,9 @@
 """Reading WAL streams: what the shipper and ``falconctl wal`` use.
 
 A :class:`StreamReader` holds no open files and no state between calls; positions are
-the caller's to keep (the shipper commits them with the rows, STYLE 8). Any number of
-readers, in any processes, may read a stream while its writer appends.
+the caller's to keep (the shipper commits them with the rows: docs/conventions.md,
+"Position and data"). Any number of readers, in any processes, may read a stream while
+its writer appends.
 
 Whether the writer lives is learnt from its lock file: the writer holds
 ``flock(LOCK_EX)`` on ``writer.lock`` for its whole life (the kernel drops the lock when

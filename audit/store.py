@@ -9,8 +9,9 @@ is one transaction::
     upsert audit.ship_positions(stream) = end
     COMMIT
 
-so the rows and the stream's position commit together (STYLE 8) and a batch
-shipped twice lands once (key: request_id, ts, request_key). Partitions are ensured before
+so the rows and the stream's position commit together (docs/conventions.md, "Position
+and data") and a batch shipped twice lands once (key: request_id, ts, request_key).
+Partitions are ensured before
 any row is inserted (there is no DEFAULT partition: migration 0002 says why).
 
 Binary COPY layout (PostgreSQL "COPY BINARY", as psycopg's ``_copy_base.py``)::

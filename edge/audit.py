@@ -10,7 +10,7 @@ disk refuses until space returns — the prediction is answered 503 rather than
 served unaudited.
 
 A stream whose writer failed is closed (the shipper drains it like a dead
-worker's) and never written again (STYLE 7: a failed fsync is never retried);
+worker's) and never written again (docs/conventions.md: a failed fsync is never retried);
 for ``retry_s`` the worker refuses predictions and reports not-ready
 (:meth:`Auditor.healthy`, so HAProxy sends its traffic elsewhere), then opens a
 new stream. A new stream that fails too doubles the wait, up to ``MAX_RETRY_S``.

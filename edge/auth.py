@@ -175,8 +175,9 @@ def load_keys(path: Path) -> dict[str, ApiKey]:
 
 def write_atomically(path: Path, data: bytes, mode: int) -> None:
     """Replace ``path`` with ``data`` so a reader sees the old or the new file,
-    whole, and the new one survives a crash once this returns (STYLE 7: fsync
-    the file, rename, fsync the directory). As root, the file takes the owner
+    whole, and the new one survives a crash once this returns (docs/conventions.md,
+    "Durable writes": fsync the file, rename, fsync the directory). As root, the file
+    takes the owner
     of its directory (the service user's state directory), so the services can
     read what an operator wrote with sudo. A failed fsync raises OSError; the
     old file is then left in place."""

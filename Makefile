@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 APT_PACKAGES := haproxy postgresql memcached
 TEST_APT_PACKAGES := prometheus iproute2 util-linux  # ip netns + nsenter: the multi-host test
 
-.PHONY: up test lint unit integration system deps venv bench check-model clean
+.PHONY: up test lint unit integration system deps venv bench check-model clean protos
 
 deps:
 	@./ops/install-deps.sh $(APT_PACKAGES)
@@ -47,6 +47,10 @@ bench: deps venv
 	@./ops/install-deps.sh wrk
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/compare.py
+
+# Regenerate the gRPC face's modules from the vendored Triton protos (committed).
+protos: venv
+	PY=$(CURDIR)/$(PY) ./edge/grpcface/proto/generate.sh
 
 check-model: venv
 	$(PY) models/build_digits.py --check

@@ -121,14 +121,19 @@ def make_cache(settings: Settings) -> PredictionCache | None:
                            timeout_s=settings.cache.timeout_ms / 1000.0)
 
 
-def from_settings(settings: Settings) -> falcon.App:
+def make_core(settings: Settings) -> Core:
+    """The core every face shares (REST here, gRPC in ``edge.grpcface.server``)."""
     client = DaemonClient(settings.daemon_socket, max_frame=settings.daemon.max_frame_bytes)
     breaker = Breaker("daemon", fail_max=settings.edge.breaker_fail_max,
                       reset_timeout=settings.edge.breaker_reset_s, count=(Unavailable,))
-    core = Core(client, auditor=make_auditor(settings), cache=make_cache(settings),
+    return Core(client, auditor=make_auditor(settings), cache=make_cache(settings),
                 breaker=breaker, deadline_ms=settings.edge.deadline_ms,
                 max_rows=settings.edge.max_batch_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s)
+
+
+def from_settings(settings: Settings) -> falcon.App:
+    core = make_core(settings)
     try:
         secret = proxyauth.load_or_create(Path(settings.proxy_secret_file))
     except (OSError, proxyauth.ProxySecretError) as exc:

@@ -2,6 +2,7 @@
 
     falconctl daemon            run the inference daemon (foreground)
     falconctl edge              run the HTTP edge (gunicorn + Falcon, foreground)
+    falconctl grpc              run the gRPC face (inference.GRPCInferenceService, foreground)
     falconctl haproxy           run HAProxy with the project's config
     falconctl up                the whole stack in the foreground; Ctrl-C stops it
     falconctl config            print the effective configuration (TOML)
@@ -79,6 +80,14 @@ def cmd_edge(s: Settings, args: argparse.Namespace) -> int:
     return run(s)
 
 
+def cmd_grpc(s: Settings, args: argparse.Namespace) -> int:
+    _setup_logging("grpc")
+    enable_metrics(s.paths.run_dir)
+    from edge.grpcface.server import run
+
+    return run(s)
+
+
 def cmd_haproxy(s: Settings, args: argparse.Namespace) -> int:
     from falconctl.stack import haproxy_env, haproxy_files
 
@@ -148,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
     sub.add_parser("daemon", help="run the inference daemon").set_defaults(func=cmd_daemon)
     sub.add_parser("edge", help="run the HTTP edge").set_defaults(func=cmd_edge)
+    sub.add_parser("grpc", help="run the gRPC face").set_defaults(func=cmd_grpc)
     sub.add_parser("haproxy", help="run HAProxy with the project's config").set_defaults(
         func=cmd_haproxy)
     from falconctl.models import add_subcommands as add_models_subcommands

@@ -159,6 +159,20 @@ def daemon_ready(path: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def grpc_live(target: str, timeout: float = 1.0) -> bool:
+    import grpc
+
+    from edge.grpcface.proto import grpc_service_pb2 as pb
+    from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout).live)
+    except grpc.RpcError:
+        return False
+
+
 @dataclass
 class Proc:
     name: str
@@ -246,6 +260,13 @@ class Stack:
         else:
             host, port = split_hostport(bind)
             self._wait(proc, lambda: http_status(host, port, "/v2/health/live") == 200, timeout)
+        return proc
+
+    def start_grpc(self, timeout: float = 60.0) -> Proc:
+        """The gRPC face (``falconctl grpc``), ready once ``ServerLive`` answers."""
+        proc = self._spawn("grpc", [self.python, "-m", "falconctl", "grpc"])
+        bind = self.settings.grpc.bind
+        self._wait(proc, lambda: grpc_live(bind), timeout)
         return proc
 
     def start_haproxy(self, timeout: float = 30.0) -> Proc:
@@ -336,7 +357,8 @@ class Stack:
     def stop(self) -> dict[str, int]:
         """Stop outside-in; return each process's exit code."""
         codes = {}
-        for name, sig in (("haproxy", signal.SIGUSR1), ("edge", signal.SIGTERM),
+        for name, sig in (("haproxy", signal.SIGUSR1), ("grpc", signal.SIGTERM),
+                          ("edge", signal.SIGTERM),
                           ("edge2", signal.SIGTERM), ("memcached", signal.SIGTERM),
                           ("shipper", signal.SIGTERM),
                           ("daemon", signal.SIGTERM)):

@@ -97,6 +97,19 @@ class EdgeSettings:
 
 
 @dataclass(frozen=True)
+class GrpcSettings:
+    bind: str = key("127.0.0.1:8001", "host:port the gRPC face (`falconctl grpc`: "
+                                      "inference.GRPCInferenceService) listens on, cleartext "
+                                      "HTTP/2 for HAProxy.")
+    threads: int = key(32, "Calls the gRPC process serves at once (its thread pool); more "
+                           "wait in grpcio's queue.", min=1, max=1024)
+    max_message_bytes: int = key(16 << 20, "Largest gRPC message received or sent "
+                                           "(RESOURCE_EXHAUSTED beyond).",
+                                 min=1024, max=1 << 30)
+    public_bind: str = key("127.0.0.1:8081", "Address HAProxy takes gRPC calls on (h2c).")
+
+
+@dataclass(frozen=True)
 class HAProxySettings:
     bind: str = key("127.0.0.1:8080", "Public address HAProxy listens on.")
     stats_bind: str = key("127.0.0.1:8404", "HAProxy stats and Prometheus exporter address.")
@@ -185,6 +198,7 @@ class Settings:
     host: HostSettings = field(default_factory=HostSettings)
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     edge: EdgeSettings = field(default_factory=EdgeSettings)
+    grpc: GrpcSettings = field(default_factory=GrpcSettings)
     haproxy: HAProxySettings = field(default_factory=HAProxySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)

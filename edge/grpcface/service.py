@@ -1,0 +1,228 @@
+"""``inference.GRPCInferenceService`` over the edge core: parse, authorise, call, render.
+
+The gRPC face of the Open Inference Protocol, as Triton defines it, so stock
+``tritonclient.grpc`` works. Each RPC is a thin adapter over :class:`~edge.core.Core`
+(the same validation, version routing and splits, cache and audit as REST):
+
+=======================  =========  ==================================================
+RPC                      scope      core call
+=======================  =========  ==================================================
+ServerLive               open       (the process answers)
+ServerReady              open       ``Core.ready``
+ServerMetadata           open       name, version, extensions
+ModelReady               predict    ``Core.model_ready``
+ModelMetadata            predict    ``Core.metadata``
+ModelInfer               predict    ``Core.infer`` (audited, face ``grpc``)
+ModelStatistics          predict    ``Core.stats``
+RepositoryIndex          admin      ``Core.manage("index")``
+RepositoryModelLoad      admin      ``Core.manage("load")`` (``parameters["version"]``)
+RepositoryModelUnload    admin      ``Core.manage("unload")``
+=======================  =========  ==================================================
+
+The other RPCs of the service (shared memory, trace and log settings, streaming,
+model config) answer ``UNIMPLEMENTED``, grpcio's default.
+
+Request metadata, as REST's headers: ``authorization: Bearer <key>`` (or
+``x-api-key``), ``x-request-id``, ``traceparent``, ``x-routing-key``; from HAProxy
+only (with ``x-falcon-proxy-secret``, see :mod:`edge.proxyauth`) ``x-falcon-request-key``
+and ``x-request-start``. The client's gRPC deadline is the request's deadline
+(lowered to ``edge.deadline_ms`` at most). Answers carry ``x-request-id`` and
+``traceparent`` in their trailing metadata. Errors: :mod:`edge.grpcface.status`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from edge.audit import RequestContext
+from edge.auth import ADMIN, PREDICT, Authorizer
+from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
+from edge.errors import Forbidden, InvalidInput
+from edge.grpcface import codec, status
+from edge.grpcface.proto import grpc_service_pb2 as pb
+from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
+from edge.proxyauth import TRUSTED_HEADERS
+from edge.resources import REQUEST_ID_RE, TRACEPARENT_RE, model_metadata_body
+
+FACE = "grpc"
+SECRET_KEY = "x-falcon-proxy-secret"
+_TRUSTED = tuple(h.lower() for h in TRUSTED_HEADERS)
+LOAD_DEADLINE_S = 120.0  # loading parses and publishes a model: more than a prediction's
+
+
+class Call:
+    """One call's metadata, read once: credential, ids, trust, deadline."""
+
+    def __init__(self, context: grpc.ServicerContext, proxy_secret: str | None,
+                 host: str) -> None:
+        md: dict[str, str] = {}
+        for k, v in context.invocation_metadata() or ():
+            if isinstance(v, str):
+                md.setdefault(k.lower(), v)
+        self.context = context
+        self.md = md
+        self.trusted = self._check_proxy(proxy_secret)
+        key = md.get("x-falcon-request-key", "") if self.trusted else ""
+        self.request_key = key if REQUEST_ID_RE.match(key) else f"{host}-{uuid.uuid4().hex}"
+
+    def _check_proxy(self, secret: str | None) -> bool:
+        """True when HAProxy sent this call (its secret); Forbidden when the call
+        carries HAProxy's metadata without it (APPSEC: see edge.proxyauth)."""
+        given = self.md.get(SECRET_KEY)
+        if given is None:
+            if any(h in self.md for h in _TRUSTED):
+                raise Forbidden("HAProxy's metadata (x-falcon-request-key, x-request-start, "
+                                "forwarded addresses) is accepted only from HAProxy")
+            return False
+        if secret is None or not hmac.compare_digest(given.encode("latin-1", "replace"),
+                                                     secret.encode()):
+            raise Forbidden("wrong x-falcon-proxy-secret")
+        return True
+
+    def credential(self) -> str | None:
+        auth = self.md.get("authorization", "")
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            return value.strip()
+        return self.md.get("x-api-key")
+
+    def timeout_ms(self) -> int | None:
+        remaining = self.context.time_remaining()
+        return None if remaining is None else max(1, int(remaining * 1000))
+
+    def accepted(self) -> float | None:
+        raw = self.md.get("x-request-start", "") if self.trusted else ""
+        if not raw.startswith("t=") or not raw[2:].isdigit() or len(raw) > 20:
+            return None
+        accepted = int(raw[2:]) / 1e6
+        return accepted if abs(time.time() - accepted) < 86400.0 else None
+
+    def request_context(self, api_key_id: str | None) -> RequestContext:
+        given = self.md.get("x-request-id", "")
+        rid = given if REQUEST_ID_RE.match(given) else self.request_key
+        match = TRACEPARENT_RE.match(self.md.get("traceparent", ""))
+        trace = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+        self.context.set_trailing_metadata((
+            ("x-request-id", rid), ("traceparent", f"00-{trace}-{secrets.token_hex(8)}-01")))
+        routing = self.md.get("x-routing-key", "")
+        return RequestContext(rid, FACE, trace_id=trace, accepted=self.accepted(),
+                              request_key=self.request_key, api_key_id=api_key_id,
+                              routing_key=routing if REQUEST_ID_RE.match(routing) else None)
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """Thread-safe (the core is); one instance serves every call of the process."""
+
+    def __init__(self, core: Core, *, authorizer: Authorizer | None = None,
+                 proxy_secret: str | None = None, host_id: str = "grpc",
+                 max_elements: int = 16 << 20,
+                 ready: Callable[[], bool] = lambda: True) -> None:
+        self.core = core
+        self.authorizer = authorizer
+        self.proxy_secret = proxy_secret
+        self.host_id = host_id
+        self.max_elements = max_elements
+        self.serving = ready  # False while draining
+
+    # -- the steps every RPC shares ------------------------------------------
+    def _serve(self, context: grpc.ServicerContext, method: str, scope: str | None,
+               model: str | None, body: Callable[[Call, str | None], Any]) -> Any:
+        def run() -> Any:
+            call = Call(context, self.proxy_secret, self.host_id)
+            key_id = None
+            if scope is not None and self.authorizer is not None:
+                key_id = self.authorizer.check(call.credential(), scope, model or None).id
+            return body(call, key_id)
+        return status.answer(context, method, run)
+
+    def _deadline(self, call: Call) -> float:
+        return self.core.deadline(call.timeout_ms())
+
+    # -- health and metadata ---------------------------------------------------
+    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerReadyResponse(ready=self.serving() and self.core.ready())
+
+    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,
+                                         extensions=list(EXTENSIONS))
+
+    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._serve(context, "ModelReady", PREDICT, request.name, lambda call, _: (
+            pb.ModelReadyResponse(ready=self.core.model_ready(
+                request.name, request.version or None, self._deadline(call)))))
+
+    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body(call: Call, _: str | None) -> Any:
+            meta = self.core.metadata(request.name, request.version or None, self._deadline(call))
+            return json_format.ParseDict(model_metadata_body(meta), pb.ModelMetadataResponse(),
+                                         ignore_unknown_fields=True)
+        return self._serve(context, "ModelMetadata", PREDICT, request.name, body)
+
+    # -- inference ---------------------------------------------------------------
+    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body(call: Call, key_id: str | None) -> Any:
+            ctx = call.request_context(key_id)
+            deadline = self._deadline(call)
+            inputs, outputs = codec.decode_infer_request(request, self.max_elements)
+            result = self.core.infer(ctx, request.model_name, request.model_version or None,
+                                     inputs, outputs, deadline)
+            return codec.encode_infer_response(result.model, result.version,
+                                               request.id or ctx.request_id, result.outputs)
+        return self._serve(context, "ModelInfer", PREDICT, request.model_name, body)
+
+    def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body(call: Call, _: str | None) -> Any:
+            stats = self.core.stats(request.name or None, request.version or None,
+                                    self._deadline(call))
+            return json_format.ParseDict(stats, pb.ModelStatisticsResponse(),
+                                         ignore_unknown_fields=True)
+        return self._serve(context, "ModelStatistics", PREDICT, request.name, body)
+
+    # -- the model repository --------------------------------------------------------
+    def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body(call: Call, _: str | None) -> Any:
+            models = self.core.manage("index", {}, self._deadline(call))["models"]
+            resp = pb.RepositoryIndexResponse()
+            for m in models:
+                if not request.ready or m.get("state") == "READY":
+                    resp.models.add(name=str(m["name"]), version=str(m["version"]),
+                                    state=str(m.get("state", "")), reason=str(m.get("reason", "")))
+            return resp
+        return self._serve(context, "RepositoryIndex", ADMIN, None, body)
+
+    def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._manage(context, "load", request, pb.RepositoryModelLoadResponse())
+
+    def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return self._manage(context, "unload", request, pb.RepositoryModelUnloadResponse())
+
+    def _manage(self, context: grpc.ServicerContext, op: str, request: Any, done: Any) -> Any:
+        def body(call: Call, _: str | None) -> Any:
+            args = {"model": request.model_name, "version": version_param(request.parameters)}
+            self.core.manage(op, args, self.core.clock() + LOAD_DEADLINE_S)
+            return done
+        return self._serve(context, f"Repository{op.title()}", ADMIN, None, body)
+
+
+def version_param(params: Any) -> str | None:
+    """``parameters["version"]`` of a load or unload (a string or an integer), or None."""
+    if "version" not in params:
+        return None
+    p = params["version"]
+    kind = p.WhichOneof("parameter_choice")
+    if kind == "string_param":
+        return str(p.string_param) or None
+    if kind == "int64_param":
+        return str(p.int64_param)
+    raise InvalidInput("parameters.version", "expected a version number (string or int64)")

@@ -1,0 +1,214 @@
+"""The gRPC face with the stock ``tritonclient.grpc`` client: daemon -> ``falconctl grpc``.
+
+Answers are compared with ONNX Runtime run in-process on the same model files, as
+test_serving.py does for REST; typed ``contents`` requests are built with the protos
+``tritonclient.grpc`` ships (the client itself always sends raw contents).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import convertermodels as cm
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as tg
+from conftest import create_key, make_repo
+from test_audit_wal import wal_records
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+from tritonclient.utils import InferenceServerException
+
+from falconctl.stack import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
+
+
+def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+@pytest.fixture(scope="module")
+def served(module_stacks, tmp_path_factory):
+    repo = make_repo(tmp_path_factory.mktemp("grpcrepo") / "models")
+    topics = cm.tfidf_text(repo)
+    stack = module_stacks(repo=repo, FALCON_GRPC_BIND=f"127.0.0.1:{free_port()}",
+                          FALCON_HOST_ID="grpchost")
+    stack.start_grpc()
+    return stack, topics
+
+
+@pytest.fixture(scope="module")
+def target(served) -> str:
+    return served[0].settings.grpc.bind
+
+
+@pytest.fixture(scope="module")
+def client(target):
+    return tg.InferenceServerClient(target)
+
+
+@pytest.fixture(scope="module")
+def digits_ref(served) -> dict[str, np.ndarray]:
+    model = Path(served[0].settings.daemon.model_repository) / "digits" / "1" / "model.onnx"
+    return reference(model, {"input": DIGITS["X"]})
+
+
+def status_of(call) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as err:
+        call()
+    return err.value.status(), err.value.message()
+
+
+def test_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("digits") and not client.is_model_ready("nope")
+    server = client.get_server_metadata(as_json=True)
+    assert server["name"] == "falcon-inference" and "model_repository" in server["extensions"]
+    meta = client.get_model_metadata("digits", as_json=True)
+    assert meta["name"] == "digits" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "64"]}]
+    assert {o["name"] for o in meta["outputs"]} == {"label", "probabilities"}
+    assert status_of(lambda: client.get_model_metadata("nope"))[0] == "StatusCode.NOT_FOUND"
+
+
+def test_raw_contents_match_in_process_onnxruntime_on_the_test_split(client, digits_ref):
+    X = DIGITS["X"]
+    labels, probs = [], []
+    for start in range(0, len(X), 100):
+        inp = tg.InferInput("input", list(X[start:start + 100].shape), "FP32")
+        inp.set_data_from_numpy(X[start:start + 100])
+        result = client.infer("digits", [inp], request_id=f"raw-{start}")
+        assert result.get_response().id == f"raw-{start}"
+        assert result.get_response().model_version == "1"
+        labels.append(result.as_numpy("label"))
+        probs.append(result.as_numpy("probabilities"))
+    np.testing.assert_array_equal(np.concatenate(labels), digits_ref["label"])
+    np.testing.assert_allclose(np.concatenate(probs), digits_ref["probabilities"], rtol=0, atol=1e-7)
+    assert float(np.mean(np.concatenate(labels) == DIGITS["y"])) > 0.9
+    only = client.infer("digits", [inp], outputs=[tg.InferRequestedOutput("probabilities")])
+    assert only.as_numpy("label") is None and only.as_numpy("probabilities").shape == (len(X) % 100 or 100, 10)
+
+
+def test_typed_contents_match_in_process_onnxruntime(target, digits_ref):
+    X = DIGITS["X"][:40]
+    req = pb.ModelInferRequest(model_name="digits", id="typed-1")
+    tensor = req.inputs.add(name="input", datatype="FP32", shape=list(X.shape))
+    tensor.contents.fp32_contents.extend(X.reshape(-1).tolist())
+    with grpc.insecure_channel(target) as channel:
+        resp = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10)
+    result = tg.InferResult(resp)
+    np.testing.assert_array_equal(result.as_numpy("label"), digits_ref["label"][:40])
+    np.testing.assert_allclose(result.as_numpy("probabilities"), digits_ref["probabilities"][:40],
+                               rtol=0, atol=1e-7)
+
+
+def test_string_tensors_typed_and_raw(client, target, served):
+    topics = served[1]
+    texts = topics.feeds["text"]
+    ref = reference(topics.path, {"text": texts})
+    inp = tg.InferInput("text", list(texts.shape), "BYTES")
+    inp.set_data_from_numpy(texts)
+    raw = client.infer(topics.name, [inp])
+    req = pb.ModelInferRequest(model_name=topics.name)
+    tensor = req.inputs.add(name="text", datatype="BYTES", shape=list(texts.shape))
+    tensor.contents.bytes_contents.extend(t.encode() for t in texts.reshape(-1))
+    with grpc.insecure_channel(target) as channel:
+        typed = tg.InferResult(pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10))
+    label = next(o.name for o in raw.get_response().outputs if o.datatype == "BYTES")
+    want = np.asarray(ref[label]).reshape(-1)
+    for result in (raw, typed):
+        got = [b.decode() for b in result.as_numpy(label).reshape(-1)]
+        assert got == [str(w) for w in want]
+
+
+@pytest.mark.parametrize("build, field", [
+    (lambda r: r.inputs.add(name="input", datatype="FP32", shape=[2, 63])
+     .contents.fp32_contents.extend([0.0] * 126), "inputs[0].shape"),
+    (lambda r: r.inputs.add(name="input", datatype="FLOAT", shape=[1, 64]), "inputs[0].datatype"),
+    (lambda r: r.inputs.add(name="nope", datatype="FP32", shape=[1, 64])
+     .contents.fp32_contents.extend([0.0] * 64), "nope"),
+    (lambda r: r.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+     .contents.fp32_contents.extend([0.0] * 63), "inputs[0].contents.fp32_contents"),
+    (lambda r: (r.inputs.add(name="input", datatype="FP32", shape=[1, 64]),
+                r.raw_input_contents.append(b"\0" * 255)), "raw_input_contents[0]"),
+    (lambda r: (r.inputs.add(name="input", datatype="FP32", shape=[1, 64])
+                .contents.fp32_contents.extend([0.0] * 64),
+                r.outputs.add(name="logits")), "outputs[0].name"),
+])
+def test_bad_inputs_are_invalid_argument_naming_the_field(target, build, field):
+    req = pb.ModelInferRequest(model_name="digits")
+    build(req)
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as err:
+        pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert field in err.value.details()
+
+
+def test_unknown_model_is_not_found(client):
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    assert status_of(lambda: client.infer("nope", [inp]))[0] == "StatusCode.NOT_FOUND"
+
+
+def test_every_served_call_is_audited_once_with_its_request_id_and_trace(client, served):
+    before = {r.request_id for r in wal_records(served[0])}
+    inp = tg.InferInput("input", [3, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:3])
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    for i in range(5):
+        client.infer("digits", [inp], headers={"x-request-id": f"audit-{i}",
+                                              "traceparent": f"00-{trace}-b7ad6b7169203331-01"})
+    records = [r for r in wal_records(served[0]) if r.request_id not in before]
+    mine = [r for r in records if r.request_id.startswith("audit-")]
+    assert sorted(r.request_id for r in mine) == [f"audit-{i}" for i in range(5)]
+    for rec in mine:
+        assert (rec.face, rec.model, rec.version, rec.host) == ("grpc", "digits", "1", "grpchost")
+        assert rec.trace_id == trace
+        assert rec.input_meta == [{"name": "input", "dtype": "<f4", "shape": [3, 64]}]
+
+
+def test_statistics_and_repository(client):
+    stats = client.get_inference_statistics("digits", as_json=True)
+    assert stats["model_stats"][0]["name"] == "digits"
+    assert int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) > 0
+    index = client.get_model_repository_index(as_json=True)
+    assert {"name": "digits", "version": "1", "state": "READY"}.items() <= \
+        next(m for m in index["models"] if m["name"] == "digits").items()
+
+
+def test_client_deadline_is_the_request_deadline(client):
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=0.000001))
+    assert code == "StatusCode.DEADLINE_EXCEEDED"
+
+
+def test_api_keys_and_scopes(make_stack):
+    stack = make_stack(start=False, FALCON_AUTH_ENABLED="true",
+                       FALCON_GRPC_BIND=f"127.0.0.1:{free_port()}")
+    predict = create_key(stack, "reader", "--scope", "predict")
+    stack.start()
+    stack.start_grpc()
+    client = tg.InferenceServerClient(stack.settings.grpc.bind)
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    assert client.is_server_live() and client.is_server_ready()  # open
+    code, message = status_of(lambda: client.infer("digits", [inp]))
+    assert code == "StatusCode.UNAUTHENTICATED" and "missing API key" in message
+    code, _ = status_of(lambda: client.infer("digits", [inp],
+                                             headers={"authorization": "Bearer fk_nope"}))
+    assert code == "StatusCode.UNAUTHENTICATED"
+    ok = client.infer("digits", [inp], headers={"authorization": f"Bearer {predict}"})
+    assert ok.as_numpy("label").shape == (1,)
+    code, _ = status_of(lambda: client.get_model_repository_index(
+        headers={"authorization": f"Bearer {predict}"}))
+    assert code == "StatusCode.PERMISSION_DENIED"
+    code, _ = status_of(lambda: client.infer("digits", [inp], headers={
+        "authorization": f"Bearer {predict}", "x-falcon-request-key": "forged-1"}))
+    assert code == "StatusCode.PERMISSION_DENIED"

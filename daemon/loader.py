@@ -38,6 +38,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,10 @@ class LoadedVersion:
     warmup_seconds: float = 0.0  # the synthetic runs of :func:`warm_up`
     _ortvalues: list[Any] = field(default_factory=list, repr=False)
     _zipmaps: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
+    # runs in progress, and the close() that waits for them (issue 15 item 12)
+    _runs: int = field(default=0, repr=False)
+    _closing: bool | None = field(default=None, repr=False)  # None, or close()'s unlink
+    _runs_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self._zipmaps = {s.name: s.class_labels for s in self.outputs if s.class_labels}
@@ -111,8 +116,21 @@ class LoadedVersion:
                 "content_digest": self.segment.digest}
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        """ONNX Runtime's outputs; a ZipMap output (a list of dicts) as its [N, C] tensor."""
-        arrays = self.session.run(output_names, feeds)
+        """ONNX Runtime's outputs; a ZipMap output (a list of dicts) as its [N, C] tensor.
+        Raises RuntimeError once :meth:`close` was called."""
+        with self._runs_lock:
+            if self._closing is not None or self.session is None:
+                raise RuntimeError(f"{self.model}/{self.version} is unloaded")
+            self._runs += 1
+            session = self.session
+        try:
+            arrays = session.run(output_names, feeds)
+        finally:
+            with self._runs_lock:
+                self._runs -= 1
+                deferred = self._closing if self._runs == 0 else None
+            if deferred is not None:  # the close() that waited for this run
+                self._release(deferred)
         if self._zipmaps:
             for i, name in enumerate(output_names):
                 labels = self._zipmaps.get(name)
@@ -122,7 +140,20 @@ class LoadedVersion:
 
     def close(self, unlink: bool) -> None:
         """Drop the session, then the OrtValues, then the mapping (that order:
-        the session points into the OrtValues, which point into the mapping)."""
+        the session points into the OrtValues, which point into the mapping).
+        Never under a running session: with a run in progress (a drain that timed
+        out), the last run to end does it; later runs are refused."""
+        with self._runs_lock:
+            if self._closing is not None:
+                return
+            self._closing = unlink
+            if self._runs:
+                log.warning("%s/%s: %d run(s) still reading its weights; released when "
+                            "they end", self.model, self.version, self._runs)
+                return
+        self._release(unlink)
+
+    def _release(self, unlink: bool) -> None:
         self.session = None  # type: ignore[assignment]
         self._ortvalues.clear()
         if unlink:

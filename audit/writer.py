@@ -28,8 +28,12 @@ nothing. What the sync policy decides is when the bytes reach the disk:
                  nothing).
 
 A failed write or fsync (``OSError``, ENOSPC included) stops the writer for good: it
-records the cause in :attr:`WalWriter.failed`, closes its file, releases its lock (so the
-shipper sees a dead writer and may cut the torn tail) and raises
+records the cause in :attr:`WalWriter.failed`, cuts the current segment back to the end
+of the last record it acknowledged (a record whose fsync failed was answered 503: it
+must not ship, audited but not served; issue 15 item 16. A shipper that read it in the
+milliseconds before the fsync failed has shipped it: that window remains), closes its
+file, releases its lock (so the shipper sees a dead writer and may cut the torn tail)
+and raises
 :class:`~audit.segment.WalFailed` then and on every later append. It never retries an
 fsync: after a failed fsync the kernel may have dropped the dirty pages and a retry would
 report success for data that is gone (PostgreSQL's fsync lesson).
@@ -105,6 +109,7 @@ class WalWriter:
         self._syncing = False          # an fsync runs outside the lock on self._fd
         self._waiters: list[_Waiter] = []  # batch appenders waiting for that fsync
         self._written = self._synced = 0  # bytes appended / made durable, all segments
+        self._acked = HEADER.size      # end of the last acknowledged record, this segment
         self._free, self._free_at = 0, -GUARD_INTERVAL_S
         self._fd = -1
         self._lock_fd, created = self._open_stream()
@@ -197,6 +202,7 @@ class WalWriter:
             if self.sync == "always":
                 self._sync_locked()
             if self.sync != "batch":
+                self._acked = self._offset
                 return pos
         self._group_commit(ticket)
         return pos
@@ -292,7 +298,7 @@ class WalWriter:
         self._fd = -1
         self._fd = self._new_segment(self._segment + 1)
         self._segment += 1
-        self._offset = HEADER.size
+        self._offset = self._acked = HEADER.size
 
     def _sync_locked(self) -> None:
         try:
@@ -307,7 +313,7 @@ class WalWriter:
         With ``before_sync``, the leader first calls it (without the lock) and then
         takes what was written meanwhile into the same fsync."""
         self._syncing = True
-        fd, target = self._fd, self._written
+        fd, target, offset = self._fd, self._written, self._offset
         error: OSError | None = None
         synced = False
         self._cond.release()
@@ -315,7 +321,7 @@ class WalWriter:
             if self._before_sync is not None:
                 self._before_sync()
                 with self._cond:  # (no roll meanwhile: _roll waits while _syncing)
-                    fd, target = self._fd, self._written
+                    fd, target, offset = self._fd, self._written, self._offset
             self._fsync(fd)
             synced = True
         except OSError as exc:
@@ -325,6 +331,7 @@ class WalWriter:
             self._syncing = False
             if synced:
                 self._synced = max(self._synced, target)
+                self._acked = max(self._acked, offset)
             if self.failed is not None:  # an appender failed meanwhile; the fd is ours to close
                 self._release()
             if error is None:  # (an OSError fails the writer below, which wakes them)
@@ -376,6 +383,11 @@ class WalWriter:
             self._release()
 
     def _release(self) -> None:
+        if self.failed is not None and self._fd >= 0:
+            try:  # what was never acknowledged must not ship (see the module docstring)
+                os.ftruncate(self._fd, self._acked)
+            except OSError:
+                pass  # the shipper's torn-tail cut still applies to a partial record
         for fd in (self._fd, self._lock_fd):
             if fd >= 0:
                 os.close(fd)

@@ -107,6 +107,36 @@ def test_a_failed_group_commit_fails_every_waiter(tmp_path: Path) -> None:
     assert_acked_readable(acked, recovered(tmp_path, "s1"))
 
 
+@pytest.mark.parametrize("sync", ["always", "batch"])
+def test_a_record_whose_fsync_failed_never_ships(tmp_path: Path, sync: str) -> None:
+    """Its request was answered 503: shipped, it would be audited but not served
+    (issue 15 item 16). What a shipper reads is exactly what was acknowledged."""
+    fsync = FailingFsync(ok=1 + 30)
+    w = WalWriter(tmp_path, "s1", sync=sync, fsync=fsync, min_free_bytes=0,
+                  segment_bytes=8 << 10)  # a few segments: rolls fsync too
+    acked: list[tuple[Position, bytes]] = []
+    failed: list[bytes] = []
+
+    def work(t: int) -> None:
+        for i in range(200):
+            p = payload(t * 1000 + i)
+            try:
+                acked.append((w.append(p), p))
+            except WalFailed:
+                failed.append(p)
+                return
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed and acked
+    got = recovered(tmp_path, "s1")
+    assert sorted(got) == sorted(acked)
+    assert not set(failed) & {p for _, p in got}
+
+
 def test_an_fsync_that_raises_something_else_makes_nothing_durable(tmp_path: Path) -> None:
     """A waiter whose bytes the raising fsync would have covered is not told they are
     durable: it leads an fsync of its own. A, B, C append; A's fsync is held until B

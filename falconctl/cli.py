@@ -30,6 +30,7 @@ from typing import Any
 import settings as settings_mod
 from service.metrics import enable as enable_metrics
 from settings import SETTINGS, ConfigError, Settings
+from settings.schema import DEFAULT_CONFIG_PATH
 
 log = logging.getLogger("falconctl")
 
@@ -47,17 +48,23 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
+def settings_toml(s: Settings) -> str:
+    """``s`` as a TOML file the settings loader reads back."""
+    lines = []
+    for section, values in s.as_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def cmd_config(s: Settings, args: argparse.Namespace) -> int:
     if args.describe:
         for item in SETTINGS:
             print(f"{item.section}.{item.name}  (${item.env}, {item.type.__name__}, "
                   f"default {_toml_value(item.default)})\n    {item.doc}")
         return 0
-    for section, values in s.as_dict().items():
-        print(f"[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {_toml_value(value)}")
-        print()
+    print(settings_toml(s), end="")
     return 0
 
 
@@ -136,8 +143,22 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
     except (StackError, PgError, KeysFileError) as exc:
         print(f"falconctl up: {exc}", file=sys.stderr)
         return 1
+    up_config = Path(args.root).resolve() / UP_CONFIG
+    _write_private(up_config, "# written by `falconctl up` while it runs: the settings of its "
+                   "stack,\n# read by falconctl's operator commands run in this checkout\n"
+                   + settings_toml(stack.settings))
     print(banner(stack.settings, Path(args.root).resolve(), key), flush=True)
-    return Supervisor(stack).run(stop)  # restarts what exits; stops on a crash loop
+    try:
+        return Supervisor(stack).run(stop)  # restarts what exits; stops on a crash loop
+    finally:
+        up_config.unlink(missing_ok=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def cmd_install(s: Settings, args: argparse.Namespace) -> int:
@@ -184,10 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# `falconctl up` writes its stack's settings here (relative to the checkout), so the
+# operator commands run in the same checkout find that stack when nothing else is
+# configured; removed when `up` stops.
+UP_CONFIG = Path("var") / "up.toml"
+OPERATOR_COMMANDS = ("config", "models", "keys", "wal", "hosts")
+
+
+def config_path(args: argparse.Namespace, env: dict[str, str] | os._Environ[str]) -> str | None:
+    """The config file: ``--config``, else ``$FALCON_CONFIG`` or /etc/falcon/falcon.toml
+    (the settings loader's own rule), else, for an operator command, the settings of a
+    ``falconctl up`` running in this checkout (``var/up.toml``)."""
+    if args.config is not None or "FALCON_CONFIG" in env or DEFAULT_CONFIG_PATH.exists():
+        return args.config
+    if args.command in OPERATOR_COMMANDS and UP_CONFIG.is_file():
+        return str(UP_CONFIG)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        s = settings_mod.load(args.config)
+        s = settings_mod.load(config_path(args, os.environ))
         return int(args.func(s, args) or 0)
     except ConfigError as exc:
         print(f"falconctl: configuration error: {exc}", file=sys.stderr)

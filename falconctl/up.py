@@ -88,6 +88,8 @@ def banner(s: Settings, root: Path, key: str | None = None) -> str:
         f"A component that exits is restarted ({policy.burst} exits within "
         f"{policy.interval:.0f} s stop the stack);",
         f"each one's log is in {Path(s.paths.state_dir) / 'logs'}.",
+        "falconctl run in this checkout (models, keys, wal, hosts, config) finds this stack",
+        f"through {root / 'var' / 'up.toml'}, written while it runs.",
         "Ctrl-C stops everything.",
         "",
     ])

@@ -77,6 +77,12 @@ def run_up(tmp_path: Path) -> None:
         host, port = cache.group(1).split(":")
         socket.create_connection((host, int(port)), timeout=5).close()  # it is up
         assert _wait_for_audit_rows(env, request_ids)
+        # falconctl run in the same checkout, with nothing configured, finds this stack
+        bare = {k: v for k, v in os.environ.items() if not k.startswith("FALCON_")}
+        listed = subprocess.run([sys.executable, "-m", "falconctl", "models", "list"], cwd=ROOT,
+                                env=bare, capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and "digits" in listed.stdout, listed.stdout + listed.stderr
+        assert (ROOT / "var" / "up.toml").stat().st_mode & 0o077 == 0
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(60) == 0
         rest = proc.stdout.read()
@@ -84,6 +90,7 @@ def run_up(tmp_path: Path) -> None:
         assert "memcached exit 0" in rest, rest
         assert [p for p in children if Path(f"/proc/{p}").exists() and not _zombie(p)] == []
         assert shm.list_segments(env["FALCON_DAEMON_SHM_PREFIX"]) == []
+        assert not (ROOT / "var" / "up.toml").exists()  # removed when `up` stops
     finally:
         if proc.poll() is None:
             proc.kill()

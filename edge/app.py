@@ -51,9 +51,10 @@ def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None 
     app = falcon.App(media_type=falcon.MEDIA_JSON, middleware=middleware)
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
-    for path, cls in ROUTES + admin.ROUTES + stats.ROUTES:
+    routes = ROUTES + admin.ROUTES + stats.ROUTES
+    for path, cls in routes:
         app.add_route(path, cls(core, max_body, host_id))
-    app.add_route("/openapi.json", openapi.OpenAPI())
+    app.add_route("/openapi.json", openapi.OpenAPI(routes))
     app.add_route("/metrics", metrics.Metrics())
     return app
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import falcon
@@ -25,11 +26,28 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
+ERRORS = {400: "Bad input; the message names the field",
+          401: "No API key, or not a valid one (Authorization: Bearer <key>, or X-API-Key)",
+          403: "The API key lacks the route's scope, or a proxy header came from elsewhere "
+               "than HAProxy",
+          404: "Unknown model or version", 413: "Body, batch or tensor too large",
+          429: "Rate limited (per API key and per client address, by HAProxy; Retry-After set)",
+          503: "Daemon unavailable or overloaded (Retry-After set)", 504: "Deadline exceeded"}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
-    text = {400: "Bad input; the message names the field", 404: "Unknown model or version",
-            413: "Body, batch or tensor too large", 503: "Daemon unavailable or overloaded "
-            "(Retry-After set)", 504: "Deadline exceeded"}
-    return {str(c): {"description": text[c], "content": _json(_ref("Error"))} for c in codes}
+    return {str(c): {"description": ERRORS[c], "content": _json(_ref("Error"))} for c in codes}
+
+
+def _secured(item: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """A path item's operations with what a route that needs an API key ``scope``
+    answers too (401, 403, 429) and its security requirement; unchanged when open."""
+    if scope is None:
+        return item
+    return {method: {**op, "security": [{"apiKey": []}, {"bearer": []}],
+                     "description": f"API key scope: {scope}.",
+                     "responses": {**op["responses"], **_errors(401, 403, 429)}}
+            for method, op in item.items()}
 
 
 MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -127,8 +145,32 @@ def _predict(params: list[dict[str, Any]]) -> dict[str, Any]:
                       **_errors(400, 404, 413, 503, 504)}}}
 
 
-def spec() -> dict[str, Any]:
-    paths = {
+def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
+    """The document for ``routes`` (the app's route table: path and resource class,
+    whose ``scope`` says which API key it needs). Every route must be described here,
+    and nothing else is: ValueError names the difference. Without routes, every
+    described path, as open routes."""
+    described = _paths()
+    if routes:
+        missing = sorted({p for p, _ in routes} - described.keys())
+        extra = sorted(described.keys() - {p for p, _ in routes})
+        if missing or extra:
+            raise ValueError(f"OpenAPI: routes not described: {missing}; "
+                             f"described but not routed: {extra}")
+        paths = {p: _secured(described[p], getattr(cls, "scope", None)) for p, cls in routes}
+    else:
+        paths = described
+    return {"openapi": "3.0.3",
+            "info": {"title": SERVER_NAME, "version": SERVER_VERSION,
+                     "description": "Open Inference Protocol (KServe V2) and a simple JSON face."},
+            "paths": paths,
+            "components": {"schemas": SCHEMAS, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}}}
+
+
+def _paths() -> dict[str, Any]:
+    return {
         "/v2/health/live": _get("Liveness", None, []),
         "/v2/health/ready": _get("Readiness (503 when the daemon is unavailable)", None, [], 503),
         "/v2": _get("Server metadata", None, []),
@@ -157,15 +199,13 @@ def spec() -> dict[str, Any]:
         "/v1/models/{model}/predict": _predict([MODEL]),
         "/v1/models/{model}/versions/{version}/predict": _predict([MODEL, VERSION]),
     }
-    return {"openapi": "3.0.3",
-            "info": {"title": SERVER_NAME, "version": SERVER_VERSION,
-                     "description": "Open Inference Protocol (KServe V2) and a simple JSON face."},
-            "paths": paths, "components": {"schemas": SCHEMAS}}
 
 
 class OpenAPI:
-    def __init__(self) -> None:
-        self._body = orjson.dumps(spec())
+    """``GET /openapi.json`` for the app's ``routes`` (see :func:`spec`)."""
+
+    def __init__(self, routes: Sequence[tuple[str, Any]] = ()) -> None:
+        self._body = orjson.dumps(spec(routes))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON

@@ -18,9 +18,10 @@ Under ``ROOT`` (default ``/``) it writes:
   rewritten on every run too (it must match the environment ``falconctl`` gives
   HAProxy, which changes with the code; a customised copy goes elsewhere, named
   by ``haproxy.config``);
-- ``etc/falcon/falcon.toml`` and ``etc/falcon/falcon.env`` (mode 0600: it may
-  hold the DSN's password), only when absent: they are the operator's to edit (a
-  kept file that differs from the project's sample is reported);
+- ``etc/falcon/falcon.toml``, ``etc/falcon/falcon.env`` (every unit's) and
+  ``etc/falcon/shipper.env`` (the shipper's alone: the audit DSN and its password;
+  both mode 0600), only when absent: they are the operator's to edit (a kept file
+  that differs from the project's sample is reported);
 - ``var/lib/falcon/models``: the project's demo model repository, when that
   directory is empty or absent.
 
@@ -278,6 +279,8 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
     etc = root / "etc/falcon"
     write_config(etc / "falcon.toml", (prefix / "ops/systemd/falcon.toml").read_text(), report)
     write_config(etc / "falcon.env", (prefix / "ops/systemd/falcon.env").read_text(), report,
+                 mode=0o600)
+    write_config(etc / "shipper.env", (prefix / "ops/systemd/shipper.env").read_text(), report,
                  mode=0o600)
     write_generated(etc / "haproxy.cfg", HAPROXY_HEADER.format(src=prefix / "ops/haproxy/haproxy.cfg")
                     + (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)

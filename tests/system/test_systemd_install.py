@@ -31,6 +31,13 @@ def test_install_under_a_root_then_again_changes_nothing(tmp_path: Path):
     assert config["haproxy"]["config"] == "/etc/falcon/haproxy.cfg"
     assert (tmp_path / "etc/falcon/haproxy.cfg").is_file()
     assert (tmp_path / "etc/falcon/falcon.env").stat().st_mode & 0o777 == 0o600
+    # the audit DSN is the shipper's alone (issue 15 item 11)
+    assert (tmp_path / "etc/falcon/shipper.env").stat().st_mode & 0o777 == 0o600
+    assert "FALCON_AUDIT_DSN" in (tmp_path / "etc/falcon/shipper.env").read_text()
+    assert "FALCON_AUDIT_DSN" not in (tmp_path / "etc/falcon/falcon.env").read_text()
+    readers = [name for name in TEMPLATES
+               if "/etc/falcon/shipper.env" in (units / name).read_text()]
+    assert readers == ["falcon-shipper.service"], readers
     assert (tmp_path / "var/lib/falcon/models/digits/1/model.onnx").is_file()
     assert any(line.startswith("skipped") and "user falcon" in line for line in first), first
 

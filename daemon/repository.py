@@ -16,12 +16,16 @@ segment names, URLs and metric labels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from settings.schema import ConfigError, key
+from settings.tables import parse_table
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +51,6 @@ class BatchingConfig:
     """The ``[batching]`` section: dynamic batching of one model's versions
     (:mod:`daemon.batcher`). ``None`` means "derived from the model".
 
-    ``enabled``: coalesce concurrent requests into one run. Default: on when
-    the first dimension of every input and output is dynamic (a batch
-    dimension), off otherwise; ``true`` on a model without a batch dimension
-    is logged and ignored. Batching assumes rows are independent: set it to
-    ``false`` for a model whose output for one row depends on other rows.
-    ``max_batch_size``: rows per run (default: the model's ``max_batch_size``);
-    a single request with more rows runs alone.
-    ``max_queue_delay_us``: how long the first request of a batch waits for
-    others; a batch also runs as soon as it is full. Default 0: no waiting,
-    batches form from the requests that queue while the previous batch runs.
-    ``max_concurrent_batches``: batches of one version running at once (default
-    1: ONNX Runtime's intra-op threads already spread one run over the cores;
-    the daemon's other inference threads serve other versions).
-    ``max_queue_rows``: rows waiting (not yet running) beyond which a request
-    is refused ``Overloaded`` at once (default 8 full batches).
-    ``exact``: a row's answer never depends on what it ran with (default
-    ``true``): a one-row request that runs alone runs as two copies of its row,
-    because ONNX Runtime rounds a single row differently (see
-    :mod:`daemon.batcher`). ``false`` saves that second row: free for small
-    models and for ``prepack = true``, but a big MatMul model without
-    prepacking runs a lone row up to 2x faster (the bench's heavy model: 9 against
-    17 ms), and its answer may then differ in the last bits from the one the same
-    row gets in a batch, from a cached answer, and from the audit row of a request
-    HAProxy re-sent after a worker died.
-
     NOTE: the defaults come from ``bench/daemon_batching.py`` on 2 cores: a
     delay costs a lone request at least 1 ms (asyncio's epoll timer rounds up to
     whole milliseconds) and bought no throughput once only one batch of a
@@ -79,41 +58,69 @@ class BatchingConfig:
     the cores and ran fewer rows per run.
     """
 
-    enabled: bool | None = None
-    max_batch_size: int | None = None
-    max_queue_delay_us: int = DEFAULT_QUEUE_DELAY_US
-    max_queue_rows: int | None = None
-    max_concurrent_batches: int = DEFAULT_CONCURRENT_BATCHES
-    exact: bool = True
+    enabled: bool | None = key(
+        None, "Coalesce concurrent requests into one run. Default: on when the first "
+        "dimension of every input and output is dynamic (a batch dimension), off otherwise; "
+        "true on a model without a batch dimension is logged and ignored. Batching assumes "
+        "rows are independent: false for a model whose output for one row depends on others.")
+    max_batch_size: int | None = key(
+        None, "Rows per run (default: the model's max_batch_size); a single request with "
+        "more rows runs alone.", min=1, max=1 << 20)
+    max_queue_delay_us: int = key(
+        DEFAULT_QUEUE_DELAY_US, "How long the first request of a batch waits for others; a "
+        "batch also runs as soon as it is full. 0: no waiting, batches form from the requests "
+        "that queue while the previous batch runs.", min=0, max=MAX_QUEUE_DELAY_US)
+    max_queue_rows: int | None = key(
+        None, "Rows waiting (not yet running) beyond which a request is refused Overloaded "
+        f"at once (default {DEFAULT_QUEUE_BATCHES} full batches).", min=1, max=1 << 24)
+    max_concurrent_batches: int = key(
+        DEFAULT_CONCURRENT_BATCHES, "Batches of one version running at once (ONNX Runtime's "
+        "intra-op threads already spread one run over the cores; the daemon's other inference "
+        "threads serve other versions).", min=1, max=64)
+    exact: bool = key(
+        True, "A row's answer never depends on what it ran with: a one-row request that runs "
+        "alone runs as two copies of its row, because ONNX Runtime rounds a single row "
+        "differently (daemon.batcher), and tree ensembles run on one intra-op thread. false "
+        "saves that: free for small models and for prepack = true, but a big MatMul model "
+        "without prepacking runs a lone row up to 2x faster, and its answer may then differ in "
+        "the last bits from the one the same row gets in a batch, from a cached answer, and "
+        "from the audit row of a request HAProxy re-sent.")
 
 
 @dataclass(frozen=True)
 class CacheConfig:
     """The ``[cache]`` section, read by the edge: whether answers of this model
-    are cached in Memcached, and for how long. On by default; a model whose
-    inference is cheaper than a cache round trip (the digits demo: measured in
-    README) turns it off."""
+    are cached in Memcached, and for how long. A model whose inference is cheaper
+    than a cache round trip (the digits demo: measured in bench/RESULTS.md) turns it
+    off."""
 
-    enabled: bool = True
-    ttl_s: int = 300
-
-
-_CACHE: dict[str, tuple[type, int, int]] = {"enabled": (bool, 0, 0), "ttl_s": (int, 1, 30 * 86400)}
+    enabled: bool = key(True, "Cache this model's answers in Memcached (the edge).")
+    ttl_s: int = key(300, "Seconds a cached answer lives.", min=1, max=30 * 86400)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Per-model settings from ``<repo>/<model>/config.toml``."""
+    """Per-model settings from ``<repo>/<model>/config.toml`` (``falconctl config
+    --describe`` lists every key); tables this file does not declare are kept in
+    ``extra`` for other tools."""
 
-    max_batch_size: int = 256
-    prepack: bool = False
-    intra_op_threads: int = 0
-    labels: tuple[str, ...] = ()
-    label_output: str = ""
-    probabilities_output: str = ""
-    description: str = ""
-    batching: BatchingConfig = field(default_factory=BatchingConfig)
-    cache: CacheConfig = field(default_factory=lambda: CacheConfig())
+    max_batch_size: int = key(256, "Rows one request may carry (413 beyond); the edge's "
+                                   "edge.max_batch_rows bounds it too. Not the rows of a run: "
+                                   "that is batching.max_batch_size.", min=1, max=1 << 20)
+    prepack: bool = key(False, "Let ONNX Runtime prepack the weights: faster MatMul, but a "
+                               "private copy of them in the daemon beside the shared segment.")
+    intra_op_threads: int = key(0, "ONNX Runtime intra-op threads for this model (0: the "
+                                   "daemon's daemon.intra_op_threads).", min=0, max=64)
+    labels: tuple[str, ...] = key((), "Class names, in the order of the probabilities' "
+                                      "columns, for /v1 (a ZipMap's own labels win).")
+    label_output: str = key("", "The output /v1 answers as the label (default: the argmax of "
+                                "the probabilities).")
+    probabilities_output: str = key("", "The output /v1 answers as probabilities (default: "
+                                        "the first 2-D float output).")
+    description: str = key("", "Free text, shown in the model metadata.")
+    batching: BatchingConfig = field(default_factory=BatchingConfig,
+                                     metadata={"doc": "[batching]"})
+    cache: CacheConfig = field(default_factory=CacheConfig, metadata={"doc": "[cache]"})
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -124,84 +131,21 @@ class ModelConfig:
                 "cache": {"enabled": self.cache.enabled, "ttl_s": self.cache.ttl_s}}
 
 
-_TYPES: dict[str, type | tuple[type, ...]] = {
-    "max_batch_size": int, "prepack": bool, "intra_op_threads": int, "labels": list,
-    "label_output": str, "probabilities_output": str, "description": str,
-}
-# [batching] keys: type, smallest and largest value (ints only)
-_BATCHING: dict[str, tuple[type, int, int]] = {
-    "enabled": (bool, 0, 0), "max_batch_size": (int, 1, 1 << 20),
-    "max_queue_delay_us": (int, 0, MAX_QUEUE_DELAY_US), "max_queue_rows": (int, 1, 1 << 24),
-    "max_concurrent_batches": (int, 1, 64), "exact": (bool, 0, 0),
-}
-
-
 def parse_config(path: Path) -> ModelConfig:
-    """Read and validate one model config; raises :class:`RepositoryError`."""
+    """Read and validate one model config (the settings' schema mechanism,
+    :mod:`settings.tables`); raises :class:`RepositoryError` naming the file and key."""
     if not path.exists():
         return ModelConfig()
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise RepositoryError(f"{path}: {exc}") from None
-    values: dict[str, Any] = {}
     extra: dict[str, Any] = {}
-    for key, value in data.items():
-        typ = _TYPES.get(key)
-        if key == "batching":
-            values[key] = parse_batching(path, value)
-            continue
-        if key == "cache":
-            values[key] = CacheConfig(**_section(path, key, value, _CACHE))
-            continue
-        if typ is None:
-            if isinstance(value, dict):  # sections for other subsystems (evaluation...)
-                extra[key] = value
-                continue
-            raise RepositoryError(f"{path}: unknown key {key!r}")
-        _check_type(path, key, value, typ)
-        values[key] = value
-    if values.get("max_batch_size", 1) < 1:
-        raise RepositoryError(f"{path}: max_batch_size must be >= 1")
-    if "labels" in values:
-        if not all(isinstance(x, str) for x in values["labels"]):
-            raise RepositoryError(f"{path}: labels must be a list of strings")
-        values["labels"] = tuple(values["labels"])
-    return ModelConfig(extra=extra, **values)
-
-
-def parse_batching(path: Path, section: Any) -> BatchingConfig:
-    """Validate the ``[batching]`` table; raises :class:`RepositoryError`
-    naming the file and the key (``batching.<key>``)."""
-    return BatchingConfig(**_section(path, "batching", section, _BATCHING))
-
-
-def _section(path: Path, name: str, section: Any,
-             spec: dict[str, tuple[type, int, int]]) -> dict[str, Any]:
-    """Validate a ``[name]`` table against ``spec`` (key -> type, min, max)."""
-    if not isinstance(section, dict):
-        raise RepositoryError(f"{path}: {name} must be a table ([{name}]), got {section!r}")
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        if key not in spec:
-            raise RepositoryError(f"{path}: unknown key '{name}.{key}' "
-                                  f"(known: {', '.join(spec)})")
-        typ, low, high = spec[key]
-        _check_type(path, f"{name}.{key}", value, typ)
-        if typ is int and not low <= value <= high:
-            raise RepositoryError(f"{path}: {name}.{key} must be between {low} and {high}, "
-                                  f"got {value}")
-        values[key] = value
-    return values
-
-
-def _check_type(path: Path, key: str, value: Any, typ: type | tuple[type, ...]) -> None:
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        raise RepositoryError(f"{path}: {key} must be {_name(typ)}, got {value!r}")
-
-
-def _name(typ: type | tuple[type, ...]) -> str:
-    return typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+    try:
+        config = parse_table(ModelConfig, data, str(path), extra=extra)
+    except ConfigError as exc:
+        raise RepositoryError(str(exc)) from None
+    return dataclasses.replace(config, extra=extra)
 
 
 @dataclass(frozen=True)

@@ -63,9 +63,22 @@ def cmd_config(s: Settings, args: argparse.Namespace) -> int:
         for item in SETTINGS:
             print(f"{item.section}.{item.name}  (${item.env}, {item.type.__name__}, "
                   f"default {_toml_value(item.default)})\n    {item.doc}")
+        describe_model_keys()
         return 0
     print(settings_toml(s), end="")
     return 0
+
+
+def describe_model_keys() -> None:
+    """The keys of a model's ``config.toml`` (same schema mechanism as falcon.toml)."""
+    from daemon.repository import ModelConfig
+    from settings.tables import describe
+
+    print("\nPer model, in <model_repository>/<model>/config.toml (no environment variables):")
+    for item in describe(ModelConfig):
+        default = "derived from the model" if item.default is None else _toml_value(
+            list(item.default) if isinstance(item.default, tuple) else item.default)
+        print(f"{item.name}  ({item.type}, default {default})\n    {item.doc}")
 
 
 def cmd_daemon(s: Settings, args: argparse.Namespace) -> int:

@@ -127,6 +127,8 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_RATE_PER_KEY": str(s.haproxy.rate_per_key),
         "FALCON_HAPROXY_KEY_LIMITS_MAP": str(write_limits_map(s)),
         "FALCON_HAPROXY_PROXY_SECRET": secret,
+        "FALCON_HAPROXY_GRPC_BIND": s.grpc.public_bind,
+        "FALCON_GRPC_ADDR": s.grpc.bind,
     }
 
 

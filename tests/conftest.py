@@ -54,6 +54,8 @@ def stack_env(tmp: Path, repo: Path, **overrides: str) -> dict[str, str]:
         "FALCON_EDGE_DRAIN_S": "0",  # tests that stop an edge under load set it
         "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
         "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
+        "FALCON_GRPC_BIND": f"127.0.0.1:{free_port()}",
+        "FALCON_GRPC_PUBLIC_BIND": f"127.0.0.1:{free_port()}",
         "FALCON_CONFIG": str(tmp / "falcon.toml"),
         # Most tests call the API without a key; tests of auth turn it on
         # (make_stack(FALCON_AUTH_ENABLED="true")).

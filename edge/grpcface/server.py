@@ -56,6 +56,7 @@ def build(settings: Settings, stopping: threading.Event) -> tuple[grpc.Server, i
                          options=grpc_options(settings),
                          maximum_concurrent_rpcs=settings.grpc.threads * 8)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((service.health_handler(),))
     port = server.add_insecure_port(settings.grpc.bind)
     if port == 0:
         raise ConfigError(f"grpc.bind: cannot listen on {settings.grpc.bind}")

@@ -54,6 +54,8 @@ from edge.resources import REQUEST_ID_RE, TRACEPARENT_RE, model_metadata_body
 
 FACE = "grpc"
 SECRET_KEY = "x-falcon-proxy-secret"
+READY_HEADER = "x-falcon-ready"
+HEALTH = ("falcon.Health", "Ready")  # HAProxy's health check (ops/haproxy/haproxy.cfg)
 _TRUSTED = tuple(h.lower() for h in TRUSTED_HEADERS)
 LOAD_DEADLINE_S = 120.0  # loading parses and publishes a model: more than a prediction's
 
@@ -152,6 +154,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=self.serving() and self.core.ready())
+
+    def health_check(self, requests: Any, context: grpc.ServicerContext) -> bytes:
+        """``/falcon.Health/Ready`` (see :data:`HEALTH`): HAProxy's check. Its answer's
+        headers say ``x-falcon-ready: true|false``; it takes any number of messages,
+        so a check that can send no bytes of a message (no NUL in HAProxy's check
+        bodies) still reaches it."""
+        ready = self.serving() and self.core.ready()
+        context.send_initial_metadata(((READY_HEADER, "true" if ready else "false"),))
+        return b""
+
+    def health_handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(HEALTH[0], {HEALTH[1]: (
+            grpc.stream_unary_rpc_method_handler(self.health_check,
+                                                 response_serializer=bytes))})
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION,

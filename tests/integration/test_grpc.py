@@ -1,4 +1,5 @@
-"""The gRPC face with the stock ``tritonclient.grpc`` client: daemon -> ``falconctl grpc``.
+"""The gRPC face with the stock ``tritonclient.grpc`` client through HAProxy (its own h2c
+port) -> ``falconctl grpc`` -> daemon.
 
 Answers are compared with ONNX Runtime run in-process on the same model files, as
 test_serving.py does for REST; typed ``contents`` requests are built with the protos
@@ -7,6 +8,7 @@ test_serving.py does for REST; typed ``contents`` requests are built with the pr
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import convertermodels as cm
@@ -20,8 +22,6 @@ from test_audit_wal import wal_records
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
-
-from falconctl.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
@@ -37,15 +37,29 @@ def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
 def served(module_stacks, tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("grpcrepo") / "models")
     topics = cm.tfidf_text(repo)
-    stack = module_stacks(repo=repo, FALCON_GRPC_BIND=f"127.0.0.1:{free_port()}",
-                          FALCON_HOST_ID="grpchost")
+    stack = module_stacks(repo=repo, FALCON_HOST_ID="grpchost")
     stack.start_grpc()
+    wait_grpc_ready(stack.settings.grpc.public_bind)
     return stack, topics
+
+
+def wait_grpc_ready(target: str, timeout: float = 30.0) -> None:
+    """Until HAProxy's health check has found the gRPC process up."""
+    client = tg.InferenceServerClient(target)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.is_server_ready():
+                return
+        except InferenceServerException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no gRPC answer through HAProxy at {target}")
 
 
 @pytest.fixture(scope="module")
 def target(served) -> str:
-    return served[0].settings.grpc.bind
+    return served[0].settings.grpc.public_bind
 
 
 @pytest.fixture(scope="module")
@@ -183,19 +197,22 @@ def test_statistics_and_repository(client):
 
 
 def test_client_deadline_is_the_request_deadline(client):
-    inp = tg.InferInput("input", [1, 64], "FP32")
-    inp.set_data_from_numpy(DIGITS["X"][:1])
-    code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=0.000001))
+    """A deadline too short for the call: DEADLINE_EXCEEDED, whether the client's gRPC
+    runtime, the face (its remaining time is the core's deadline) or the daemon sees
+    it pass first."""
+    inp = tg.InferInput("input", list(DIGITS["X"].shape), "FP32")
+    inp.set_data_from_numpy(DIGITS["X"])
+    code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=0.0005))
     assert code == "StatusCode.DEADLINE_EXCEEDED"
 
 
 def test_api_keys_and_scopes(make_stack):
-    stack = make_stack(start=False, FALCON_AUTH_ENABLED="true",
-                       FALCON_GRPC_BIND=f"127.0.0.1:{free_port()}")
+    stack = make_stack(start=False, FALCON_AUTH_ENABLED="true")
     predict = create_key(stack, "reader", "--scope", "predict")
     stack.start()
     stack.start_grpc()
-    client = tg.InferenceServerClient(stack.settings.grpc.bind)
+    wait_grpc_ready(stack.settings.grpc.public_bind)
+    client = tg.InferenceServerClient(stack.settings.grpc.public_bind)
     inp = tg.InferInput("input", [1, 64], "FP32")
     inp.set_data_from_numpy(DIGITS["X"][:1])
     assert client.is_server_live() and client.is_server_ready()  # open
@@ -209,6 +226,32 @@ def test_api_keys_and_scopes(make_stack):
     code, _ = status_of(lambda: client.get_model_repository_index(
         headers={"authorization": f"Bearer {predict}"}))
     assert code == "StatusCode.PERMISSION_DENIED"
-    code, _ = status_of(lambda: client.infer("digits", [inp], headers={
+    direct = tg.InferenceServerClient(stack.settings.grpc.bind)  # HAProxy replaces it
+    code, _ = status_of(lambda: direct.infer("digits", [inp], headers={
         "authorization": f"Bearer {predict}", "x-falcon-request-key": "forged-1"}))
     assert code == "StatusCode.PERMISSION_DENIED"
+
+
+def test_haproxy_rate_limit_is_resource_exhausted_and_sets_the_request_key(make_stack):
+    stack = make_stack(start=False, FALCON_AUTH_ENABLED="true",
+                       FALCON_HAPROXY_RATE_PER_KEY="8", FALCON_HAPROXY_RATE_WINDOW_S="30")
+    key = create_key(stack, "limited")
+    stack.start()
+    stack.start_grpc()
+    wait_grpc_ready(stack.settings.grpc.public_bind)
+    client = tg.InferenceServerClient(stack.settings.grpc.public_bind)
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    codes = []
+    for i in range(12):
+        try:
+            client.infer("digits", [inp], headers={"x-request-id": f"rl-{i}",
+                                                   "authorization": f"Bearer {key}"})
+            codes.append("OK")
+        except InferenceServerException as exc:
+            codes.append(exc.status())
+    assert "OK" in codes and codes[-1] == "StatusCode.RESOURCE_EXHAUSTED", codes
+    served = [r for r in wal_records(stack) if r.request_id.startswith("rl-")]
+    assert len(served) == codes.count("OK")
+    host = stack.settings.host_id
+    assert all(r.request_key.startswith(f"{host}-") and r.face == "grpc" for r in served)

@@ -330,19 +330,22 @@ class DaemonServer:
         if self.inflight >= self.max_inflight:
             raise _Fail(messages.OVERLOADED, f"{self.inflight} requests in flight")
         lv = self._lookup(req)
+        stats = self._version_stats(lv)
         try:
             feeds, outputs = check_feeds(lv, messages.decode_tensors(req.get("inputs"), "inputs"),
                                          req.get("outputs"))
         except InvalidFeeds as exc:
+            stats.failure(total_s=self.clock() - received)
             raise _Fail(messages.INVALID_INPUT, exc.reason, exc.field) from None
         except MessageError as exc:
+            stats.failure(total_s=self.clock() - received)
             raise _Fail(messages.INVALID_INPUT, str(exc), "inputs") from None
+        input_s = self.clock() - received  # decoding and checking the inputs
         deadline = received + budget / 1000.0
         self.inflight += 1
         lv.inflight += 1
         metrics.INFLIGHT.inc()
         self._idle.clear()
-        stats = self._version_stats(lv)
         try:
             answer = await self.batcher(lv).infer(feeds, outputs, deadline)
         except BatchError as exc:
@@ -361,11 +364,13 @@ class DaemonServer:
         if observer is None:
             observer = self._observers[lv.model, lv.version] = _Observer(lv.model, lv.version)
         observer(answer)
-        stats.success(rows=_rows(feeds), total_s=self.clock() - received,
-                      queue_s=answer.queue_s, compute_s=answer.compute_s)
-        return {"model": lv.model, "version": lv.version,
-                "outputs": [messages.encode_tensor(n, a)
-                            for n, a in zip(outputs, answer.outputs, strict=True)],
+        encoding = self.clock()
+        encoded = [messages.encode_tensor(n, a)
+                   for n, a in zip(outputs, answer.outputs, strict=True)]
+        done = self.clock()
+        stats.success(rows=_rows(feeds), total_s=done - received, queue_s=answer.queue_s,
+                      input_s=input_s, compute_s=answer.compute_s, output_s=done - encoding)
+        return {"model": lv.model, "version": lv.version, "outputs": encoded,
                 "queue_us": int(answer.queue_s * 1e6), "compute_us": int(answer.compute_s * 1e6),
                 "batch_rows": answer.batch_rows}
 

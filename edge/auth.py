@@ -333,7 +333,8 @@ class AuthMiddleware:
     """Falcon middleware: the route's resource declares the scope it needs in a
     ``scope`` class attribute (None: open). APPSEC: a resource that declares
     nothing needs ``admin`` (fail closed), except ``open_resources``. Sets
-    ``req.context.api_key_id`` (the id, never the key)."""
+    ``req.context.api_key_id`` (the id, never the key) and ``req.context.api_key``
+    (the entry: a route that answers about every model keeps those it allows)."""
 
     def __init__(self, authorizer: Authorizer, open_resources: tuple[type, ...] = ()) -> None:
         self.authorizer = authorizer
@@ -348,6 +349,7 @@ class AuthMiddleware:
             return
         entry = self.authorizer.check(credential(req), scope, params.get("model"))
         req.context.api_key_id = entry.id
+        req.context.api_key = entry  # (a route over every model filters by allows_model)
 
 
 _warn_registered = False

@@ -16,6 +16,7 @@ from typing import Any
 
 import falcon
 import orjson
+from gunicorn.http.errors import ParseException
 
 from edge import v2codec
 from edge.audit import RequestContext
@@ -78,7 +79,11 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
     if length is not None and length > limit:
         raise PayloadTooLarge("body", f"{length} bytes exceed the limit of {limit}")
     stream = req.bounded_stream if length is not None else req.stream
-    data = stream.read(limit + 1)
+    try:
+        data = stream.read(limit + 1)
+    except (ParseException, OSError) as exc:  # a bad chunk size, a body cut short
+        raise InvalidInput("body", f"malformed or incomplete body ({type(exc).__name__})"
+                           ) from None
     if len(data) > limit:
         raise PayloadTooLarge("body", f"more than {limit} bytes")
     return data

@@ -20,7 +20,12 @@ class ModelStats(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str | None = None,
                version: str | None = None) -> None:
-        send_json(resp, self.core.stats(model, version, self.deadline(req)))
+        doc = self.core.stats(model, version, self.deadline(req))
+        key = req.context.get("api_key")
+        if key is not None:  # APPSEC: a key limited to some models sees only theirs
+            doc["model_stats"] = [s for s in doc.get("model_stats", [])
+                                  if key.allows_model(str(s.get("name")))]
+        send_json(resp, doc)
 
 
 ROUTES: list[tuple[str, type[Resource]]] = [

@@ -24,7 +24,7 @@ Request (kind ``REQUEST``)::
     op "stats"     {"model"?, "version"?} -> {"model_stats": [per loaded version: {"name",
                    "version", "last_inference" (ms since the epoch, 0: none),
                    "inference_count" (rows answered), "execution_count" (model runs),
-                   "inference_stats": {"success"|"fail"|"queue"|"compute_infer":
+                   "inference_stats": {"success"|"fail"|"queue"|"compute_input"|"compute_infer"|"compute_output":
                    {"count", "ns"}}}]} (Triton's statistics extension's names)
 
 Tensor::

@@ -88,6 +88,11 @@ def test_errors_come_back_as_data_and_the_connection_survives(make_stack):
         assert resp["error"]["message"].startswith("version '7' is not loaded"), resp
         sock.sendall(infer_req(9, np.zeros((1, 64), np.float32)))
         assert frames.read_frame(sock)[1]["ok"] is True
+        sock.sendall(frames.encode(frames.REQUEST, {"id": 10, "op": "stats", "model": "digits"}))
+        [stats] = frames.read_frame(sock)[1]["result"]["model_stats"]
+        # the two refused inputs (ids 4, 5) are failures of digits/1, the last infer a success
+        assert stats["inference_stats"]["fail"]["count"] == 2, stats
+        assert stats["inference_stats"]["success"]["count"] == 1, stats
     with connect(stack.settings.daemon_socket) as sock:  # garbage -> error frame, then close
         sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
         _, resp = frames.read_frame(sock)

@@ -129,3 +129,24 @@ def test_a_model_load_may_take_longer_than_a_prediction(limited):
     finally:
         daemon.send_signal(signal.SIGCONT)
     assert ans.status == 200, (ans.status, ans.body)
+
+
+def test_a_malformed_or_cut_short_chunked_body_is_a_400_naming_the_body(limited):
+    """Straight to the edge (HAProxy would refuse these itself): a bad chunk size, or a
+    body that ends before its last chunk, is the client's error, never a 500."""
+    host, port = split_hostport(limited.settings.edge.bind)
+    head = (b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    for body, close in ((b"zz\r\n{}\r\n0\r\n\r\n", False), (b"10\r\n{\"instances\"", True)):
+        with socket.create_connection((host, port), timeout=10) as sock:
+            sock.sendall(head + body)
+            if close:
+                sock.shutdown(socket.SHUT_WR)  # the body is cut short
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        status = answer.split(b" ", 2)[1]
+        assert status == b"400", answer

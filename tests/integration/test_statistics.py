@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from conftest import create_key
 from httpx_lite import post_json, request
 from tritonclient.utils import InferenceServerException
 
@@ -43,8 +44,8 @@ def test_statistics_count_every_request_row_and_run(make_stack):
     inf = stats["inference_stats"]
     assert stats["inference_count"] == sum(rows)
     assert inf["success"]["count"] == len(rows) and inf["success"]["ns"] > 0
-    assert inf["queue"]["count"] == len(rows) and inf["compute_infer"]["count"] == len(rows)
-    assert inf["compute_infer"]["ns"] > 0
+    for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert inf[part]["count"] == len(rows) and inf[part]["ns"] > 0, (part, inf)
     assert inf["fail"] == {"count": 0, "ns": 0}
     assert 1 <= stats["execution_count"] <= len(rows)
     assert started_ms - 1000 <= stats["last_inference"] <= time.time() * 1000 + 1000
@@ -62,3 +63,23 @@ def test_statistics_of_an_unknown_model_or_version_is_404(make_stack):
     assert request(addr, "GET", "/v2/models/digits/versions/9/stats").status == 404
     with pytest.raises(InferenceServerException):
         triton.InferenceServerClient(addr).get_inference_statistics("nope")
+
+
+def test_a_key_limited_to_some_models_sees_only_their_statistics(make_stack):
+    """The all-models route has no {model} in its path: the key's model list filters
+    the answer (a tenant must not learn the other models, their versions and traffic)."""
+    stack = make_stack(FALCON_AUTH_ENABLED="true")
+    addr = stack.settings.haproxy.bind
+    only_digits = create_key(stack, "tenant", "--scope", "predict", "--model", "digits")
+    every = create_key(stack, "ops", "--scope", "predict")
+
+    def names(key: str, path: str = "/v2/models/stats") -> tuple[int, set[str]]:
+        ans = request(addr, "GET", path, headers={"Authorization": f"Bearer {key}"})
+        return ans.status, {s["name"] for s in ans.json().get("model_stats", [])}
+
+    deadline = time.monotonic() + 10  # the edge reloads the keys file within auth.reload_s
+    while names(every)[0] == 401 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert names(every) == (200, {"digits", "multi"})
+    assert names(only_digits) == (200, {"digits"})
+    assert names(only_digits, "/v2/models/multi/stats")[0] == 403

@@ -256,7 +256,7 @@ class DaemonServer:
                 return {"models": self.lifecycle.index()}
             model = req.get("model")
             if not isinstance(model, str):
-                raise LifecycleError("model: expected a model name")
+                raise LifecycleError("expected a model name")
             if op == "load":
                 loaded = await self.lifecycle.load(model, version)
                 for lv in self.registry.versions():

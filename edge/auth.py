@@ -229,9 +229,11 @@ class KeyStore:
         self._next_check = clock() + reload_s
 
     def _signature(self) -> tuple[int, int, int, int] | None:
+        """What identifies the file's content; a file that cannot be stat'ed (gone, or a
+        directory turned unreadable) has none, and changing to none is a change too."""
         try:
             st = os.stat(self.path)
-        except FileNotFoundError:
+        except OSError:
             return None
         return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
 

@@ -27,6 +27,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
@@ -112,8 +113,10 @@ class ProcUnit:
         return None if info is None else describe_wait(info.si_code, info.si_status)
 
     def leftovers(self) -> list[int]:
-        pid = self.stack.procs[self.name].popen.pid
-        return [p for p in group_members(pid) if p != pid]
+        popen = self.stack.procs[self.name].popen
+        if popen.returncode is not None:  # reaped: its pid (and group id) may be reused
+            return []  # by a process that is not ours (only a zombie keeps it reserved)
+        return [p for p in group_members(popen.pid) if p != popen.pid]
 
     def reap(self) -> None:
         self.stack.procs[self.name].popen.wait()
@@ -217,6 +220,9 @@ class Supervisor:
                 time.sleep(tick)
         except CrashLoop as exc:
             self.say(str(exc))
+            code = 1
+        except Exception:  # a bug here must not leave the whole stack running
+            self.say("supervision failed; stopping the stack:\n" + traceback.format_exc())
             code = 1
         print("stopping...", flush=True)
         codes = self.stack.stop()

@@ -168,6 +168,27 @@ def test_store_refuses_every_key_when_the_file_turns_unreadable(tmp_path, caplog
     assert store.get(a.id) == a  # readable again: back in force
 
 
+def test_store_refuses_every_key_when_the_files_directory_turns_unusable(tmp_path, caplog):
+    """stat() itself failing (here ENOTDIR; as another user, a directory made mode 700)
+    means no keys until the file can be read again, never an exception on every
+    request (found by review: _signature() caught FileNotFoundError only)."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    path, clock = folder / "keys.json", Clock()
+    _, a = auth.generate("a", ["predict"])
+    auth.save_keys(path, [a])
+    store = KeyStore(path, reload_s=0.0, clock=clock)
+    assert store.get(a.id) == a
+    folder.rename(tmp_path / "moved")
+    folder.write_text("not a directory")
+    clock.now += 1
+    assert store.get(a.id) is None
+    folder.unlink()
+    (tmp_path / "moved").rename(folder)
+    clock.now += 1
+    assert store.get(a.id) == a
+
+
 # -- the authorisation rules --------------------------------------------------------------
 
 
@@ -342,6 +363,7 @@ def test_demo_key_once_and_the_banner(cli_env):
     assert key is not None and keyscli.create_demo_key(s) is None
     text = banner(s, cli_env, key)
     assert f"-H 'Authorization: Bearer {key}'" in text
+    assert f"headers={{'authorization': 'Bearer {key}'}}" in text  # the tritonclient.grpc call
     later = banner(s, cli_env, None)
     assert "$FALCON_KEY" in later and "keys create" in later and key not in later
     entry = ApiKey.from_doc(json.loads((cli_env / "state" / "keys.json").read_text())["keys"][0],

@@ -125,3 +125,31 @@ def test_exit_descriptions():
     assert describe_wait(os.CLD_EXITED, 3) == "exit status 3"
     assert describe_wait(os.CLD_KILLED, 9) == "killed by SIGKILL"
     assert describe_wait(os.CLD_DUMPED, 6) == "killed by SIGABRT (core dumped)"
+
+
+def test_a_bug_in_supervision_still_stops_the_stack(monkeypatch):
+    """Anything but a crash loop raised while supervising (here: a unit whose exit check
+    fails) stops the stack and exits 1, instead of leaving every component running."""
+    class Broken(FakeUnit):
+        def exited(self) -> str | None:
+            raise PermissionError("not ours")
+
+    sup, _, out = supervisor(Broken())
+    stopped: list[bool] = []
+    monkeypatch.setattr(sup.stack, "stop", lambda: stopped.append(True) or {})
+    assert sup.run({}, tick=0) == 1
+    assert stopped == [True] and "supervision failed" in out.getvalue()
+
+
+def test_a_reaped_process_has_no_leftovers_its_pid_may_be_another_groups_now(monkeypatch):
+    from falconctl import supervisor as sv
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    proc.wait()  # reaped: the pid (and group id) is free for the kernel to give to anyone
+    # as if a process of someone else's now led a group with that id
+    monkeypatch.setattr(sv, "group_members", lambda pid: [pid, 424242])
+
+    class OneProc:
+        procs = {"daemon": type("P", (), {"popen": proc})()}
+
+    assert sv.ProcUnit(OneProc(), "daemon").leftovers() == []  # type: ignore[arg-type]

@@ -152,7 +152,7 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
         signal.signal(sig, lambda n, f: stop.update(signal=n))
     try:
         key = create_demo_key(stack.settings) if stack.settings.auth.enabled else None
-        stack.start(audit=True, cache=True)
+        stack.start(audit=True, cache=True, grpc=True)
     except (StackError, PgError, KeysFileError) as exc:
         print(f"falconctl up: {exc}", file=sys.stderr)
         return 1

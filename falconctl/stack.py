@@ -340,9 +340,10 @@ class Stack:
         self._wait(proc, lambda: "shipping" in proc.tail(5), timeout)
         return proc
 
-    def start(self, audit: bool = False, cache: bool = False) -> None:
+    def start(self, audit: bool = False, cache: bool = False, grpc: bool = False) -> None:
         """daemon, edge, HAProxy; with ``audit`` also PostgreSQL and the shipper;
-        with ``cache`` a memcached (unless ``cache.servers`` names some)."""
+        with ``cache`` a memcached (unless ``cache.servers`` names some); with
+        ``grpc`` the gRPC face."""
         try:
             if audit:
                 self.start_postgres()
@@ -351,6 +352,8 @@ class Stack:
                 self.start_memcached()
             self.start_daemon()
             self.start_edge()
+            if grpc:
+                self.start_grpc()
             self.start_haproxy()
         except BaseException:
             self.stop()

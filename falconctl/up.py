@@ -58,6 +58,20 @@ def key_lines(s: Settings, key: str | None) -> tuple[str, list[str]]:
         f"    export FALCON_KEY=$({cmd})"]
 
 
+def grpc_try(s: Settings, key: str | None) -> str:
+    """A ready-to-paste ``tritonclient.grpc`` call of the digits model through HAProxy."""
+    auth = ""
+    if key:
+        auth = f", headers={{'authorization': 'Bearer {key}'}}"
+    elif s.auth.enabled:
+        auth = ", headers={'authorization': 'Bearer ' + os.environ['FALCON_KEY']}"
+    return ("  python3 -c \"import os, numpy as np, tritonclient.grpc as g; "
+            f"c = g.InferenceServerClient('{s.grpc.public_bind}'); "
+            "i = g.InferInput('input', [1, 64], 'FP32'); "
+            "i.set_data_from_numpy(np.zeros((1, 64), np.float32)); "
+            f"print(c.infer('digits', [i]{auth}).as_numpy('label'))\"")
+
+
 def banner(s: Settings, root: Path, key: str | None = None) -> str:
     """``key``: a key created by this run (:func:`falconctl.keys.create_demo_key`)."""
     from falconctl.supervisor import Policy
@@ -84,6 +98,8 @@ def banner(s: Settings, root: Path, key: str | None = None) -> str:
         "",
         "Try:",
         *tries,
+        f"  # gRPC (inference.GRPCInferenceService, h2c at {s.grpc.public_bind}):",
+        grpc_try(s, key),
         "",
         f"A component that exits is restarted ({policy.burst} exits within "
         f"{policy.interval:.0f} s stop the stack);",

@@ -156,6 +156,17 @@ class EdgeWatchdog:
     def start(self) -> None:
         self.start_thread(self.run, ())
 
+    def say(self, level: str, message: str) -> None:
+        """A log line on stderr (the edge's error log), written with one ``write``:
+        the logging module's locks are gevent's in a patched arbiter, and a native
+        thread waiting on one the hub keeps taking may wait long (found by review)."""
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        line = f"[{stamp}] [{os.getpid()}] [{level}] {message}\n".encode(errors="replace")
+        try:
+            os.write(2, line)
+        except OSError:
+            pass
+
     def listener(self) -> tuple[Any, int] | None:
         for lnr in getattr(self.server, "LISTENERS", []):
             sock = getattr(lnr, "sock", lnr)
@@ -190,7 +201,7 @@ class EdgeWatchdog:
         try:
             notify(state, self.env, self.socket_factory)
         except OSError as exc:  # systemd gone (stopping): nothing to tell
-            self.server.log.warning("sd_notify %s failed: %s", state.split("=")[0], exc)
+            self.say("WARNING", f"sd_notify {state.split('=')[0]} failed: {exc}")
 
     def wait_ready(self) -> None:
         delay = 0.05
@@ -199,7 +210,7 @@ class EdgeWatchdog:
             delay = min(delay * 2, 1.0)
         n = self.live_workers()
         self.send(f"READY=1\nSTATUS=serving, {n} worker{'s' if n != 1 else ''}")
-        self.server.log.info("systemd: ready (a worker answered %s)", PROBE_PATH)
+        self.say("INFO", f"systemd: ready (a worker answered {PROBE_PATH})")
 
     def run(self) -> None:
         self.wait_ready()
@@ -214,9 +225,9 @@ class EdgeWatchdog:
             if ok:
                 self.send("WATCHDOG=1")
                 if reported:
-                    self.server.log.info("watchdog: healthy again")
+                    self.say("INFO", "watchdog: healthy again")
                     reported = ""
             elif why.split(" ")[0] != reported.split(" ")[0]:
-                self.server.log.warning("watchdog: not pinging systemd: %s", why)
+                self.say("WARNING", f"watchdog: not pinging systemd: {why}")
                 reported = why
             self.sleep(max(0.0, interval - (self.clock() - started)))

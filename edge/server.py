@@ -1,7 +1,8 @@
 """Run the edge under gunicorn from the platform's settings.
 
 Worker class ``edge.worker_class``, ``gevent`` by default: each worker process
-serves ``edge.threads`` concurrent requests (greenlets) on one OS thread, so a
+serves its requests as greenlets on one OS thread (HAProxy sends it at most
+``edge.threads`` at once: its server maxconn is workers x threads), so a
 request costs no thread hand-off: the greenlet that parsed it sends its frame
 to the daemon and sleeps in the hub until the answer is routed to it.
 ``gthread`` (a thread pool per worker) stays available. Both keep HTTP/1.1

@@ -70,9 +70,11 @@ class EdgeSettings:
                                       "greenlet per request: no thread hand-off per request) "
                                       "or 'gthread' (a thread pool per worker).",
                             choices=("gevent", "gthread"))
-    threads: int = key(32, "Requests in flight per gunicorn worker (greenlets under gevent, "
-                           "pool threads under gthread). They mostly wait on the daemon; more "
-                           "of them in flight let bigger batches form (bench/RESULTS.md).",
+    threads: int = key(32, "Requests in flight per gunicorn worker: HAProxy sends the edge "
+                           "at most workers x threads at once (its server maxconn); under "
+                           "gthread also the pool's size (under gevent a greenlet per "
+                           "connection, up to max(1000, 4 x threads) open). They mostly wait "
+                           "on the daemon; more in flight let bigger batches form.",
                        min=1, max=1024)
     deadline_ms: int = key(2000, "Default request deadline; a client may lower it with the "
                                  "'X-Request-Timeout-Ms' header.", min=10, max=600000)

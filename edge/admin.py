@@ -8,11 +8,14 @@ Protocol's repository extension plus traffic splits and rollback.
     PUT  /v1/models/{model}/traffic                  {"split": {"1": 90, "2": 10}}
     POST /v1/models/{model}/rollback                 the previous split, at once
 
-Split changes and rollbacks are recorded in the audit trail (who, when,
-old -> new) as records with ``face = "admin"``, twice: the intent *before* the
-change is applied (``{"phase": "intent", "requested": ...}``; if the WAL refuses
-it, the change is not made: 503) and the outcome after (``{"phase": "done",
-"old", "new"}`` or ``{"phase": "failed", "error"}``). An outcome the WAL refuses
+Loads, unloads, split changes and rollbacks are recorded in the audit trail
+(who, when, what) as records with ``face = "admin"``, twice: the intent *before*
+the change is applied (``{"phase": "intent", "requested": ...}``; if the WAL
+refuses it, the change is not made: 503) and the outcome after (``{"phase":
+"done", "old", "new"}`` for a split or rollback, ``"loaded"``/``"unloaded"`` for
+a load or unload; ``{"phase": "failed", "error"}``; or ``{"phase": "unknown"}``
+when the daemon connection broke after the change was sent: it may have been
+applied). An outcome the WAL refuses
 is logged, and the change still answered: it was made, and a client that retried
 a rollback would go back two steps.
 """
@@ -26,7 +29,7 @@ from typing import Any
 import falcon
 
 from edge.auth import ADMIN
-from edge.errors import EdgeError, InvalidInput
+from edge.errors import EdgeError, InvalidInput, Unavailable
 from edge.resources import Resource, context, parse_json, read_body, send_json
 
 log = logging.getLogger(__name__)
@@ -60,9 +63,8 @@ class RepositoryLoad(Resource):
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
         version = _version_param(req, self.max_body)
         # loading parses and publishes a model: allow it more than a prediction's deadline
-        result = self.core.manage(self.op, {"model": model, "version": version},
-                                  self.core.clock() + 120.0)
-        send_json(resp, result)
+        send_json(resp, audited(self, req, resp, self.op, {"model": model, "version": version},
+                                self.core.clock() + 120.0))
 
 
 class RepositoryUnload(RepositoryLoad):
@@ -112,10 +114,15 @@ def audited(resource: Resource, req: falcon.Request, resp: falcon.Response, op: 
                                       "requested": {k: v for k, v in args.items() if k != "model"}})
     try:
         result = resource.core.manage(op, args, deadline)
+    except Unavailable as exc:  # the daemon may or may not have applied it
+        _outcome(auditor, ctx, op, model, {"phase": "unknown", "error": str(exc)})
+        raise
     except EdgeError as exc:
         _outcome(auditor, ctx, op, model, {"phase": "failed", "error": str(exc)})
         raise
-    _outcome(auditor, ctx, op, model, {"phase": "done", "old": result["old"], "new": result["new"]})
+    done: dict[str, Any] = {k: result[k] for k in ("old", "new", "loaded", "unloaded")
+                            if k in result}
+    _outcome(auditor, ctx, op, model, {"phase": "done", **done})
     return result
 
 

@@ -84,13 +84,14 @@ def test_load_split_and_rollback_under_load(make_stack, tmp_path):
     # each change: its intent before it applies, its outcome after (issue 15 item 4)
     intents = [(e.extra["event"], e.extra["requested"]) for e in events
                if e.extra["phase"] == "intent"]
-    assert intents == [("split", {"split": {"1": 100}}), ("split", {"split": {"1": 80, "2": 20}}),
-                       ("rollback", {})]
-    assert [(e.extra["event"], e.extra["old"], e.extra["new"]) for e in events
-            if e.extra["phase"] == "done"] == [
-        ("split", {}, {"1": 100}), ("split", {"1": 100}, {"1": 80, "2": 20}),
-        ("rollback", {"1": 80, "2": 20}, {"1": 100})]
-    assert [e.extra["phase"] for e in events] == ["intent", "done"] * 3
+    assert intents == [("load", {"version": "2"}), ("split", {"split": {"1": 100}}),
+                       ("split", {"split": {"1": 80, "2": 20}}), ("rollback", {})]
+    assert [(e.extra["event"], e.extra.get("old"), e.extra.get("new"), e.extra.get("loaded"))
+            for e in events if e.extra["phase"] == "done"] == [
+        ("load", None, None, ["2"]),
+        ("split", {}, {"1": 100}, None), ("split", {"1": 100}, {"1": 80, "2": 20}, None),
+        ("rollback", {"1": 80, "2": 20}, {"1": 100}, None)]
+    assert [e.extra["phase"] for e in events] == ["intent", "done"] * 4
 
 
 def test_a_corrupt_version_is_refused_and_the_others_keep_serving(make_stack, tmp_path):

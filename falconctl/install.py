@@ -5,7 +5,7 @@ config in place.
 
 Under ``ROOT`` (default ``/``) it writes:
 
-- ``etc/systemd/system/falcon.target`` and ``falcon-{daemon,edge,shipper,haproxy}.service``,
+- ``etc/systemd/system/falcon.target`` and ``falcon-{daemon,edge,grpc,shipper,haproxy}.service``,
   rendered from the templates in ``<prefix>/ops/systemd/``. They are generated
   files: rewritten on every run (customise them with drop-ins,
   ``systemctl edit falcon-edge``). Placeholders: ``@VENV@`` (the virtualenv whose
@@ -64,7 +64,7 @@ from settings import ConfigError, Settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 TEMPLATES = ("falcon.target", "falcon-daemon.service", "falcon-edge.service",
-             "falcon-shipper.service", "falcon-haproxy.service")
+             "falcon-grpc.service", "falcon-shipper.service", "falcon-haproxy.service")
 USER = "falcon"
 STATE_DIR = "/var/lib/falcon"
 HOME_DIRS = ("/home", "/root", "/run/user")

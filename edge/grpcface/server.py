@@ -7,10 +7,12 @@ connection, so concurrent calls reach the daemon together and batch). More hosts
 worth of gRPC traffic takes more processes behind HAProxy, each on its own bind.
 
 Lifecycle: the server listens on ``grpc.bind`` (h2c), and tells systemd ``READY=1``
-once it does. SIGTERM or SIGINT only records the signal (STYLE 14); the main loop
-then reports not-ready (``ServerReady`` false, so HAProxy's check takes it out) for
-``edge.drain_s``, stops accepting and lets in-flight calls finish for up to
-``edge.graceful_timeout_s``.
+once a ``ServerLive`` call to itself is answered. Under a systemd watchdog the main
+loop sends ``WATCHDOG=1`` only while such a call is answered (a wedged server is
+killed and restarted). SIGTERM or SIGINT only records the signal (STYLE 14); the main
+loop then reports not-ready (``ServerReady`` false, HAProxy's check header false, so
+it takes the process out) for ``edge.drain_s``, stops accepting and lets in-flight
+calls finish for up to ``edge.graceful_timeout_s``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import grpc
 
 from edge import auth, proxyauth
 from edge.app import make_core
+from edge.grpcface.proto import grpc_service_pb2 as pb
 from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
 from edge.grpcface.service import InferenceService
-from service.sdnotify import notify
+from service.sdnotify import notify, watchdog_interval
 from settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -63,19 +66,43 @@ def build(settings: Settings, stopping: threading.Event) -> tuple[grpc.Server, i
     return server, port
 
 
+def answers(target: str, timeout: float = 2.0) -> bool:
+    """Whether the gRPC server at ``target`` answers a ``ServerLive`` call."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout).live)
+    except grpc.RpcError:
+        return False
+
+
+def _notify(state: str) -> None:
+    try:
+        notify(state)
+    except OSError as exc:
+        log.warning("sd_notify %s failed: %s", state.split("=")[0], exc)
+
+
 def run(settings: Settings) -> int:
     stopping = threading.Event()
     server, port = build(settings, stopping)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     server.start()
+    own = f"127.0.0.1:{port}" if settings.grpc.bind.startswith(("0.0.0.0:", "[::]:")) \
+        else settings.grpc.bind
     log.info("gRPC face listening on %s (port %d), %d threads", settings.grpc.bind, port,
              settings.grpc.threads)
-    try:
-        notify("READY=1")
-    except OSError as exc:
-        log.warning("sd_notify READY failed: %s", exc)
-    stopping.wait()
+    while not stopping.is_set() and not answers(own):
+        stopping.wait(0.1)
+    _notify("READY=1")
+    interval = watchdog_interval()
+    while not stopping.wait(interval):  # (None: wait for the signal)
+        if answers(own, timeout=interval or 2.0):
+            _notify("WATCHDOG=1")
+        else:
+            log.error("the gRPC server does not answer its own ServerLive call")
+    _notify("STOPPING=1")
     log.info("stopping: not ready for %.1f s, then draining", settings.edge.drain_s)
     threading.Event().wait(settings.edge.drain_s)
     server.stop(settings.edge.graceful_timeout_s).wait()

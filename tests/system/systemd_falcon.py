@@ -14,8 +14,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 VENV = Path(sys.prefix)
 FALCONCTL = str(VENV / "bin" / "falconctl")
-UNITS = ("falcon-daemon.service", "falcon-edge.service", "falcon-shipper.service",
-         "falcon-haproxy.service")
+UNITS = ("falcon-daemon.service", "falcon-edge.service", "falcon-grpc.service",
+         "falcon-shipper.service", "falcon-haproxy.service")
 # Short watchdogs keep the hang tests fast; the shipped units use 10 s / 30 s.
 DROPINS = {
     "falcon-daemon.service": "[Service]\nWatchdogSec=4s\n",

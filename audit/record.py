@@ -8,8 +8,9 @@ before the response leaves. The shipper decodes it with
 
 Fields are plain data (str, int, float, bool, bytes, lists and maps of
 those). ``outputs`` holds every returned tensor as
-``{name: {"dtype", "shape", "data": nested lists}}`` with non-finite floats
-replaced by None (PostgreSQL's JSONB has no NaN), so it can go into JSONB as is.
+``{name: {"dtype", "shape", "data": nested lists}}``; :meth:`AuditRecord.to_row`
+replaces non-finite floats by None (PostgreSQL's JSONB has no NaN) and NULs in
+strings by U+FFFD (nor NUL), in ``outputs`` and ``labels``.
 A string tensor's ``data`` holds ``str`` (its dtype is ``"|O"``), labels are what the
 model gives (``str`` or ``int``).
 
@@ -99,18 +100,25 @@ class AuditRecord:
         # PERF: a shallow copy; asdict() deep-copies every nested list (~60 µs/row)
         row = {f.name: getattr(self, f.name) for f in _FIELDS}
         row["outputs"] = finite(self.outputs)
+        row["labels"] = finite(self.labels)
         return row
 
 
 _FIELDS = fields(AuditRecord)
+NUL_STAND_IN = "\ufffd"
 
 
 def finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (JSONB has no NaN)."""
+    """``value`` as JSONB takes it: every non-finite float replaced by None (JSONB has no
+    NaN) and every NUL in a string by U+FFFD (JSONB's text cannot hold one: a model whose
+    string output echoes a client's NUL would otherwise send its record to quarantine).
+    The WAL keeps the record as served."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STAND_IN) if "\x00" in value else value
     if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
+        return {finite(k): finite(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [finite(v) for v in value]
     return value

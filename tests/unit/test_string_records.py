@@ -64,6 +64,17 @@ def test_string_outputs_and_labels_reach_the_row_as_json() -> None:
     assert AuditRecord.from_payload(record(labels=[0, 2]).to_payload()).labels == [0, 2]
 
 
+def test_a_nul_in_a_string_output_or_label_reaches_jsonb_as_a_stand_in() -> None:
+    """JSONB refuses NUL: a model echoing a client's NUL must not quarantine its record
+    (found by review). The WAL record keeps what was served."""
+    outputs = outputs_doc([("echo", np.array(["a\x00b"], dtype=object))])
+    rec = AuditRecord.from_payload(record(outputs=outputs, labels=["x\x00"]).to_payload())
+    assert rec.labels == ["x\x00"]
+    row = rec.to_row()
+    assert row["outputs"]["echo"]["data"] == ["a\ufffdb"] and row["labels"] == ["x\ufffd"]
+    assert "\\u0000" not in json.dumps({k: v for k, v in row.items() if k != "inputs"})
+
+
 def test_wal_dump_prints_string_inputs_decoded_on_request() -> None:
     payload = record().to_payload()
     plain = record_doc(payload)

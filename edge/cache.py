@@ -53,7 +53,7 @@ from wire import messages
 log = logging.getLogger(__name__)
 
 LOOKUPS = Counter("falcon_cache_requests_total", "Prediction cache lookups by result.",
-                  ["model", "result"])  # result: hit | miss | error | bypass
+                  ["model", "result"])  # result: hit | miss | error | bypass | unverified
 
 Outputs = list[tuple[str, np.ndarray]]
 
@@ -138,6 +138,7 @@ class PredictionCache:
         if not servers:
             raise ValueError("a prediction cache needs at least one server")
         self.secret = secret
+        self._warned_unverified = False
         self.servers: dict[str, _Server] = {}
         for host, port in servers:
             name = f"{host}:{port}"
@@ -169,8 +170,13 @@ class PredictionCache:
         try:
             outputs = decode(value, self.secret, key)
         except (ValueError, TypeError, msgpack.ExtraData) as exc:
-            LOOKUPS.labels(model, "error").inc()
-            log.warning("prediction cache: undecodable value under %s: %s", key, exc)
+            LOOKUPS.labels(model, "unverified").inc()
+            if not self._warned_unverified:  # once per worker: counted in the metric after
+                self._warned_unverified = True
+                log.warning("prediction cache: a value that does not verify under %s (%s); "
+                            "served as a miss. Every edge sharing this memcached needs the same "
+                            "cache.secret_file; further ones are counted in "
+                            "falcon_cache_requests_total{result=\"unverified\"}", key, exc)
             return None
         LOOKUPS.labels(model, "hit").inc()
         return outputs

@@ -216,3 +216,6 @@ def test_a_value_planted_in_memcached_is_not_served(make_stack, memcached, tmp_p
         answer = predict(addr, rows)
         assert answer["cached"] is False and answer["predictions"] == honest["predictions"], answer
     client.close()
+    # counted as such (and logged once per worker, not at every lookup)
+    metrics = request(stack.settings.edge.bind, "GET", "/metrics").body.decode()
+    assert 'falcon_cache_requests_total{model="mlp",result="unverified"} 3.0' in metrics, metrics

@@ -30,8 +30,10 @@ import io
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
@@ -217,7 +219,15 @@ def build(paths: Paths) -> float:
     return accuracy
 
 
-def differing(a: Paths, b: Paths) -> list[str]:
+class Artefacts(Protocol):
+    """A build's output paths (each model script's ``Paths``)."""
+
+    model: Path
+
+    def all(self) -> tuple[Path, ...]: ...
+
+
+def differing(a: Artefacts, b: Artefacts) -> list[str]:
     return [str(p) for p, q in zip(a.all(), b.all(), strict=True) if _digest(p) != _digest(q)]
 
 
@@ -225,32 +235,40 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def check(committed: Paths) -> int:
+def check(name: str, build: Callable[[Any], float], under: Callable[[Path], Artefacts]) -> int:
+    """Rebuild into a temp dir and compare every artefact with the committed one."""
+    committed = under(REPO_ROOT)
     with tempfile.TemporaryDirectory() as tmp:
-        fresh = Paths.under(Path(tmp))
+        fresh = under(Path(tmp))
         build(fresh)
         bad = differing(committed, fresh)
     for path in bad:
         print(f"DIFFERS from a fresh build: {path}", file=sys.stderr)
     if not bad:
-        print("ok: committed digits artefacts match a fresh build byte for byte")
+        print(f"ok: committed {name} artefacts match a fresh build byte for byte")
     return 1 if bad else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(name: str, build: Callable[[Any], float], under: Callable[[Path], Artefacts],
+        argv: list[str] | None, description: str) -> int:
+    """A demo model script's command line: build into the repository, or ``--check``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--check", action="store_true", help="rebuild in a temp dir and compare bytes"
     )
     args = parser.parse_args(argv)
-    paths = Paths.under(REPO_ROOT)
     if args.check:
-        return check(paths)
+        return check(name, build, under)
+    paths = under(REPO_ROOT)
     accuracy = build(paths)
     print(f"held-out accuracy {accuracy:.4f}; sha256 {_digest(paths.model)}")
     for path in paths.all():
         print(f"wrote {path.relative_to(REPO_ROOT)}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli("digits", build, Paths.under, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

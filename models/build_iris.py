@@ -25,18 +25,16 @@ name and the producer fields overwritten, fixed zip timestamps.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
-from build_digits import TARGET_OPSET, npz_bytes
+from build_digits import TARGET_OPSET, cli, npz_bytes
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_iris
@@ -173,36 +171,8 @@ def build(paths: Paths) -> float:
     return accuracy
 
 
-def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-
-
-def check(committed: Paths) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        fresh = Paths.under(Path(tmp))
-        build(fresh)
-        bad = [str(p) for p, q in zip(committed.all(), fresh.all(), strict=True)
-               if _digest(p) != _digest(q)]
-    for path in bad:
-        print(f"DIFFERS from a fresh build: {path}", file=sys.stderr)
-    if not bad:
-        print("ok: committed iris artefacts match a fresh build byte for byte")
-    return 1 if bad else 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="rebuild in a temp dir and compare bytes")
-    args = parser.parse_args(argv)
-    paths = Paths.under(REPO_ROOT)
-    if args.check:
-        return check(paths)
-    accuracy = build(paths)
-    print(f"held-out accuracy {accuracy:.4f}; sha256 {_digest(paths.model)}")
-    for path in paths.all():
-        print(f"wrote {path.relative_to(REPO_ROOT)}")
-    return 0
+    return cli("iris", build, Paths.under, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

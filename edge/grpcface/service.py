@@ -42,6 +42,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from edge import metrics
 from edge.audit import RequestContext
 from edge.auth import ADMIN, PREDICT, Authorizer
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
@@ -57,6 +58,11 @@ SECRET_KEY = "x-falcon-proxy-secret"
 READY_HEADER = "x-falcon-ready"
 HEALTH = ("falcon.Health", "Ready")  # HAProxy's health check (ops/haproxy/haproxy.cfg)
 _TRUSTED = tuple(h.lower() for h in TRUSTED_HEADERS)
+# The status label of a refused call in the requests metric: its HTTP twin (edge.http_errors).
+HTTP_EQUIVALENT = {grpc.StatusCode.INVALID_ARGUMENT: "400", grpc.StatusCode.UNAUTHENTICATED: "401",
+                   grpc.StatusCode.PERMISSION_DENIED: "403", grpc.StatusCode.NOT_FOUND: "404",
+                   grpc.StatusCode.RESOURCE_EXHAUSTED: "413", grpc.StatusCode.UNAVAILABLE: "503",
+                   grpc.StatusCode.DEADLINE_EXCEEDED: "504"}
 LOAD_DEADLINE_S = 120.0  # loading parses and publishes a model: more than a prediction's
 
 
@@ -187,15 +193,27 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     # -- inference ---------------------------------------------------------------
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        labels = [request.model_name, request.model_version, "500", "false"]
+
         def body(call: Call, key_id: str | None) -> Any:
             ctx = call.request_context(key_id)
             deadline = self._deadline(call)
             inputs, outputs = codec.decode_infer_request(request, self.max_elements)
             result = self.core.infer(ctx, request.model_name, request.model_version or None,
                                      inputs, outputs, deadline)
+            labels[1:] = [result.version, "200", "true" if result.cached else "false"]
             return codec.encode_infer_response(result.model, result.version,
                                                request.id or ctx.request_id, result.outputs)
-        return self._serve(context, "ModelInfer", PREDICT, request.model_name, body)
+        try:
+            return self._serve(context, "ModelInfer", PREDICT, request.model_name, body)
+        finally:
+            code = context.code() if hasattr(context, "code") else None
+            if code is not None and code != grpc.StatusCode.OK:
+                labels[2] = HTTP_EQUIVALENT.get(code, "500")
+            # the REST face's series, face="grpc": one dashboard and one set of alerts
+            metrics.REQUESTS.labels(labels[0], labels[1], FACE, labels[2], labels[3]).inc()
+            metrics.LATENCY.labels(labels[0], FACE).observe(time.perf_counter() - started)
 
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body(call: Call, _: str | None) -> Any:

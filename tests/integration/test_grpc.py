@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as tg
 from conftest import create_key, make_repo
+from httpx_lite import request
 from test_audit_wal import wal_records
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -200,8 +201,8 @@ def test_client_deadline_is_the_request_deadline(client):
     """A deadline too short for the call: DEADLINE_EXCEEDED, whether the client's gRPC
     runtime, the face (its remaining time is the core's deadline) or the daemon sees
     it pass first."""
-    inp = tg.InferInput("input", list(DIGITS["X"].shape), "FP32")
-    inp.set_data_from_numpy(DIGITS["X"])
+    inp = tg.InferInput("input", [100, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:100])
     code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=0.0005))
     assert code == "StatusCode.DEADLINE_EXCEEDED"
 
@@ -255,3 +256,17 @@ def test_haproxy_rate_limit_is_resource_exhausted_and_sets_the_request_key(make_
     assert len(served) == codes.count("OK")
     host = stack.settings.host_id
     assert all(r.request_key.startswith(f"{host}-") and r.face == "grpc" for r in served)
+
+
+def test_calls_are_counted_in_the_edges_scrape(client, served):
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    client.infer("digits", [inp])
+    status_of(lambda: client.infer("nope", [inp]))
+    text = request(served[0].settings.edge.bind, "GET", "/metrics").body.decode()
+    ok = [line for line in text.splitlines() if line.startswith("falcon_requests_total{")
+          and 'face="grpc"' in line and 'model="digits"' in line and 'status="200"' in line]
+    missing = [line for line in text.splitlines() if line.startswith("falcon_requests_total{")
+               and 'face="grpc"' in line and 'model="nope"' in line and 'status="404"' in line]
+    assert ok and float(ok[0].split()[-1]) >= 1 and missing, text[:2000]
+    assert 'falcon_request_duration_seconds_count{face="grpc",model="digits"}' in text

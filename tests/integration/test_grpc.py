@@ -8,6 +8,7 @@ test_serving.py does for REST; typed ``contents`` requests are built with the pr
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import tritonclient.grpc as tg
 from conftest import create_key, make_repo
 from httpx_lite import request
+from modelfactory import multi_io_expected
 from test_audit_wal import wal_records
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
@@ -270,3 +272,48 @@ def test_calls_are_counted_in_the_edges_scrape(client, served):
                and 'face="grpc"' in line and 'model="nope"' in line and 'status="404"' in line]
     assert ok and float(ok[0].split()[-1]) >= 1 and missing, text[:2000]
     assert 'falcon_request_duration_seconds_count{face="grpc",model="digits"}' in text
+
+
+def test_multi_input_model_with_int_and_bool_tensors(client):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(7, 4)).astype(np.float32)
+    k = rng.integers(-5, 5, size=(7, 2)).astype(np.int64)
+    mask = rng.random((7, 4)) > 0.5
+    inputs = []
+    for name, arr, dt in (("x", x, "FP32"), ("k", k, "INT64"), ("mask", mask, "BOOL")):
+        inputs.append(tg.InferInput(name, list(arr.shape), dt))
+        inputs[-1].set_data_from_numpy(arr)
+    result = client.infer("multi", inputs)
+    y, n = multi_io_expected(x, k, mask)
+    np.testing.assert_allclose(result.as_numpy("y"), y, rtol=1e-6)
+    np.testing.assert_array_equal(result.as_numpy("n"), n)
+
+
+def test_daemon_killed_gives_unavailable_within_the_deadline_then_calls_resume(make_stack):
+    stack = make_stack(FALCON_EDGE_DEADLINE_MS="1000")
+    stack.start_grpc()
+    target = stack.settings.grpc.public_bind
+    wait_grpc_ready(target)
+    client = tg.InferenceServerClient(target)
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    client.infer("digits", [inp])
+    stack.procs["daemon"].stop(signal.SIGKILL)
+    stop_at, seen = time.monotonic() + 3, 0
+    while time.monotonic() < stop_at:
+        started = time.monotonic()
+        code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=5))
+        assert code == "StatusCode.UNAVAILABLE"
+        assert time.monotonic() - started < 1.5
+        seen += 1
+    assert seen >= 5
+    stack.start_daemon()
+    deadline, streak = time.monotonic() + 15, 0
+    while streak < 20 and time.monotonic() < deadline:
+        try:
+            client.infer("digits", [inp], client_timeout=5)
+            streak += 1
+        except InferenceServerException:
+            streak = 0
+            time.sleep(0.1)
+    assert streak >= 20

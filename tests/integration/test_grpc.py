@@ -22,6 +22,8 @@ from conftest import create_key, make_repo
 from httpx_lite import request
 from modelfactory import multi_io_expected
 from test_audit_wal import wal_records
+from test_converters import reference as converter_reference
+from test_converters import zipmap_labels
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
@@ -40,10 +42,11 @@ def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
 def served(module_stacks, tmp_path_factory):
     repo = make_repo(tmp_path_factory.mktemp("grpcrepo") / "models")
     topics = cm.tfidf_text(repo)
+    forest = cm.random_forest_iris(repo)
     stack = module_stacks(repo=repo, FALCON_HOST_ID="grpchost")
     stack.start_grpc()
     wait_grpc_ready(stack.settings.grpc.public_bind)
-    return stack, topics
+    return stack, topics, forest
 
 
 def wait_grpc_ready(target: str, timeout: float = 30.0) -> None:
@@ -317,3 +320,15 @@ def test_daemon_killed_gives_unavailable_within_the_deadline_then_calls_resume(m
             streak = 0
             time.sleep(0.1)
     assert streak >= 20
+
+
+def test_zipmap_probabilities_are_a_tensor_matching_onnxruntime(client, served):
+    built = served[2]
+    ref = converter_reference(built)
+    inp = tg.InferInput("X", list(built.feeds["X"].shape), "FP32")
+    inp.set_data_from_numpy(built.feeds["X"])
+    result = client.infer("rf_iris", [inp])
+    probs = next(name for name in zipmap_labels(built.path))
+    np.testing.assert_allclose(result.as_numpy(probs), ref[probs], rtol=0, atol=1e-6)
+    label = next(o.name for o in result.get_response().outputs if o.name != probs)
+    np.testing.assert_array_equal(result.as_numpy(label), ref[label])

@@ -202,14 +202,26 @@ def test_statistics_and_repository(client):
         next(m for m in index["models"] if m["name"] == "digits").items()
 
 
-def test_client_deadline_is_the_request_deadline(client):
-    """A deadline too short for the call: DEADLINE_EXCEEDED, whether the client's gRPC
-    runtime, the face (its remaining time is the core's deadline) or the daemon sees
-    it pass first."""
-    inp = tg.InferInput("input", [100, 64], "FP32")
-    inp.set_data_from_numpy(DIGITS["X"][:100])
-    code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=0.0005))
-    assert code == "StatusCode.DEADLINE_EXCEEDED"
+def test_client_deadline_is_the_request_deadline(make_stack):
+    """A hung daemon, a default deadline of 10 s and a call with a 0.5 s gRPC deadline:
+    DEADLINE_EXCEEDED at 0.5 s (the face's core call has the call's remaining time),
+    and calls succeed again once the daemon runs."""
+    stack = make_stack(FALCON_EDGE_DEADLINE_MS="10000")
+    stack.start_grpc()
+    client = tg.InferenceServerClient(stack.settings.grpc.bind)
+    inp = tg.InferInput("input", [1, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:1])
+    client.infer("digits", [inp])
+    daemon = stack.procs["daemon"].popen
+    daemon.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code, _ = status_of(lambda: client.infer("digits", [inp], client_timeout=0.5))
+        assert code == "StatusCode.DEADLINE_EXCEEDED"
+        assert time.monotonic() - started < 1.5
+    finally:
+        daemon.send_signal(signal.SIGCONT)
+    assert client.infer("digits", [inp], client_timeout=10).as_numpy("label").shape == (1,)
 
 
 def test_api_keys_and_scopes(make_stack):

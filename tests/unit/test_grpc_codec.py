@@ -85,3 +85,39 @@ def test_answers_are_raw_little_endian_and_strings_length_prefixed():
         [("p", "FP32", [2]), ("l", "BYTES", [2])]
     assert np.frombuffer(resp.raw_output_contents[0], "<f4").tolist() == [1.5, 2.5]
     assert resp.raw_output_contents[1] == b"\1\0\0\0x\2\0\0\0yz"
+
+
+class FakeContext:
+    """What edge.grpcface.service.Call reads of a grpcio ServicerContext."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...], remaining: float | None) -> None:
+        self.metadata, self.remaining, self.trailing = metadata, remaining, ()
+
+    def invocation_metadata(self):
+        return self.metadata
+
+    def time_remaining(self):
+        return self.remaining
+
+    def set_trailing_metadata(self, md):
+        self.trailing = md
+
+
+def test_a_call_reads_its_deadline_key_ids_and_trace_from_metadata():
+    from edge.errors import Forbidden
+    from edge.grpcface.service import Call
+
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    ctx = FakeContext((("authorization", "Bearer  fk_x "), ("x-request-id", "r-1"),
+                       ("traceparent", f"00-{trace}-b7ad6b7169203331-01")), 0.25)
+    call = Call(ctx, "s" * 43, "h")
+    assert call.timeout_ms() == 250 and call.credential() == "fk_x"
+    rc = call.request_context("key1")
+    assert (rc.request_id, rc.face, rc.trace_id, rc.api_key_id) == ("r-1", "grpc", trace, "key1")
+    assert rc.request_key.startswith("h-") and dict(ctx.trailing)["x-request-id"] == "r-1"
+    assert Call(FakeContext((), None), None, "h").timeout_ms() is None
+    with pytest.raises(Forbidden):  # HAProxy's metadata without its secret
+        Call(FakeContext((("x-falcon-request-key", "k"),), None), "s" * 43, "h")
+    trusted = Call(FakeContext((("x-falcon-proxy-secret", "s" * 43),
+                                ("x-falcon-request-key", "front-1")), None), "s" * 43, "h")
+    assert trusted.request_key == "front-1"

@@ -9,6 +9,7 @@ test_serving.py does for REST; typed ``contents`` requests are built with the pr
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -344,3 +345,30 @@ def test_zipmap_probabilities_are_a_tensor_matching_onnxruntime(client, served):
     np.testing.assert_allclose(result.as_numpy(probs), ref[probs], rtol=0, atol=1e-6)
     label = next(o.name for o in result.get_response().outputs if o.name != probs)
     np.testing.assert_array_equal(result.as_numpy(label), ref[label])
+
+
+def test_haproxy_graceful_reload_loses_no_call(served, target):
+    client = tg.InferenceServerClient(target)
+    inp = tg.InferInput("input", [4, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:4])
+    stop, results = threading.Event(), []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                client.infer("digits", [inp], client_timeout=10)
+                results.append("OK")
+            except InferenceServerException as exc:
+                results.append(f"{exc.status()}: {exc.message()}")
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        served[0].reload_haproxy()
+        time.sleep(3)
+    finally:
+        stop.set()
+        worker.join(20)
+    failed = [r for r in results if r != "OK"]
+    assert len(results) > 20 and not failed, failed[:5]

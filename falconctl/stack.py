@@ -129,6 +129,7 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_PROXY_SECRET": secret,
         "FALCON_HAPROXY_GRPC_BIND": s.grpc.public_bind,
         "FALCON_GRPC_ADDR": s.grpc.bind,
+        "FALCON_GRPC2_ADDR": s.grpc.bind2 or s.grpc.bind,
     }
 
 
@@ -264,10 +265,13 @@ class Stack:
             self._wait(proc, lambda: http_status(host, port, "/v2/health/live") == 200, timeout)
         return proc
 
-    def start_grpc(self, timeout: float = 60.0) -> Proc:
-        """The gRPC face (``falconctl grpc``), ready once ``ServerLive`` answers."""
-        proc = self._spawn("grpc", [self.python, "-m", "falconctl", "grpc"])
-        bind = self.settings.grpc.bind
+    def start_grpc(self, timeout: float = 60.0, name: str = "grpc", bind: str = "") -> Proc:
+        """The gRPC face (``falconctl grpc``), ready once ``ServerLive`` answers;
+        ``bind`` other than the configured one starts a second, e.g. the
+        ``grpc.bind2`` slot."""
+        bind = bind or self.settings.grpc.bind
+        proc = self._spawn(name, [self.python, "-m", "falconctl", "grpc"],
+                           {"FALCON_GRPC_BIND": bind})
         self._wait(proc, lambda: grpc_live(bind), timeout)
         return proc
 
@@ -363,6 +367,7 @@ class Stack:
         """Stop outside-in; return each process's exit code."""
         codes = {}
         for name, sig in (("haproxy", signal.SIGUSR1), ("grpc", signal.SIGTERM),
+                          ("grpc2", signal.SIGTERM),
                           ("edge", signal.SIGTERM),
                           ("edge2", signal.SIGTERM), ("memcached", signal.SIGTERM),
                           ("shipper", signal.SIGTERM),

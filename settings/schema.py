@@ -109,6 +109,8 @@ class GrpcSettings:
                                            "(RESOURCE_EXHAUSTED beyond).",
                                  min=1024, max=1 << 30)
     public_bind: str = key("127.0.0.1:8081", "Address HAProxy takes gRPC calls on (h2c).")
+    bind2: str = key("", "A second gRPC process behind HAProxy (host:port), the standby that "
+                         "takes the calls while the first restarts; empty: the first only.")
 
 
 @dataclass(frozen=True)

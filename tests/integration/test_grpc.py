@@ -29,6 +29,8 @@ from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
+from falconctl.stack import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
 
@@ -367,6 +369,44 @@ def test_haproxy_graceful_reload_loses_no_call(served, target):
         time.sleep(0.5)
         served[0].reload_haproxy()
         time.sleep(3)
+    finally:
+        stop.set()
+        worker.join(20)
+    failed = [r for r in results if r != "OK"]
+    assert len(results) > 20 and not failed, failed[:5]
+
+
+def test_restarting_one_of_two_grpc_processes_loses_no_call(make_stack):
+    """The stopping process reports not-ready for edge.drain_s first: HAProxy moves
+    its calls to the standby (grpc.bind2) before it stops accepting."""
+    stack = make_stack(start=False, FALCON_EDGE_DRAIN_S="2.5")
+    second = stack.settings.grpc.bind.rpartition(":")[0] + f":{free_port()}"
+    stack.env["FALCON_GRPC_BIND2"] = second
+    stack.start(grpc=True)
+    stack.start_grpc(name="grpc2", bind=second)
+    target = stack.settings.grpc.public_bind
+    wait_grpc_ready(target)
+    client = tg.InferenceServerClient(target)
+    inp = tg.InferInput("input", [2, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:2])
+    stop, results = threading.Event(), []
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                client.infer("digits", [inp], client_timeout=10)
+                results.append("OK")
+            except InferenceServerException as exc:
+                results.append(f"{exc.status()}: {exc.message()}")
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        stack.procs["grpc"].stop(signal.SIGTERM)
+        time.sleep(0.5)
+        stack.start_grpc()
+        time.sleep(2.0)
     finally:
         stop.set()
         worker.join(20)

@@ -17,6 +17,7 @@ import convertermodels as cm
 import grpc
 import numpy as np
 import onnxruntime as ort
+import psycopg2
 import pytest
 import tritonclient.grpc as tg
 from conftest import create_key, make_repo
@@ -412,3 +413,30 @@ def test_restarting_one_of_two_grpc_processes_loses_no_call(make_stack):
         worker.join(20)
     failed = [r for r in results if r != "OK"]
     assert len(results) > 20 and not failed, failed[:5]
+
+
+def test_every_served_call_lands_once_in_postgresql(make_stack, pg_dsn):
+    stack = make_stack(audit=True, FALCON_AUDIT_DSN=pg_dsn)
+    stack.start_grpc()
+    target = stack.settings.grpc.public_bind
+    wait_grpc_ready(target)
+    client = tg.InferenceServerClient(target)
+    inp = tg.InferInput("input", [2, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:2])
+    ids = {f"pg-{i}" for i in range(10)}
+    for rid in sorted(ids):
+        client.infer("digits", [inp], headers={"x-request-id": rid})
+    status_of(lambda: client.infer("nope", [inp], headers={"x-request-id": "pg-refused"}))
+    deadline, rows = time.monotonic() + 60, []
+    while time.monotonic() < deadline:
+        with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT request_id, face, model, version, request_key "
+                        "FROM audit.predictions WHERE request_id LIKE 'pg-%'")
+            rows = cur.fetchall()
+        conn.close()
+        if len(rows) >= len(ids):
+            break
+        time.sleep(0.25)
+    assert sorted(r[0] for r in rows) == sorted(ids)  # each once; the refused call not at all
+    assert {(r[1], r[2], r[3]) for r in rows} == {("grpc", "digits", "1")}
+    assert all(r[4].startswith(f"{stack.settings.host_id}-") for r in rows)  # HAProxy's key

@@ -47,6 +47,7 @@ bench: deps venv
 	@./ops/install-deps.sh wrk
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/compare.py
+	$(PY) bench/grpc_load.py
 
 # Regenerate the gRPC face's modules from the vendored Triton protos (committed).
 protos: venv

@@ -440,3 +440,18 @@ def test_every_served_call_lands_once_in_postgresql(make_stack, pg_dsn):
     assert sorted(r[0] for r in rows) == sorted(ids)  # each once; the refused call not at all
     assert {(r[1], r[2], r[3]) for r in rows} == {("grpc", "digits", "1")}
     assert all(r[4].startswith(f"{stack.settings.host_id}-") for r in rows)  # HAProxy's key
+
+
+def test_a_message_over_the_size_limit_is_resource_exhausted(make_stack):
+    stack = make_stack(FALCON_GRPC_MAX_MESSAGE_BYTES="4096")
+    stack.start_grpc()
+    wait_grpc_ready(stack.settings.grpc.public_bind)
+    client = tg.InferenceServerClient(stack.settings.grpc.public_bind)
+    small = tg.InferInput("input", [2, 64], "FP32")  # 512 bytes of data
+    small.set_data_from_numpy(DIGITS["X"][:2])
+    assert client.infer("digits", [small]).as_numpy("label").shape == (2,)
+    big = tg.InferInput("input", [100, 64], "FP32")  # 25,600 bytes
+    big.set_data_from_numpy(DIGITS["X"][:100])
+    code, _ = status_of(lambda: client.infer("digits", [big]))
+    assert code == "StatusCode.RESOURCE_EXHAUSTED"
+    assert client.infer("digits", [small]).as_numpy("label").shape == (2,)

@@ -77,6 +77,7 @@ class Call:
                 md.setdefault(k.lower(), v)
         self.context = context
         self.md = md
+        self.api_key: Any = None  # the caller's key entry, once checked
         self.trusted = self._check_proxy(proxy_secret)
         key = md.get("x-falcon-request-key", "") if self.trusted else ""
         self.request_key = key if REQUEST_ID_RE.match(key) else f"{host}-{uuid.uuid4().hex}"
@@ -147,7 +148,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             call = Call(context, self.proxy_secret, self.host_id)
             key_id = None
             if scope is not None and self.authorizer is not None:
-                key_id = self.authorizer.check(call.credential(), scope, model or None).id
+                call.api_key = self.authorizer.check(call.credential(), scope, model or None)
+                key_id = call.api_key.id
             return body(call, key_id)
         return status.answer(context, method, run)
 
@@ -219,6 +221,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         def body(call: Call, _: str | None) -> Any:
             stats = self.core.stats(request.name or None, request.version or None,
                                     self._deadline(call))
+            if call.api_key is not None:  # APPSEC: a key limited to some models sees theirs
+                stats["model_stats"] = [m for m in stats.get("model_stats", [])
+                                        if call.api_key.allows_model(str(m.get("name")))]
             return json_format.ParseDict(stats, pb.ModelStatisticsResponse(),
                                          ignore_unknown_fields=True)
         return self._serve(context, "ModelStatistics", PREDICT, request.name, body)

@@ -231,6 +231,7 @@ def test_client_deadline_is_the_request_deadline(make_stack):
 def test_api_keys_and_scopes(make_stack):
     stack = make_stack(start=False, FALCON_AUTH_ENABLED="true")
     predict = create_key(stack, "reader", "--scope", "predict")
+    tenant = create_key(stack, "tenant", "--scope", "predict", "--model", "digits")
     stack.start()
     stack.start_grpc()
     wait_grpc_ready(stack.settings.grpc.public_bind)
@@ -248,6 +249,13 @@ def test_api_keys_and_scopes(make_stack):
     code, _ = status_of(lambda: client.get_model_repository_index(
         headers={"authorization": f"Bearer {predict}"}))
     assert code == "StatusCode.PERMISSION_DENIED"
+    # every model's statistics: a key limited to some models sees only theirs
+    every = client.get_inference_statistics(headers={"authorization": f"Bearer {predict}"},
+                                            as_json=True)
+    assert {s["name"] for s in every["model_stats"]} == {"digits", "multi"}
+    mine = client.get_inference_statistics(headers={"authorization": f"Bearer {tenant}"},
+                                           as_json=True)
+    assert {s["name"] for s in mine["model_stats"]} == {"digits"}
     direct = tg.InferenceServerClient(stack.settings.grpc.bind)  # HAProxy replaces it
     code, _ = status_of(lambda: direct.infer("digits", [inp], headers={
         "authorization": f"Bearer {predict}", "x-falcon-request-key": "forged-1"}))

@@ -9,8 +9,8 @@ before the response leaves. The shipper decodes it with
 Fields are plain data (str, int, float, bool, bytes, lists and maps of
 those). ``outputs`` holds every returned tensor as
 ``{name: {"dtype", "shape", "data": nested lists}}``; :meth:`AuditRecord.to_row`
-replaces non-finite floats by None (PostgreSQL's JSONB has no NaN) and NULs in
-strings by U+FFFD (nor NUL), in ``outputs`` and ``labels``.
+replaces non-finite floats by None in ``outputs`` (PostgreSQL's JSONB has no NaN) and
+NULs in strings by U+FFFD in ``outputs`` and ``labels`` (nor NUL).
 A string tensor's ``data`` holds ``str`` (its dtype is ``"|O"``), labels are what the
 model gives (``str`` or ``int``).
 
@@ -100,12 +100,24 @@ class AuditRecord:
         # PERF: a shallow copy; asdict() deep-copies every nested list (~60 µs/row)
         row = {f.name: getattr(self, f.name) for f in _FIELDS}
         row["outputs"] = finite(self.outputs)
-        row["labels"] = finite(self.labels)
+        row["labels"] = no_nul(self.labels)  # (a non-finite label is refused, as before)
         return row
 
 
 _FIELDS = fields(AuditRecord)
 NUL_STAND_IN = "\ufffd"
+
+
+def no_nul(value: Any) -> Any:
+    """``value`` with every NUL in a string replaced by U+FFFD (JSONB's text cannot hold
+    one), and nothing else changed."""
+    if isinstance(value, str):
+        return value.replace("\x00", NUL_STAND_IN) if "\x00" in value else value
+    if isinstance(value, dict):
+        return {no_nul(k): no_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [no_nul(v) for v in value]
+    return value
 
 
 def finite(value: Any) -> Any:

@@ -1,13 +1,18 @@
-"""The platform's gRPC face against its REST face, through HAProxy, on both demo models.
+"""The platform's gRPC face against its REST face, through HAProxy, on the demo models and
+the bench's heavy one.
 
     .venv/bin/python bench/grpc_load.py [--seconds 10] [--clients 8] [--rows 1]
+        [--models digits iris heavy]
 
 Starts one stack (daemon, edge, gRPC face, HAProxy; auth off, audit on) on free
-loopback ports, then for each model (digits, iris) and each face runs ``--clients``
+loopback ports, then for each model (digits, iris, and ``heavy``: ``compare.py``'s ~245 MB
+MLP, generated into a temp dir) and each face runs ``--clients``
 threads of the stock clients (``tritonclient.grpc``, ``tritonclient.http`` with
 binary tensors), each calling in a loop for ``--seconds``, and prints one Markdown
 row per (model, face): calls/s, errors, p50 and p99 latency. Closed loop: a client
-sends its next call when the last is answered. Results go to bench/RESULTS.md by hand.
+sends its next call when the last is answered. Every call's rows are distinct (the first
+value is ``1 + k / 2**23``), so a model whose config caches answers (heavy) never hits.
+Results go to bench/RESULTS.md by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from conftest import StackFactory  # noqa: E402
 
-MODELS = {"digits": ("input", 64), "iris": ("input", 4)}
+MODELS = {"digits": ("input", 64), "iris": ("input", 4), "heavy": ("input", 1024)}
 
 
 def client_call(face: str, target: str, model: str, rows: np.ndarray) -> Any:
@@ -39,8 +44,14 @@ def client_call(face: str, target: str, model: str, rows: np.ndarray) -> Any:
         import tritonclient.http as tc  # type: ignore[no-redef]
     client = tc.InferenceServerClient(target)
     inp = tc.InferInput(MODELS[model][0], list(rows.shape), "FP32")
-    inp.set_data_from_numpy(rows)
-    return lambda: client.infer(model, [inp])
+    mine = rows.copy()
+    counter = iter(range(1, 1 << 30))
+
+    def call() -> Any:
+        mine[0, 0] = np.float32(1 + next(counter) / 2**23)  # distinct rows: no cache hit
+        inp.set_data_from_numpy(mine)
+        return client.infer(model, [inp])
+    return call
 
 
 def run(face: str, target: str, model: str, rows: np.ndarray, clients: int,
@@ -81,12 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rows", type=int, default=1)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     args = p.parse_args(argv)
     factory = StackFactory(Path(tempfile.mkdtemp(prefix="grpcbench")))
     repo = Path(tempfile.mkdtemp(prefix="grpcbench-repo"))
     import shutil
 
-    for model in MODELS:
+    for model in args.models:
+        if model == "heavy":
+            from modelfactory import write_mlp_model
+
+            write_mlp_model(repo, "heavy", input_dim=MODELS["heavy"][1], hidden=4352, layers=4,
+                            classes=10, seed=0)  # compare.py's heavy model
+            continue
         shutil.copytree(ROOT / "models" / model, repo / model,
                         ignore=shutil.ignore_patterns("*.py", "example.json"))
     stack = factory(start=False, repo=repo, FALCON_HAPROXY_RATE_PER_IP="1000000000")
@@ -96,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         print("| model | face | clients | rows/call | calls/s | errors | p50 ms | p99 ms |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
-        for model, (_, width) in MODELS.items():
-            rows = rng.random((args.rows, width), dtype=np.float32)
+        for model in args.models:
+            rows = rng.random((args.rows, MODELS[model][1]), dtype=np.float32)
             for face, target in (("rest", s.haproxy.bind), ("grpc", s.grpc.public_bind)):
                 run(face, target, model, rows, args.clients, 1.0)  # warm up
                 r = run(face, target, model, rows, args.clients, args.seconds)
@@ -105,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"| {r['errors']} | {r['p50']:.2f} | {r['p99']:.2f} |", flush=True)
     finally:
         factory.close()
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.rmtree(factory.tmp, ignore_errors=True)
     return 0
 
 

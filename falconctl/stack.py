@@ -163,17 +163,11 @@ def daemon_ready(path: str, timeout: float = 1.0) -> bool:
 
 
 def grpc_live(target: str, timeout: float = 1.0) -> bool:
-    import grpc
+    """Whether the gRPC face at ``target`` answers ``ServerLive`` (imported lazily: grpcio
+    loads only where a gRPC process is started)."""
+    from edge.grpcface.server import answers
 
-    from edge.grpcface.proto import grpc_service_pb2 as pb
-    from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
-
-    try:
-        with grpc.insecure_channel(target) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=timeout).live)
-    except grpc.RpcError:
-        return False
+    return answers(target, timeout)
 
 
 @dataclass

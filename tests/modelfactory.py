@@ -273,3 +273,13 @@ def write_unservable_model(repo: Path, name: str, kind: str, version: str = "1")
     write_config(config_path, description=f"Test model that cannot be served: {kind}",
                  max_batch_size=8)
     return model_path
+
+
+def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of ``model`` for ``feeds``, from ONNX Runtime in this process: what
+    the platform's answers are compared with."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))

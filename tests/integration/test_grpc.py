@@ -16,13 +16,12 @@ from pathlib import Path
 import convertermodels as cm
 import grpc
 import numpy as np
-import onnxruntime as ort
 import psycopg2
 import pytest
 import tritonclient.grpc as tg
 from conftest import create_key, make_repo
 from httpx_lite import request
-from modelfactory import multi_io_expected
+from modelfactory import multi_io_expected, reference
 from test_audit_wal import wal_records
 from test_converters import reference as converter_reference
 from test_converters import zipmap_labels
@@ -34,12 +33,6 @@ from falconctl.stack import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
-
-
-def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -10,20 +10,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 from httpx_lite import post_json, request
-from modelfactory import multi_io_expected
+from modelfactory import multi_io_expected, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
-
-
-def reference(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ TRACEPARENT_RE = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{
 
 
 KEY_HEADER = "X-Falcon-Request-Key"
+DRAIN_MAX = 1 << 20  # a body over the limit but under this is read (and dropped) before the 413
 
 
 def context(req: falcon.Request, resp: falcon.Response, face: str,
@@ -77,6 +78,8 @@ def read_body(req: falcon.Request, limit: int) -> bytes:
     Falcon's bounded stream would give nothing without a length."""
     length = req.content_length
     if length is not None and length > limit:
+        if length <= DRAIN_MAX:  # read it first: a socket closed with unread bytes sends
+            req.bounded_stream.exhaust()  # a reset that can destroy the 413 in flight
         raise PayloadTooLarge("body", f"{length} bytes exceed the limit of {limit}")
     stream = req.bounded_stream if length is not None else req.stream
     try:

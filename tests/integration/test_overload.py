@@ -36,13 +36,22 @@ def test_four_times_capacity(make_stack, tmp_path):
     drive(addr, pool, threads=2, seconds=1.0)  # warm up
     base = drive(addr, pool, threads=8, seconds=3.0)  # saturated: capacity
     base_ok = [o for o in base if o.status == 200]
-    capacity = len(base_ok) / 3.0
-    over = open_loop(addr, pool, rate=4 * capacity, seconds=4.0, model="mlp",
-                     rows_per_request=ROWS, timeout=DEADLINE_S + 10)
-    over_ok = [o for o in over if o.status == 200]
-    print(f"capacity {capacity:.0f}/s; offered {4 * capacity:.0f}/s: {len(over_ok) / 4:.0f}/s ok, "
-          f"{len(over) - len(over_ok)} shed, statuses {sorted({o.status for o in over})}")
     assert len(base_ok) > 20, len(base_ok)
+    capacity = len(base_ok) / 3.0
+    # A closed loop of 8 clients can underestimate what the batcher sustains (a clean CI
+    # machine once served 3.4x the estimate at "4x"): when the open loop's successes show
+    # the estimate was low, that rate is the better estimate and the overload is offered
+    # again, at most twice. Queueing the excess instead of refusing it fails either way: the
+    # share refused stays small and the latencies below pass the deadline.
+    for _ in range(3):
+        over = open_loop(addr, pool, rate=4 * capacity, seconds=4.0, model="mlp",
+                         rows_per_request=ROWS, timeout=DEADLINE_S + 10)
+        over_ok = [o for o in over if o.status == 200]
+        print(f"capacity {capacity:.0f}/s; offered {4 * capacity:.0f}/s: {len(over_ok) / 4:.0f}/s ok, "
+              f"{len(over) - len(over_ok)} shed, statuses {sorted({o.status for o in over})}")
+        if len(over_ok) / 4.0 <= 2 * capacity:
+            break
+        capacity = len(over_ok) / 4.0
     assert len(over_ok) / 4.0 >= 0.5 * capacity, (len(over_ok), capacity)
     assert len(over) - len(over_ok) > 0.3 * len(over)  # the excess was refused, not queued
     latencies = sorted(o.seconds for o in over_ok)

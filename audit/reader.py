@@ -34,12 +34,12 @@ from audit.segment import (
     check_bytes,
     check_stream_name,
     decode_header,
-    fsync_dir,
     list_segments,
     read_all,
     scan,
     segment_name,
 )
+from service.durable import fsync_dir
 
 CHUNK = 1 << 20  # bytes read per pread while scanning
 

@@ -254,11 +254,3 @@ def read_all(fd: int, offset: int) -> bytes:
         offset += len(chunk)
     return b"".join(parts)
 
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so that names created, renamed or removed in it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

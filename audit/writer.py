@@ -67,9 +67,9 @@ from audit.segment import (
     check_stream_name,
     encode_header,
     encode_record,
-    fsync_dir,
     segment_name,
 )
+from service.durable import fsync_dir
 
 SYNC_POLICIES = ("always", "batch", "interval")
 GUARD_INTERVAL_S = 0.1

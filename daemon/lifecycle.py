@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 from daemon.loader import LoadedVersion
 from daemon.registry import Registry
 from daemon.repository import CONFIG_FILE, NAME_RE, RepositoryError, VersionEntry, scan
+from service.durable import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +105,10 @@ class Traffic:
         return old, new
 
     def _save(self, model: str) -> None:
-        """Atomically: temp file, fsync, rename, fsync the directory."""
-        path = self.repo / model / TRAFFIC_FILE
-        tmp = path.with_suffix(".tmp")
+        """Atomically and durably (``service.durable``)."""
         doc = {"split": self.splits[model], "history": self.history.get(model, [])[-HISTORY:],
                "updated": time.time()}
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomically(self.repo / model / TRAFFIC_FILE, json.dumps(doc), mode=0o644)
 
 
 class Lifecycle:

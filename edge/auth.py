@@ -19,8 +19,8 @@ offline guessing; a 256-bit random secret cannot be guessed however fast the
 hash, and a slow KDF would cost milliseconds of CPU on every request. The
 stored digest is compared in constant time (:func:`hmac.compare_digest`).
 
-The keys file (JSON, mode 0600, replaced atomically: temp file, fsync, rename,
-fsync of the directory)::
+The keys file (JSON, mode 0600, replaced atomically and durably by
+``service.durable.write_atomically``)::
 
     {"version": 1,
      "keys": [{"id": "3f9c0a1b2d4e", "name": "demo", "sha256": "<64 hex>",
@@ -42,7 +42,6 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -53,8 +52,8 @@ from typing import Any
 import falcon
 from prometheus_client import Counter
 
-from audit.segment import fsync_dir
 from edge.errors import Forbidden, Unauthorized
+from service.durable import write_atomically
 from settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -173,35 +172,11 @@ def load_keys(path: Path) -> dict[str, ApiKey]:
     return {k.id: k for k in keys}
 
 
-def write_atomically(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` with ``data`` so a reader sees the old or the new file,
-    whole, and the new one survives a crash once this returns (docs/conventions.md,
-    "Durable writes": fsync the file, rename, fsync the directory). As root, the file
-    takes the owner
-    of its directory (the service user's state directory), so the services can
-    read what an operator wrote with sudo. A failed fsync raises OSError; the
-    old file is then left in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        if os.geteuid() == 0:
-            st = os.stat(path.parent)
-            os.fchown(fd, st.st_uid, st.st_gid)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 def save_keys(path: Path, keys: Iterable[ApiKey]) -> None:
     doc = {"version": FILE_VERSION, "keys": [k.to_doc() for k in keys]}
-    write_atomically(path, json.dumps(doc, indent=2).encode() + b"\n", 0o600)
+    # As root, the file takes its directory's owner (the service user's state
+    # directory), so the services can read what an operator wrote with sudo.
+    write_atomically(path, json.dumps(doc, indent=2) + "\n", mode=0o600, owner_of_dir=True)
 
 
 class KeyStore:

@@ -18,23 +18,22 @@ constant time (``hmac.compare_digest``).
 
 The secret file (the prediction cache's key, ``cache.secret_file``, is made the
 same way): 43 characters of ``secrets.token_urlsafe(32)``, mode 0600, made
-by the first process that needs it (atomically: ``link`` of a whole temp file,
-so two starting at once agree). Several hosts behind one HAProxy must share the
+by the first process that needs it (``service.durable.write_atomically`` with
+``replace=False``: a whole, fsynced file linked into place, so two starting at once agree). Several hosts behind one HAProxy must share the
 front's file (copy it to each host's ``edge.proxy_secret_file``).
 """
 
 from __future__ import annotations
 
 import hmac
-import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 
 import falcon
 
 from edge.errors import Forbidden
+from service.durable import write_atomically
 
 SECRET_HEADER = "X-Falcon-Proxy-Secret"
 # What HAProxy sets and the edge believes (audit key and time, queueing time,
@@ -65,22 +64,12 @@ def load_or_create(path: Path) -> str:
 
 
 def _create(path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secret + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, path)  # never replaces: a secret made meanwhile wins
-        except FileExistsError:
-            return path.read_text().strip()
-        return secret
-    finally:
-        os.unlink(tmp)
+    try:  # never replaces: a secret made meanwhile wins
+        write_atomically(path, secret + "\n", mode=0o600, replace=False)
+    except FileExistsError:
+        return path.read_text().strip()
+    return secret
 
 
 class ProxyCheck:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import settings as settings_mod
+from service.durable import write_atomically
 from service.metrics import enable as enable_metrics
 from settings import SETTINGS, ConfigError, Settings
 from settings.schema import DEFAULT_CONFIG_PATH
@@ -157,21 +158,14 @@ def cmd_up(s: Settings, args: argparse.Namespace) -> int:
         print(f"falconctl up: {exc}", file=sys.stderr)
         return 1
     up_config = Path(args.root).resolve() / UP_CONFIG
-    _write_private(up_config, "# written by `falconctl up` while it runs: the settings of its "
-                   "stack,\n# read by falconctl's operator commands run in this checkout\n"
-                   + settings_toml(stack.settings))
+    write_atomically(up_config, "# written by `falconctl up` while it runs: the settings of "
+                     "its stack,\n# read by falconctl's operator commands run in this "
+                     "checkout\n" + settings_toml(stack.settings), mode=0o600)
     print(banner(stack.settings, Path(args.root).resolve(), key), flush=True)
     try:
         return Supervisor(stack).run(stop)  # restarts what exits; stops on a crash loop
     finally:
         up_config.unlink(missing_ok=True)
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def cmd_install(s: Settings, args: argparse.Namespace) -> int:

@@ -54,12 +54,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import settings as settings_mod
+from service.durable import write_atomically
 from settings import ConfigError, Settings
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -166,31 +166,18 @@ def unit_values(prefix: Path, venv: Path, haproxy: str) -> dict[str, str]:
 # -- writing files ------------------------------------------------------------
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_generated(path: Path, text: str, report: Report, mode: int = 0o644) -> None:
     """A file we own: rewritten when its content changed."""
     try:
         same = path.read_text() == text and (path.stat().st_mode & 0o7777) == mode
     except FileNotFoundError:
-        _write(path, text, mode)
+        write_atomically(path, text, mode=mode)
         report.add(str(path), "created")
         return
     if same:
         report.add(str(path), "unchanged")
     else:
-        _write(path, text, mode)
+        write_atomically(path, text, mode=mode)
         report.add(str(path), "updated")
 
 
@@ -201,7 +188,7 @@ def write_config(path: Path, text: str, report: Report, mode: int = 0o644) -> No
         report.add(f"{path}" + (" (differs from the project's default)" if differs else ""),
                    "kept")
         return
-    _write(path, text, mode)
+    write_atomically(path, text, mode=mode)
     report.add(str(path), "created")
 
 
@@ -382,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"falconctl: configuration error: {exc}", file=sys.stderr)
         return 2
-    _write(Path(args.path), text, 0o640)
+    write_atomically(Path(args.path), text, mode=0o640)
     return 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from falconctl.commands import guarded
+from service.durable import write_atomically
 from settings import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def write_limits_map(s: Settings) -> Path:
     """(Re)write ``<run_dir>/haproxy-key-limits.map`` from the keys file. An
     unreadable keys file is reported and gives an empty map (every key at the
     default limit) rather than no HAProxy at all."""
-    from edge.auth import KeysFileError, load_keys, write_atomically
+    from edge.auth import KeysFileError, load_keys
 
     path = Path(s.paths.run_dir) / LIMITS_MAP
     classes = key_classes(s)
@@ -86,7 +87,7 @@ def write_limits_map(s: Settings) -> Path:
         text, warnings = "", [f"per-key classes not applied: {exc}"]
     for warning in warnings:
         print(f"falconctl: {warning}", file=sys.stderr)
-    write_atomically(path, text.encode(), 0o644)
+    write_atomically(path, text, mode=0o644, owner_of_dir=True)
     return path
 
 

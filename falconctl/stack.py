@@ -29,6 +29,7 @@ from pathlib import Path
 
 import settings as settings_mod
 from audit.pg import EmbeddedPostgres, PgPermissionError
+from service.durable import write_atomically
 from settings import Settings
 from wire import frames
 
@@ -81,10 +82,7 @@ def hosts_config(s: Settings) -> Path | None:
     lines = [HOSTS_CFG.read_text()]
     lines += [f"    server {name} {addr} check\n" for name, addr in hosts]
     path = Path(s.paths.run_dir) / "haproxy-hosts.cfg"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(lines))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(lines), mode=0o644)
     return path
 
 

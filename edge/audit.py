@@ -14,6 +14,13 @@ worker's) and never written again (docs/conventions.md: a failed fsync is never 
 for ``retry_s`` the worker refuses predictions and reports not-ready
 (:meth:`Auditor.healthy`, so HAProxy sends its traffic elsewhere), then opens a
 new stream. A new stream that fails too doubles the wait, up to ``MAX_RETRY_S``.
+
+Readiness has hysteresis: a worker that failed stays not-ready until a new
+stream is open -- opening one writes and fsyncs its first segment's header, so
+the disk has taken a sync again -- whether the readiness probe or a prediction
+opened it. The end of a back-off alone never makes it ready (it used to: ready
+with no stream, then not-ready again when the first prediction found the disk
+still failing, and HAProxy's check saw ready -> not-ready -> ready).
 """
 
 from __future__ import annotations
@@ -118,36 +125,64 @@ class Auditor:
         self._pid = 0
         self._retry_at = 0.0        # clock() before which no new stream is opened
         self._backoff = retry_s     # the next failure's wait
+        self._degraded = False      # a stream failed and no new one is open yet
 
     def healthy(self) -> bool:
-        """False while a failed stream's back-off runs: this worker is not ready."""
-        return self.clock() >= self._retry_at
+        """Whether this worker is ready as far as the audit log goes. After a
+        failure: false for the back-off, then false until a new stream is open;
+        once the back-off is over, this call opens it (so a worker HAProxy took
+        out of rotation, which gets no prediction to open one, comes back)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return True  # this process has not failed (a stream opens lazily)
+            if not self._degraded:
+                return True
+            if self.clock() < self._retry_at:
+                return False
+            try:
+                self._open_locked()
+            except Unavailable:
+                return False
+            return True
 
     def _current(self) -> WalWriter:
         with self._lock:
             if self._writer is None or self._pid != os.getpid():
                 if self._pid != os.getpid():
                     self._pid, self._retry_at, self._backoff = os.getpid(), 0.0, self.retry_s
-                wait = self._retry_at - self.clock()
-                if wait > 0:
-                    raise Unavailable(f"audit log failed; a new stream in {wait:.1f} s",
-                                      retry_after=wait)
-                stream = f"{self.host}-{self._pid}-{time.time_ns()}"
-                try:
-                    self.wal_dir.mkdir(parents=True, exist_ok=True)
-                    self._writer = self.writer_factory(self.wal_dir, stream)
-                except (OSError, WalError) as exc:
-                    wait = self._back_off()
-                    log.critical("audit stream %s could not be opened, refusing predictions "
-                                 "for %.1f s: %s", stream, wait, exc)
-                    raise Unavailable(f"audit log unavailable: {exc}", retry_after=wait) from None
-                atexit.register(self._writer.close)
-                log.info("audit stream %s opened in %s", stream, self.wal_dir)
+                    self._degraded = False
+                return self._open_locked()
             return self._writer
+
+    def _open_locked(self) -> WalWriter:
+        """A new stream (lock held), or Unavailable while backing off or when it
+        cannot be opened (which backs off again)."""
+        wait = self._retry_at - self.clock()
+        if wait > 0:
+            raise Unavailable(f"audit log failed; a new stream in {wait:.1f} s",
+                              retry_after=wait)
+        stream = f"{self.host}-{self._pid}-{time.time_ns()}"
+        try:
+            self.wal_dir.mkdir(parents=True, exist_ok=True)
+            writer = self.writer_factory(self.wal_dir, stream)
+        except (OSError, WalError) as exc:
+            wait = self._back_off()
+            log.critical("audit stream %s could not be opened, refusing predictions "
+                         "for %.1f s: %s", stream, wait, exc)
+            raise Unavailable(f"audit log unavailable: {exc}", retry_after=wait) from None
+        atexit.register(writer.close)
+        self._writer = writer
+        if self._degraded:
+            log.warning("audit stream %s opened in %s: ready again", stream, self.wal_dir)
+        else:
+            log.info("audit stream %s opened in %s", stream, self.wal_dir)
+        self._degraded = False
+        return writer
 
     def _back_off(self) -> float:
         """Start a back-off (lock held); its length."""
         wait = self._backoff
+        self._degraded = True
         self._retry_at = self.clock() + wait
         self._backoff = min(wait * 2, MAX_RETRY_S)
         return wait

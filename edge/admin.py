@@ -28,7 +28,7 @@ from typing import Any
 
 import falcon
 
-from edge.auth import ADMIN
+from apikeys import ADMIN
 from edge.errors import EdgeError, InvalidInput, Unavailable
 from edge.resources import Resource, context, parse_json, read_body, send_json
 

@@ -32,6 +32,8 @@ LATENCY = Histogram("falcon_request_duration_seconds",
                     buckets=LATENCY_BUCKETS)
 WAL_RECORDS = Counter("falcon_wal_records_total", "Audit records appended to the WAL.")
 WAL_BYTES = Counter("falcon_wal_appended_bytes_total", "Audit bytes appended to the WAL.")
+AUTH_FAILURES = Counter("falcon_auth_failures_total",  # edge/auth.py; reason: apikeys.errors
+                        "Requests refused by the edge's API key check, by reason.", ["reason"])
 
 
 class RequestMetrics:

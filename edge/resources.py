@@ -18,9 +18,9 @@ import falcon
 import orjson
 from gunicorn.http.errors import ParseException
 
+from apikeys import ADMIN, PREDICT
 from edge import v2codec
 from edge.audit import RequestContext
-from edge.auth import ADMIN, PREDICT
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.drain import draining
 from edge.errors import InvalidInput, PayloadTooLarge

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import falcon
 
-from edge.auth import PREDICT
+from apikeys import PREDICT
 from edge.resources import Resource, send_json
 
 

@@ -138,8 +138,8 @@ def _store(s: Settings) -> Any:
 
 
 def cmd_up(s: Settings, args: argparse.Namespace) -> int:
+    from apikeys import KeysFileError
     from audit.pg import PgError
-    from edge.auth import KeysFileError
     from falconctl.keys import create_demo_key
     from falconctl.stack import Stack, StackError
     from falconctl.supervisor import Supervisor

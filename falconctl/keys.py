@@ -1,7 +1,7 @@
 """``falconctl keys create|list|revoke``: API keys, and HAProxy's per-key limits.
 
-The keys file's format and the key format are :mod:`edge.auth`'s; this module
-is the operator's side of it. ``create`` prints the key once (it cannot be
+The keys file's format, the key format and their locked read-modify-write are
+:mod:`apikeys`'s; this module is the operator's side of it. ``create`` prints the key once (it cannot be
 recovered: only its hash is stored); ``revoke`` takes effect in every edge
 worker within ``auth.reload_s``, without a restart.
 
@@ -20,26 +20,24 @@ at once, without a reload.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import os
 import socket
 import sys
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from apikeys import (
+    DEFAULT_CLASS,
+    PREDICT,
+    SCOPES,
+    ApiKey,
+    KeysFileError,
+    add_key,
+    load_keys,
+    revoke_key,
+)
 from falconctl.commands import guarded
 from service.durable import write_atomically
 from settings import ConfigError, Settings
 
-if TYPE_CHECKING:
-    from edge.auth import ApiKey
-
-# NOTE: edge.auth is imported inside the functions: it declares metrics, and
-# prometheus-client must not be imported before service.metrics.enable() in the
-# processes `falconctl` starts (this module is imported to build the parser).
-PREDICT, ADMIN, DEFAULT_CLASS = "predict", "admin", "default"  # edge.auth's
 LIMITS_MAP = "haproxy-key-limits.map"
 
 
@@ -77,8 +75,6 @@ def write_limits_map(s: Settings) -> Path:
     """(Re)write ``<run_dir>/haproxy-key-limits.map`` from the keys file. An
     unreadable keys file is reported and gives an empty map (every key at the
     default limit) rather than no HAProxy at all."""
-    from edge.auth import KeysFileError, load_keys
-
     path = Path(s.paths.run_dir) / LIMITS_MAP
     classes = key_classes(s)
     try:
@@ -137,48 +133,18 @@ def sync_haproxy(s: Settings) -> None:
 # -- the commands ---------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold ``<keys file>.lock`` (flock, exclusive) across a read-modify-write of the
-    keys file: two ``falconctl keys`` at once would otherwise each write what they
-    read, and one could undo the other's revocation."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def create_key(path: Path, name: str, scopes: Sequence[str], models: Sequence[str] = (),
-               rate_class: str = DEFAULT_CLASS) -> tuple[str, ApiKey]:
-    """Add a new key to the keys file; returns the key (to show once) and its entry.
-    Raises ValueError on a bad name, scope, model or class."""
-    from edge.auth import generate, load_keys, save_keys
-
-    with locked(path):
-        keys = load_keys(path)
-        key, entry = generate(name, scopes, models, rate_class)
-        keys[entry.id] = entry
-        save_keys(path, keys.values())
-    return key, entry
-
-
 def create_demo_key(s: Settings) -> str | None:
     """``falconctl up``: a key named "demo" (scope predict) when the keys file has
     no active key; the key, or None when there was one already."""
-    from edge.auth import load_keys
-
     path = Path(s.keys_file)
     if any(not k.revoked for k in load_keys(path).values()):
         return None
-    return create_key(path, "demo", [PREDICT])[0]
+    return add_key(path, "demo", [PREDICT])[0]
 
 
 def cmd_create(s: Settings, args: argparse.Namespace) -> int:
     try:
-        key, entry = create_key(Path(s.keys_file), args.name, args.scope or [PREDICT],
+        key, entry = add_key(Path(s.keys_file), args.name, args.scope or [PREDICT],
                                 args.model or [], args.rate_class)
     except ValueError as exc:
         print(f"falconctl keys create: {exc}", file=sys.stderr)
@@ -192,8 +158,6 @@ def cmd_create(s: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_list(s: Settings, args: argparse.Namespace) -> int:
-    from edge.auth import load_keys
-
     keys = load_keys(Path(s.keys_file))
     print(f"{'ID':<12}  {'NAME':<16}  {'SCOPES':<14}  {'MODELS':<16}  {'CLASS':<10}  "
           f"{'CREATED':<20}  REVOKED")
@@ -205,29 +169,18 @@ def cmd_list(s: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(s: Settings, args: argparse.Namespace) -> int:
-    from edge.auth import load_keys, save_keys
-
     path = Path(s.keys_file)
-    with locked(path):
-        keys = load_keys(path)
-        if args.id not in keys:
-            print(f"falconctl keys revoke: no key {args.id!r} in {path}", file=sys.stderr)
-            return 1
-        keys[args.id] = keys[args.id].revoke()
-        save_keys(path, keys.values())
+    entry = revoke_key(path, args.id)
+    if entry is None:
+        print(f"falconctl keys revoke: no key {args.id!r} in {path}", file=sys.stderr)
+        return 1
     sync_haproxy(s)
-    print(f"revoked key {args.id} ({keys[args.id].name}); every edge worker refuses it "
+    print(f"revoked key {args.id} ({entry.name}); every edge worker refuses it "
           f"within {s.auth.reload_s:g} s")
     return 0
 
 
-def _keys_errors() -> tuple[type[Exception], ...]:
-    from edge.auth import KeysFileError
-
-    return (KeysFileError,)
-
-
-_guarded = guarded("keys", _keys_errors)
+_guarded = guarded("keys", lambda: (KeysFileError,))
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -236,7 +189,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     c = ksub.add_parser("create", help="create a key and print it (once)")
     c.add_argument("--name", required=True, help="who or what the key is for")
-    c.add_argument("--scope", action="append", choices=(PREDICT, ADMIN),
+    c.add_argument("--scope", action="append", choices=SCOPES,
                    help="predict (default) and/or admin; repeat for both")
     c.add_argument("--model", action="append", metavar="NAME",
                    help="allow only this model; repeat for several (default: all)")

@@ -42,9 +42,10 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
+from apikeys import ADMIN, PREDICT, Authorizer
 from edge import metrics
 from edge.audit import RequestContext
-from edge.auth import ADMIN, PREDICT, Authorizer
+from edge.auth import authorize
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.errors import Forbidden, InvalidInput
 from edge.grpcface import codec, status
@@ -148,7 +149,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             call = Call(context, self.proxy_secret, self.host_id)
             key_id = None
             if scope is not None and self.authorizer is not None:
-                call.api_key = self.authorizer.check(call.credential(), scope, model or None)
+                call.api_key = authorize(self.authorizer, call.credential(), scope, model or None)
                 key_id = call.api_key.id
             return body(call, key_id)
         return status.answer(context, method, run)

@@ -17,7 +17,7 @@ from httpx_lite import Answer, post_json, request
 from prometheus_client.multiprocess import MultiProcessCollector
 from test_audit_wal import wal_records
 
-from edge.auth import parse
+from apikeys import parse
 
 ROW = [0.0] * 64
 PREDICT = "/v1/models/digits/predict"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import make_repo, stack_env
 
-from edge.auth import load_keys
+from apikeys import load_keys
 
 
 def falconctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from conftest import create_key, falconctl
 from httpx_lite import Answer, post_json, request
 
 import settings
-from edge.auth import parse
+from apikeys import parse
 from falconctl.stack import haproxy_env, haproxy_files, parse_hosts
 
 PREDICT = "/v1/models/digits/predict"

@@ -1,6 +1,7 @@
-"""edge.auth and falconctl keys without servers: the key format, hashing, the
-keys file (atomic, 0600, reloaded when it changes), the authorisation rules
-(through a Falcon test client), and the operator's commands."""
+"""apikeys, edge.auth and falconctl keys without servers: the key format, hashing,
+the keys file (atomic, 0600, reloaded when it changes), the authorisation rules (the
+transport-free decision, then through a Falcon test client), and the operator's
+commands."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import falcon
 import falcon.testing
 import pytest
 
-from edge import auth, http_errors
-from edge.auth import ApiKey, Authorizer, KeysFileError, KeyStore
+import apikeys
+from apikeys import ApiKey, Authorizer, KeysFileError, KeyStore, NotPermitted, Unauthenticated
+from edge import auth, http_errors, metrics
 from edge.errors import Forbidden, Unauthorized
 from falconctl import keys as keyscli
 from falconctl.cli import main
@@ -27,14 +29,14 @@ from settings import ConfigError, load
 
 
 def test_generated_key_format_and_only_its_hash_is_kept():
-    key, entry = auth.generate("alice", ["predict", "admin", "predict"], ["digits"])
-    assert auth.KEY_RE.match(key) and len(key) == 3 + 12 + 1 + 43
-    assert auth.parse(key) == entry.id and key.startswith(f"fk_{entry.id}_")
+    key, entry = apikeys.generate("alice", ["predict", "admin", "predict"], ["digits"])
+    assert apikeys.KEY_RE.match(key) and len(key) == 3 + 12 + 1 + 43
+    assert apikeys.parse(key) == entry.id and key.startswith(f"fk_{entry.id}_")
     assert entry.scopes == ("predict", "admin") and entry.models == ("digits",)
-    assert entry.sha256 == auth.digest(key) and len(entry.sha256) == 64
+    assert entry.sha256 == apikeys.digest(key) and len(entry.sha256) == 64
     assert key not in json.dumps(entry.to_doc()) and key[16:] not in json.dumps(entry.to_doc())
     assert entry.matches(key) and not entry.matches(key[:-1] + ("A" if key[-1] != "A" else "B"))
-    other, _ = auth.generate("alice", ["predict"])
+    other, _ = apikeys.generate("alice", ["predict"])
     assert other != key
 
 
@@ -44,11 +46,11 @@ def test_generated_key_format_and_only_its_hash_is_kept():
     " fk_0123456789ab_" + "a" * 43,
 ])
 def test_malformed_keys_do_not_parse(text):
-    assert auth.parse(text) is None
+    assert apikeys.parse(text) is None
 
 
 def test_parse_accepts_base64url_secrets():
-    assert auth.parse("fk_0123456789ab_" + "-_aZ09" * 7 + "x") == "0123456789ab"
+    assert apikeys.parse("fk_0123456789ab_" + "-_aZ09" * 7 + "x") == "0123456789ab"
 
 
 @pytest.mark.parametrize("name, scopes, models, cls", [
@@ -58,7 +60,7 @@ def test_parse_accepts_base64url_secrets():
 ])
 def test_generate_refuses_bad_names_scopes_models_classes(name, scopes, models, cls):
     with pytest.raises(ValueError):
-        auth.generate(name, scopes, models, cls)
+        apikeys.generate(name, scopes, models, cls)
 
 
 # -- the keys file ------------------------------------------------------------------------
@@ -66,28 +68,28 @@ def test_generate_refuses_bad_names_scopes_models_classes(name, scopes, models, 
 
 def test_keys_file_round_trip_mode_0600_and_no_temp_files(tmp_path):
     path = tmp_path / "state" / "keys.json"
-    _, a = auth.generate("a", ["predict"], ["digits"], "high")
-    _, b = auth.generate("b", ["admin"])
-    auth.save_keys(path, [a, b.revoke()])
+    _, a = apikeys.generate("a", ["predict"], ["digits"], "high")
+    _, b = apikeys.generate("b", ["admin"])
+    apikeys.save_keys(path, [a, b.revoke()])
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert os.listdir(path.parent) == ["keys.json"]
-    loaded = auth.load_keys(path)
+    loaded = apikeys.load_keys(path)
     assert loaded[a.id] == a and loaded[b.id].revoked and loaded[b.id].revoked_at
     assert json.loads(path.read_text())["keys"][0]["class"] == "high"
-    assert auth.load_keys(tmp_path / "absent.json") == {}
+    assert apikeys.load_keys(tmp_path / "absent.json") == {}
 
 
 def test_a_failed_fsync_leaves_the_old_file_whole(tmp_path, monkeypatch):
     path = tmp_path / "keys.json"
-    _, a = auth.generate("a", ["predict"])
-    auth.save_keys(path, [a])
+    _, a = apikeys.generate("a", ["predict"])
+    apikeys.save_keys(path, [a])
     before = path.read_bytes()
 
     def failing_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
     monkeypatch.setattr(os, "fsync", failing_fsync)
     with pytest.raises(OSError):
-        auth.save_keys(path, [a.revoke()])
+        apikeys.save_keys(path, [a.revoke()])
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["keys.json"]
 
 
@@ -104,7 +106,7 @@ def test_malformed_keys_files_are_named(tmp_path, text, words):
     path = tmp_path / "keys.json"
     path.write_text(text)
     with pytest.raises(KeysFileError) as info:
-        auth.load_keys(path)
+        apikeys.load_keys(path)
     assert str(path) in str(info.value) and words in str(info.value)
 
 
@@ -118,17 +120,17 @@ class Clock:
 
 def test_store_reloads_a_changed_file_at_most_every_reload_s(tmp_path):
     path, clock = tmp_path / "keys.json", Clock()
-    _, a = auth.generate("a", ["predict"])
-    auth.save_keys(path, [a])
+    _, a = apikeys.generate("a", ["predict"])
+    apikeys.save_keys(path, [a])
     store = KeyStore(path, reload_s=1.0, clock=clock)
     assert store.get(a.id) == a
-    auth.save_keys(path, [a.revoke()])  # same id, a new inode
+    apikeys.save_keys(path, [a.revoke()])  # same id, a new inode
     clock.now += 0.5
     assert not store.get(a.id).revoked  # not checked yet
     clock.now += 0.6
     assert store.get(a.id).revoked
-    _, b = auth.generate("b", ["predict"])
-    auth.save_keys(path, [a.revoke(), b])
+    _, b = apikeys.generate("b", ["predict"])
+    apikeys.save_keys(path, [a.revoke(), b])
     clock.now += 1.0
     assert store.get(b.id) == b
     path.unlink()
@@ -138,8 +140,8 @@ def test_store_reloads_a_changed_file_at_most_every_reload_s(tmp_path):
 
 def test_store_keeps_its_keys_when_the_file_turns_malformed(tmp_path, caplog):
     path, clock = tmp_path / "keys.json", Clock()
-    _, a = auth.generate("a", ["predict"])
-    auth.save_keys(path, [a])
+    _, a = apikeys.generate("a", ["predict"])
+    apikeys.save_keys(path, [a])
     store = KeyStore(path, reload_s=0.0, clock=clock)
     path.write_text("{broken")
     clock.now += 1
@@ -153,8 +155,8 @@ def test_store_refuses_every_key_when_the_file_turns_unreadable(tmp_path, caplog
     """A changed file the edge cannot read may hold a revocation: the keys read
     before do not stay in force (issue 15 item 13; they did)."""
     path, clock = tmp_path / "keys.json", Clock()
-    _, a = auth.generate("a", ["predict"])
-    auth.save_keys(path, [a])
+    _, a = apikeys.generate("a", ["predict"])
+    apikeys.save_keys(path, [a])
     store = KeyStore(path, reload_s=0.0, clock=clock)
     assert store.get(a.id) == a
     path.rename(tmp_path / "elsewhere.json")
@@ -175,8 +177,8 @@ def test_store_refuses_every_key_when_the_files_directory_turns_unusable(tmp_pat
     folder = tmp_path / "keys"
     folder.mkdir()
     path, clock = folder / "keys.json", Clock()
-    _, a = auth.generate("a", ["predict"])
-    auth.save_keys(path, [a])
+    _, a = apikeys.generate("a", ["predict"])
+    apikeys.save_keys(path, [a])
     store = KeyStore(path, reload_s=0.0, clock=clock)
     assert store.get(a.id) == a
     folder.rename(tmp_path / "moved")
@@ -195,18 +197,18 @@ def test_store_refuses_every_key_when_the_files_directory_turns_unusable(tmp_pat
 @pytest.fixture
 def keyring(tmp_path):
     path = tmp_path / "keys.json"
-    made = {name: auth.generate(name, scopes, models)
+    made = {name: apikeys.generate(name, scopes, models)
             for name, scopes, models in [("pred", ["predict"], []),
                                          ("adm", ["admin"], []),
                                          ("digits_only", ["predict"], ["digits"]),
                                          ("gone", ["predict", "admin"], [])]}
     entries = [e.revoke() if name == "gone" else e for name, (_, e) in made.items()]
-    auth.save_keys(path, entries)
+    apikeys.save_keys(path, entries)
     return path, {name: key for name, (key, _) in made.items()}
 
 
 def failures(reason: str) -> float:
-    return auth.AUTH_FAILURES.labels(reason)._value.get()
+    return metrics.AUTH_FAILURES.labels(reason)._value.get()
 
 
 @pytest.mark.parametrize("who, scope, model, error, reason, words", [
@@ -220,16 +222,44 @@ def failures(reason: str) -> float:
     ("digits_only", "predict", "multi_io", Forbidden, "model", "may not use model 'multi_io'"),
 ])
 def test_authorizer_refusals(keyring, who, scope, model, error, reason, words):
+    """The decision (apikeys: a refusal with its reason, no HTTP), then the edge's
+    adapter (edge.auth.authorize: 401/403 errors, counted by reason)."""
     path, keys = keyring
     credential = {None: None, "junk": "Bearer-ish", "unknown": "fk_000000000000_" + "a" * 43,
                   "forged": keys["pred"][:16] + "b" * 43}.get(who, keys.get(who or ""))
+    domain_error = Unauthenticated if error is Unauthorized else NotPermitted
+    authorizer = Authorizer(KeyStore(path))
     before = failures(reason)
+    with pytest.raises(domain_error) as refused:
+        authorizer.check(credential, scope, model)
+    assert refused.value.reason == reason and words in str(refused.value)
+    assert failures(reason) == before  # the decision counts nothing: the edge does
     with pytest.raises(error) as info:
-        Authorizer(KeyStore(path)).check(credential, scope, model)
-    assert words in str(info.value)
+        auth.authorize(authorizer, credential, scope, model)
+    assert str(info.value) == str(refused.value)
     assert failures(reason) == before + 1
+    if error is Unauthorized:
+        assert info.value.invalid == (reason != "missing")
     if who in ("pred", "adm", "gone", "digits_only", "forged"):
         assert keys[who if who != "forged" else "pred"] not in str(info.value)
+        assert refused.value.key_id == apikeys.parse(keys[who if who != "forged" else "pred"])
+
+
+def test_a_refused_real_key_is_logged_once_a_minute_per_reason(keyring, caplog):
+    path, keys = keyring
+    clock = Clock()
+    authorizer = Authorizer(KeyStore(path), clock=clock)
+    for _ in range(3):
+        with pytest.raises(NotPermitted):
+            authorizer.check(keys["pred"], "admin")
+    assert caplog.text.count("refused (scope)") == 1
+    clock.now += 60
+    with pytest.raises(NotPermitted):
+        authorizer.check(keys["pred"], "admin")
+    assert caplog.text.count("refused (scope)") == 2
+    with pytest.raises(Unauthenticated):
+        authorizer.check("fk_000000000000_" + "a" * 43, "predict")  # no real key: no line
+    assert "000000000000" not in caplog.text
 
 
 def test_authorizer_accepts_and_returns_the_entry(keyring):
@@ -283,7 +313,7 @@ def test_middleware_statuses_headers_and_bodies(client):
                     {"authorization": "bearer  " + keys["pred"]},
                     {"X-API-Key": keys["pred"]}):
         ans = c.simulate_post("/m/digits", headers=headers)
-        assert ans.status_code == 200 and ans.json == {"key": auth.parse(keys["pred"]),
+        assert ans.status_code == 200 and ans.json == {"key": apikeys.parse(keys["pred"]),
                                                        "model": "digits"}
     ans = c.simulate_post("/m/multi_io", headers={"X-API-Key": keys["digits_only"]})
     assert ans.status_code == 403 and "multi_io" in ans.json["error"]
@@ -330,7 +360,7 @@ def test_falconctl_keys_create_list_revoke(cli_env, capsys):
     assert main(["keys", "create", "--name", "alice", "--scope", "predict", "--scope", "admin",
                  "--model", "digits", "--class", "high"]) == 0
     key = capsys.readouterr().out.strip()
-    key_id = auth.parse(key)
+    key_id = apikeys.parse(key)
     assert key_id is not None
     path = cli_env / "state" / "keys.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600 and key not in path.read_text()
@@ -339,9 +369,9 @@ def test_falconctl_keys_create_list_revoke(cli_env, capsys):
     listing = capsys.readouterr().out
     assert key_id in listing and "alice" in listing and "predict,admin" in listing
     assert "digits" in listing and "high" in listing and key[16:] not in listing
-    assert auth.load_keys(path)[key_id].sha256 not in listing
+    assert apikeys.load_keys(path)[key_id].sha256 not in listing
     assert main(["keys", "revoke", key_id]) == 0
-    assert auth.load_keys(path)[key_id].revoked
+    assert apikeys.load_keys(path)[key_id].revoked
     assert (cli_env / "run" / keyscli.LIMITS_MAP).read_text() == ""
     assert main(["keys", "revoke", "000000000000"]) == 1
     assert main(["keys", "create", "--name", "bad name"]) == 2
@@ -377,5 +407,11 @@ def test_falconctl_builds_its_parser_without_importing_prometheus_client():
     code = ("import sys, falconctl.cli; falconctl.cli.build_parser(); "
             "sys.exit('prometheus_client' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
-    assert (keyscli.PREDICT, keyscli.ADMIN) == auth.SCOPES
-    assert keyscli.DEFAULT_CLASS == auth.DEFAULT_CLASS
+
+
+
+def test_the_keys_domain_imports_neither_falcon_nor_prometheus_client():
+    """apikeys is transport-free, and falconctl imports it while building its parser."""
+    code = ("import sys, apikeys; "
+            "sys.exit(bool({'falcon', 'prometheus_client', 'edge'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0

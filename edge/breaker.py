@@ -22,12 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pybreaker
-from prometheus_client import Gauge
+
+from edge.metrics import BREAKER_STATE
 
 T = TypeVar("T")
 
-STATE = Gauge("falcon_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
-              ["breaker"], multiprocess_mode="livemax")
 STATE_VALUE = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
 
 Open = pybreaker.CircuitBreakerError
@@ -35,7 +34,7 @@ Open = pybreaker.CircuitBreakerError
 
 class _Exporter(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
-        STATE.labels(cb.name).set(STATE_VALUE.get(new.name, 0))
+        BREAKER_STATE.labels(cb.name).set(STATE_VALUE.get(new.name, 0))
 
 
 class Breaker:
@@ -47,7 +46,7 @@ class Breaker:
         self.count = tuple(count)
         self.cb = pybreaker.CircuitBreaker(fail_max=fail_max, reset_timeout=reset_timeout,
                                            name=name, listeners=[_Exporter()])
-        STATE.labels(name).set(0)
+        BREAKER_STATE.labels(name).set(0)
 
     @property
     def name(self) -> str:

@@ -44,16 +44,13 @@ from typing import Any
 
 import msgpack
 import numpy as np
-from prometheus_client import Counter
 from pymemcache.client.base import PooledClient
 
 from edge.breaker import Breaker, Open
+from edge.metrics import CACHE_LOOKUPS
 from wire import messages
 
 log = logging.getLogger(__name__)
-
-LOOKUPS = Counter("falcon_cache_requests_total", "Prediction cache lookups by result.",
-                  ["model", "result"])  # result: hit | miss | error | bypass | unverified
 
 Outputs = list[tuple[str, np.ndarray]]
 
@@ -157,20 +154,20 @@ class PredictionCache:
         try:
             value = server.breaker.call(server.client.get, key)
         except Open:
-            LOOKUPS.labels(model, "bypass").inc()
+            CACHE_LOOKUPS.labels(model, "bypass").inc()
             return None
         except Exception as exc:  # pymemcache raises socket, protocol and client errors
-            LOOKUPS.labels(model, "error").inc()
+            CACHE_LOOKUPS.labels(model, "error").inc()
             server.failed(exc)
             return None
         server.recovered()
         if value is None:
-            LOOKUPS.labels(model, "miss").inc()
+            CACHE_LOOKUPS.labels(model, "miss").inc()
             return None
         try:
             outputs = decode(value, self.secret, key)
         except (ValueError, TypeError, msgpack.ExtraData) as exc:
-            LOOKUPS.labels(model, "unverified").inc()
+            CACHE_LOOKUPS.labels(model, "unverified").inc()
             if not self._warned_unverified:  # once per worker: counted in the metric after
                 self._warned_unverified = True
                 log.warning("prediction cache: a value that does not verify under %s (%s); "
@@ -178,7 +175,7 @@ class PredictionCache:
                             "cache.secret_file; further ones are counted in "
                             "falcon_cache_requests_total{result=\"unverified\"}", key, exc)
             return None
-        LOOKUPS.labels(model, "hit").inc()
+        CACHE_LOOKUPS.labels(model, "hit").inc()
         return outputs
 
     def set(self, key: str, outputs: Outputs, ttl_s: int) -> None:

@@ -18,6 +18,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -34,6 +35,11 @@ WAL_RECORDS = Counter("falcon_wal_records_total", "Audit records appended to the
 WAL_BYTES = Counter("falcon_wal_appended_bytes_total", "Audit bytes appended to the WAL.")
 AUTH_FAILURES = Counter("falcon_auth_failures_total",  # edge/auth.py; reason: apikeys.errors
                         "Requests refused by the edge's API key check, by reason.", ["reason"])
+CACHE_LOOKUPS = Counter("falcon_cache_requests_total", "Prediction cache lookups by result.",
+                        ["model", "result"])  # edge/cache.py; hit|miss|error|bypass|unverified
+BREAKER_STATE = Gauge("falcon_breaker_state",  # edge/breaker.py
+                      "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+                      ["breaker"], multiprocess_mode="livemax")
 
 
 class RequestMetrics:

@@ -8,7 +8,8 @@ import time
 import pybreaker
 import pytest
 
-from edge.breaker import STATE, Breaker, Open
+from edge.breaker import Breaker, Open
+from edge.metrics import BREAKER_STATE as STATE
 
 
 class Down(Exception):

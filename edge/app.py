@@ -73,19 +73,29 @@ def make_auditor(settings: Settings) -> Auditor | None:
                    max_input_bytes=a.max_input_bytes, retry_s=a.retry_s)
 
 
+def _gevent() -> Any:
+    """The ``gevent`` module when this process runs under it (the edge's gevent worker
+    monkey-patches ``threading``), else None."""
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return None
+    if not monkey.is_module_patched("threading"):
+        return None
+    import gevent
+
+    return gevent
+
+
 def cooperative(blocking: Callable[[int], None]) -> Callable[[int], None]:
     """``blocking`` as it should run in this process. Under gevent (the edge's worker
     class by default) a call that blocks in the kernel, like ``fdatasync``, stops every
     greenlet of the worker, so it runs in gevent's thread pool and only the caller
     waits (PERF: an fsync covers a group of records, so one thread hand-off per group);
     otherwise it is called as it is."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
+    gevent = _gevent()
+    if gevent is None:
         return blocking
-    if not monkey.is_module_patched("threading"):
-        return blocking
-    import gevent
 
     def in_pool(fd: int) -> None:
         gevent.get_hub().threadpool.apply(blocking, (fd,))
@@ -96,15 +106,8 @@ def greenlet_yield() -> Callable[[], None] | None:
     """Under gevent, a yield to the greenlets that are runnable now (None otherwise):
     the WAL's group-commit leader calls it before its fsync, so the other answers of
     the same daemon batch, woken together, append first and share that fsync."""
-    try:
-        from gevent import monkey
-    except ImportError:  # pragma: no cover - gevent is a dependency
-        return None
-    if not monkey.is_module_patched("threading"):
-        return None
-    import gevent
-
-    return lambda: gevent.sleep(0)
+    gevent = _gevent()
+    return None if gevent is None else lambda: gevent.sleep(0)
 
 
 def make_cache(settings: Settings) -> PredictionCache | None:

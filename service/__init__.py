@@ -1,4 +1,6 @@
-"""Process plumbing shared by every long-running process (daemon, edge,
-shipper): systemd notification, metrics set-up. Imports no other package of
-the project but ``shm`` (the lowest layer, which imports none): its pid probe
-``shm.names.pid_alive``, so that "is this process alive" has one implementation."""
+"""Process plumbing shared by every process of the project (daemon, edge, shipper,
+falconctl): systemd notification (``sdnotify``), metrics set-up (``metrics``), durable
+file replacement (``durable``). Every other package may import it. It imports no
+other package of the project but ``shm`` (the lowest layer, which imports none): its
+pid probe ``shm.names.pid_alive``, so that "is this process alive" has one
+implementation."""

@@ -1,23 +1,28 @@
 """``falconctl hosts``: the serving hosts (or edges) as this host's HAProxy sees
-them, and taking one out of rotation, through HAProxy's runtime API
-(``<run_dir>/haproxy.sock``, level admin).
+them, taking one out of rotation (HAProxy's runtime API,
+``<run_dir>/haproxy.sock``, level admin), and the fleet's models
+(fleet/, in PostgreSQL: ``fleet.dsn``).
 
     falconctl hosts list               name, state, health check, in flight, served
     falconctl hosts drain host-a       no new requests; in-flight ones finish
     falconctl hosts maint host-a       out of rotation at once (health checks stop)
     falconctl hosts ready host-a       back in rotation
+    falconctl hosts traffic MODEL      each host's split of MODEL as its edge reports it
 
-    falconctl hosts traffic MODEL      each host's split of MODEL, and whether they agree
-    falconctl hosts split MODEL 1=90 2=10   set it on every host of haproxy.hosts
-    falconctl hosts rollback MODEL     roll it back on every host
+    falconctl hosts load|unload MODEL VERSION     the fleet's desired state (fleet/cli.py)
+    falconctl hosts split MODEL 1=90 2=10
+    falconctl hosts rollback MODEL [--to-revision N]
+    falconctl hosts status|history|forget
 
-A split lives in each host's daemon (its repository's traffic.json), so on
-several hosts it must be set on each: the last three call every host's edge
-directly (its management API, not through HAProxy, which would reach one), with
-an admin API key (``--key`` or ``$FALCON_ADMIN_KEY``) when auth is on. Each host
-records its own audit event. They report per host and exit 1 if any host failed;
-then re-run ``split`` (setting a split is idempotent), never ``rollback`` (it
-would go back one more step on the hosts where it worked).
+    falconctl reconcile                this host's reconciler (falcon-reconciler.service)
+
+The fleet commands write the desired state once, with a revision; each host's
+reconciler converges its daemon to it (fleet/reconciler.py), driving it
+through its socket with the daemon client (:class:`SocketDaemon`).
+
+``traffic`` calls every host's edge directly (its management API, not through
+HAProxy, which would reach one), with an admin API key (``--key`` or
+``$FALCON_ADMIN_KEY``) when auth is on; exit 1 if a host failed or they differ.
 
 The backend is ``hosts`` when ``haproxy.hosts`` lists several hosts, else this
 host's ``edges`` (servers ``edge1`` and the standby ``edge2``). A state set here
@@ -130,43 +135,98 @@ def every_host(s: Settings, method: str, path: str, body: Any,
     return [(name, *admin_call(addr, method, path, body, key)) for name, addr in hosts]
 
 
-def cmd_fleet(s: Settings, args: argparse.Namespace) -> int:
-    from falconctl.models import parse_split
-
+def cmd_traffic(s: Settings, args: argparse.Namespace) -> int:
     key = args.key or os.environ.get("FALCON_ADMIN_KEY", "")
     model = quote(args.model, safe="")
-    if args.hosts_command == "traffic":
-        results = every_host(s, "GET", f"/v1/models/{model}/traffic", None, key)
-    elif args.hosts_command == "split":
-        results = every_host(s, "PUT", f"/v1/models/{model}/traffic",
-                             {"split": parse_split(args.weights)}, key)
-    else:
-        results = every_host(s, "POST", f"/v1/models/{model}/rollback", None, key)
+    results = every_host(s, "GET", f"/v1/models/{model}/traffic", None, key)
     failed, splits = 0, set()
     for name, status, doc in results:
         if status != 200:
             failed += 1
             print(f"{name:<16} FAILED ({status or 'unreachable'}): {doc.get('error', doc)}")
             continue
-        split = doc.get("split", doc.get("new"))
+        split = doc.get("split")
         splits.add(json.dumps(split, sort_keys=True))
         print(f"{name:<16} ok  split {json.dumps(split, sort_keys=True)}")
     if failed:
-        print(f"falconctl hosts {args.hosts_command}: {failed} of {len(results)} hosts failed; "
-              "the hosts' splits may differ now (re-run `split`, never `rollback`)")
+        print(f"falconctl hosts traffic: {failed} of {len(results)} hosts failed")
         return 1
     if len(splits) > 1:
         print("falconctl hosts: the hosts' splits DIFFER")
-        return 1 if args.hosts_command == "traffic" else 0
+        return 1
     return 0
+
+
+class SocketDaemon:
+    """The local daemon as the reconciler drives it (:class:`fleet.reconciler.DaemonOps`),
+    through the daemon client: its ``models`` op, and ``load``/``unload``/``split``."""
+
+    def __init__(self, path: str, timeout_s: float = 120.0) -> None:
+        from edge.daemon_client import DaemonClient
+
+        self.client = DaemonClient(path)
+        self.timeout_s = timeout_s  # loading parses, publishes and warms a model
+
+    def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        import time
+
+        from edge.errors import EdgeError
+        from fleet.errors import DaemonRefused, DaemonUnavailable
+        from wire.messages import RemoteError
+
+        try:
+            return self.client.call(op, args, time.monotonic() + self.timeout_s)
+        except RemoteError as exc:
+            raise DaemonRefused(str(exc)) from None
+        except EdgeError as exc:  # unavailable, deadline exceeded
+            raise DaemonUnavailable(str(exc)) from None
+
+    def models(self) -> dict[str, Any]:
+        from fleet.plan import Actual
+
+        return {m["name"]: Actual.from_json(m) for m in self._call("models", {})["models"]}
+
+    def apply(self, model: str, step: tuple[str, Any]) -> None:
+        op, arg = step
+        self._call(op, {"model": model, "split": arg} if op == "split"
+                   else {"model": model, "version": arg})
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def cmd_reconcile(s: Settings, args: argparse.Namespace) -> int:
+    from falconctl.cli import _setup_logging
+    from fleet.reconciler import serve
+
+    _setup_logging("reconciler")
+    if not s.fleet.dsn:
+        raise ConfigError("fleet.dsn is empty: the reconciler needs the fleet's database "
+                          "($FALCON_FLEET_DSN)")
+    return serve(s.host_id, s.fleet.dsn, s.fleet.interval_s, SocketDaemon(s.daemon_socket))
+
+
+def fleet_command(func: Any) -> Any:
+    """A fleet subcommand: its arguments prepared (the split parsed, the hosts that
+    must report), then fleet/cli.py's runner (its own exit statuses)."""
+    def command(s: Settings, args: argparse.Namespace) -> int:
+        from falconctl.models import parse_split
+        from fleet import cli
+
+        if getattr(args, "weights", None):
+            args.split = parse_split(args.weights)
+        args.expected = [name for name, _ in parse_hosts(s.haproxy.hosts)]
+        return cli.run(func, s, args)
+    return command
 
 
 _guarded = guarded("hosts", lambda: (HostsError, ConfigError))
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("hosts", help="serving hosts behind HAProxy: list, drain, maint, ready; "
-                                     "traffic, split, rollback on every host")
+    p = sub.add_parser("hosts", help="serving hosts behind HAProxy: list, drain, maint, ready, "
+                                     "traffic; the fleet's models: load, unload, split, "
+                                     "rollback, status, history")
     hs = p.add_subparsers(dest="hosts_command", required=True)
     hs.add_parser("list", help="each server's state and load").set_defaults(
         func=_guarded(cmd_list))
@@ -176,12 +236,13 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         c = hs.add_parser(state, help=doc)
         c.add_argument("server", help="host name as in haproxy.hosts (or edge1/edge2)")
         c.set_defaults(func=_guarded(cmd_set), state=state)
-    for name, doc in (("traffic", "each host's split of a model (exit 1 if they differ)"),
-                      ("split", "set a model's split on every host, e.g. 1=90 2=10"),
-                      ("rollback", "roll a model's split back on every host")):
-        c = hs.add_parser(name, help=doc)
-        c.add_argument("model")
-        if name == "split":
-            c.add_argument("weights", nargs="+", metavar="VERSION=WEIGHT")
-        c.add_argument("--key", default="", help="an admin API key (default $FALCON_ADMIN_KEY)")
-        c.set_defaults(func=_guarded(cmd_fleet))
+    c = hs.add_parser("traffic", help="each host's split of a model, from its edge "
+                                      "(exit 1 if they differ)")
+    c.add_argument("model")
+    c.add_argument("--key", default="", help="an admin API key (default $FALCON_ADMIN_KEY)")
+    c.set_defaults(func=_guarded(cmd_traffic))
+    from fleet.cli import add_arguments
+
+    add_arguments(hs, fleet_command)
+    sub.add_parser("reconcile", help="this host's fleet reconciler (converges the daemon to "
+                                     "the fleet state)").set_defaults(func=cmd_reconcile)

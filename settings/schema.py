@@ -197,6 +197,18 @@ class AuthSettings:
 
 
 @dataclass(frozen=True)
+class FleetSettings:
+    dsn: str = key("", "PostgreSQL DSN of the fleet's desired model state (fleet/store.py; may "
+                       "be the audit database): needed by `falconctl hosts load|unload|split|"
+                       "rollback|status|history` and by this host's reconciler (`falconctl "
+                       "reconcile`). Empty: no fleet state; each host's models are its own.")
+    interval_s: float = key(10.0, "How often the reconciler re-reads the fleet state even "
+                                  "without a notification (a missed NOTIFY, a restarted "
+                                  "daemon), and the longest back-off while PostgreSQL is down. "
+                                  "The host is named by host.id.", min=0.2, max=3600)
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     host: HostSettings = field(default_factory=HostSettings)
@@ -207,6 +219,7 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    fleet: FleetSettings = field(default_factory=FleetSettings)
 
     @property
     def daemon_socket(self) -> str:

@@ -1,0 +1,66 @@
+"""The fleet's errors: one root, :class:`FleetError`, a subclass per cause.
+
+``falconctl hosts`` prints them as one line (exit status 1, or
+:data:`STALE_EXIT` for a failed revision precondition); the reconciler logs
+them and tries again.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Root of the fleet's errors."""
+
+
+class InvalidChange(FleetError):
+    """A requested change is malformed or impossible (bad version, split that
+    does not add up, a version not in the desired state). ``field`` names the
+    part at fault; nothing was written."""
+
+    def __init__(self, message: str, field: str = "model") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class CarriesTraffic(InvalidChange):
+    """An unload of a version that carries traffic in the desired split.
+    Likely cause: the split was not changed first; nothing was written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "version")
+
+
+class NothingToRollBack(InvalidChange):
+    """A rollback with no earlier split of the model (or one naming a version
+    unloaded since); nothing was written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "revision")
+
+
+class StaleRevision(FleetError):
+    """The write's precondition (``--if-revision``) failed: another writer
+    changed the fleet state first. Read it again (``falconctl hosts status``)
+    and decide; nothing was written."""
+
+
+class FleetUnavailable(FleetError):
+    """PostgreSQL cannot be reached (or the connection broke mid-call): a write
+    was not committed unless the message says otherwise. Hosts keep serving
+    their last state."""
+
+
+class DaemonUnavailable(FleetError):
+    """The local daemon's socket does not answer (stopped, restarting). The
+    reconciler reports it and tries again."""
+
+
+class DaemonRefused(FleetError):
+    """The daemon refused a step (e.g. a version whose files are not in this
+    host's repository); the message is the daemon's."""
+
+
+# ``falconctl hosts`` exit statuses (docs/several-hosts.md)
+NOT_CONVERGED_EXIT = 1
+STALE_EXIT = 3
+UNREACHABLE_EXIT = 4

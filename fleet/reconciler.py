@@ -1,0 +1,225 @@
+"""One host's reconciler: converge the local daemon to the fleet's desired
+state, and report what it runs. Its own process (``falconctl reconcile``,
+``falcon-reconciler.service``); never the daemon, never the request path.
+
+    rec = Reconciler("host-a", FleetStore(dsn), daemon, Listener(dsn), interval_s=10)
+    rec.run(stop)          # until stop.is_set(); rec.pass_once() does one pass
+
+A pass reads the desired state, asks the daemon what it runs (its ``models``
+op), runs the steps of :func:`fleet.plan.plan` for every managed model through
+the daemon's socket (load warms a version before it can be chosen; the split
+moves traffic; unload comes last), reads the daemon again and reports it
+(:meth:`fleet.store.FleetStore.report`: actual state, converged revision,
+error, heartbeat; the audit event of what changed). Models the fleet does not
+manage are left alone.
+
+A pass runs when ``NOTIFY fleet_changed`` arrives and every ``interval_s``
+(a missed notification, a daemon restarted, a host back from the dead), or
+sooner (1 s) while the daemon is unreachable or refused a step.
+
+PostgreSQL down: nothing already running changes. The reconciler keeps
+converging the daemon to the last desired state it read (a daemon restarted
+meanwhile gets its split and versions back), logs the outage once, retries
+with back-off up to ``interval_s``, and logs the recovery; the report of
+what changed meanwhile is written once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from fleet.errors import DaemonRefused, DaemonUnavailable, FleetUnavailable
+from fleet.plan import Actual, Step, converged, plan
+from fleet.store import Desired
+
+log = logging.getLogger(__name__)
+
+DAEMON_RETRY_S = 1.0
+FIRST_BACKOFF_S = 0.5
+
+
+class DaemonOps(Protocol):
+    """The local daemon as the reconciler drives it (falconctl/hosts.py wires
+    the daemon client to it)."""
+
+    def models(self) -> dict[str, Actual]:
+        """Every loaded model; raises DaemonUnavailable."""
+
+    def apply(self, model: str, step: Step) -> None:
+        """Run one step; raises DaemonUnavailable or DaemonRefused."""
+
+
+class StoreOps(Protocol):
+    def desired(self) -> Desired: ...
+
+    def report(self, host: str, seen: int, converged: bool, actual: dict[str, Actual] | None,
+               error: str, interval_s: float, steps: list[Any],
+               managed: set[str]) -> dict[str, Any] | None: ...
+
+
+class ListenerOps(Protocol):
+    def wait(self, timeout: float) -> bool: ...
+
+
+class Reconciler:
+    """See the module docstring. ``sleep`` and ``clock`` are seams for tests."""
+
+    def __init__(self, host: str, store: StoreOps, daemon: DaemonOps, listener: ListenerOps,
+                 *, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 on_pass: Callable[[], None] = lambda: None) -> None:
+        """``on_pass`` is called at least once a second while the loop runs."""
+        self.host = host
+        self.store = store
+        self.daemon = daemon
+        self.listener = listener
+        self.interval_s = interval_s
+        self.clock = clock
+        self.on_pass = on_pass
+        self.last: Desired | None = None   # the last desired state read
+        self.pending: tuple[Any, ...] | None = None  # a report PostgreSQL did not take
+        self.outage_since: float | None = None
+        self.last_error = ""
+
+    # -- one pass ---------------------------------------------------------------
+    def pass_once(self) -> bool:
+        """One pass; True when the daemon runs the desired state. Raises
+        FleetUnavailable when the desired state could not be read (then the
+        last one read was applied) or the report could not be written."""
+        try:
+            desired = self.store.desired()
+        except FleetUnavailable:
+            if self.last is not None:
+                self._converge(self.last)  # hold the line on the last known state
+            raise
+        self.last = desired
+        actual, steps, error = self._converge(desired)
+        ok = not error and actual is not None and all(
+            converged(d, actual.get(m)) for m, d in desired.models.items())
+        self._note_error(error)
+        self.pending = (self.host, desired.revision, ok, actual, error, self.interval_s,
+                        steps, set(desired.models))
+        self._flush()
+        return ok
+
+    def _converge(self, desired: Desired) -> tuple[dict[str, Actual] | None, list[Any], str]:
+        """Run the plan's steps; (actual after, steps done, error or "")."""
+        try:
+            actual = self.daemon.models()
+        except DaemonUnavailable as exc:
+            return None, [], f"daemon: {exc}"
+        done: list[Any] = []
+        errors = []
+        for model, want in sorted(desired.models.items()):
+            for step in plan(want, actual.get(model)):
+                try:
+                    self.daemon.apply(model, step)
+                except DaemonRefused as exc:
+                    errors.append(f"{model}: {step[0]} {step[1]}: {exc}")
+                    break
+                except DaemonUnavailable as exc:
+                    return None, done, f"daemon: {exc}"
+                log.info("revision %d: %s %s %s", desired.revision, model, step[0], step[1])
+                done.append([model, step[0], step[1]])
+        if done:
+            try:
+                actual = self.daemon.models()
+            except DaemonUnavailable as exc:
+                return None, done, f"daemon: {exc}"
+        return actual, done, "; ".join(errors)
+
+    def _flush(self) -> None:
+        if self.pending is None:
+            return
+        event = self.store.report(*self.pending)
+        self.pending = None
+        if event is not None:
+            log.info("recorded: revision %d on %s, %s -> %s", event["revision"], self.host,
+                     event["old"], event["new"])
+
+    def _note_error(self, error: str) -> None:
+        if error and error != self.last_error:
+            log.warning("not converged: %s (retrying every %.0f s)", error, DAEMON_RETRY_S)
+        elif not error and self.last_error:
+            log.info("converged again")
+        self.last_error = error
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        backoff = FIRST_BACKOFF_S
+        wait = 0.0
+        while not stop.is_set():
+            try:
+                self._wait(wait, stop)
+                if stop.is_set():
+                    break
+                ok = self.pass_once()
+                self._recovered()
+                backoff = FIRST_BACKOFF_S
+                wait = self.interval_s if ok or not self.last_error else DAEMON_RETRY_S
+                wait = min(wait, self.interval_s)
+            except FleetUnavailable as exc:
+                self._outage(exc)
+                end = self.clock() + backoff
+                while not stop.wait(max(0.0, min(1.0, end - self.clock()))) \
+                        and self.clock() < end:
+                    self.on_pass()
+                backoff = min(backoff * 2, max(self.interval_s, FIRST_BACKOFF_S))
+                wait = 0.0
+
+    def _wait(self, seconds: float, stop: threading.Event) -> None:
+        """Until a change is notified, ``seconds`` pass or ``stop`` is set (a
+        stop is noticed within a second)."""
+        end = self.clock() + seconds
+        while not stop.is_set():
+            self.on_pass()  # a heartbeat per second (the systemd watchdog)
+            if self.listener.wait(max(0.0, min(1.0, end - self.clock()))):
+                return
+            if self.clock() >= end:
+                return
+
+    def _outage(self, exc: Exception) -> None:
+        if self.outage_since is None:
+            self.outage_since = self.clock()
+            log.warning("%s; this host keeps its last state and serves; retrying with "
+                        "back-off up to %.0f s", exc, self.interval_s)
+
+    def _recovered(self) -> None:
+        if self.outage_since is not None:
+            log.info("PostgreSQL reachable again after %.1f s", self.clock() - self.outage_since)
+            self.outage_since = None
+
+
+def serve(host: str, dsn: str, interval_s: float, daemon: DaemonOps) -> int:
+    """The ``falconctl reconcile`` process: READY=1 once its loop runs (PostgreSQL
+    may be down: the host serves regardless), WATCHDOG=1 after every pass,
+    SIGTERM/SIGINT stop it (the handlers only set an event)."""
+    import signal
+
+    from fleet.store import FleetStore, Listener
+    from service.sdnotify import notify, watchdog_interval
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda n, f: stop.set())
+    store, listener = FleetStore(dsn), Listener(dsn)
+    watchdog = watchdog_interval() is not None
+
+    def ping() -> None:
+        if watchdog:
+            notify("WATCHDOG=1")
+
+    rec = Reconciler(host, store, daemon, listener, interval_s=interval_s, on_pass=ping)
+    notify("READY=1\nSTATUS=reconciling")
+    log.info("reconciling host %s every %.1f s and on notification", host, interval_s)
+    try:
+        rec.run(stop)
+    finally:
+        notify("STOPPING=1")
+        listener.close()
+        store.close()
+    log.info("stopped")
+    return 0

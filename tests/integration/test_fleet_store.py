@@ -1,0 +1,202 @@
+"""fleet.store against a real PostgreSQL: revisions and their history, the
+refusal to unload a version with traffic, rollbacks (retry-safe with
+--to-revision), concurrent writers (one lock, a revision precondition), each
+change in audit.events once, host reports, and LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg2
+import pytest
+from pg_fixture import fresh_database
+
+from fleet.errors import CarriesTraffic, FleetUnavailable, InvalidChange, StaleRevision
+from fleet.plan import Actual
+from fleet.store import FleetStore, Listener
+
+WHO = "falconctl:test (uid 0) on here"
+
+
+@pytest.fixture
+def dsn(pg_cluster: Any, request: pytest.FixtureRequest) -> str:
+    return fresh_database(pg_cluster, request.node.name)
+
+
+@pytest.fixture
+def store(dsn: str) -> Any:
+    s = FleetStore(dsn)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def query(dsn: str, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+def events(dsn: str) -> list[tuple[Any, ...]]:
+    return query(dsn, "SELECT kind, actor, model, detail->'revision', detail->'old', "
+                      "detail->'new' FROM audit.events ORDER BY id")
+
+
+def test_each_change_is_a_revision_with_its_history_and_one_audit_event(
+        store: FleetStore, dsn: str) -> None:
+    assert store.desired().revision == 0 and store.desired().models == {}
+    first = store.change("load", "digits", WHO, version="1")
+    assert first is not None and (first.revision, first.old) == (1, None)
+    assert first.new == {"versions": ["1"], "split": {"1": 100}}
+    second = store.change("load", "digits", WHO, version="2")
+    assert second is not None and second.new == {"versions": ["1", "2"], "split": {"1": 100}}
+    third = store.change("split", "digits", WHO, split={"1": 90, "2": 10})
+    assert third is not None and third.revision == 3
+    # the same change again writes nothing (a retried command is harmless)
+    assert store.change("split", "digits", WHO, split={"1": 90, "2": 10}) is None
+    assert store.change("load", "digits", WHO, version="2") is None
+    desired = store.desired()
+    assert desired.revision == 3
+    assert desired.models["digits"].to_json() == {"versions": ["1", "2"],
+                                                  "split": {"1": 90, "2": 10}}
+    assert [(c.revision, c.op, c.actor, c.old, c.new) for c in store.history("digits")] == [
+        (1, "load", WHO, None, first.new),
+        (2, "load", WHO, first.new, second.new),
+        (3, "split", WHO, second.new, third.new)]
+    assert events(dsn) == [
+        ("fleet.load", WHO, "digits", 1, None, first.new),
+        ("fleet.load", WHO, "digits", 2, first.new, second.new),
+        ("fleet.split", WHO, "digits", 3, second.new, third.new)]
+
+
+def test_unloading_a_version_that_carries_traffic_is_refused(store: FleetStore,
+                                                            dsn: str) -> None:
+    store.change("load", "m", WHO, version="1")
+    store.change("load", "m", WHO, version="2")
+    store.change("split", "m", WHO, split={"1": 50, "2": 50})
+    with pytest.raises(CarriesTraffic, match="carries 50"):
+        store.change("unload", "m", WHO, version="2")
+    with pytest.raises(InvalidChange) as err:
+        store.change("split", "m", WHO, split={"3": 100})
+    assert err.value.field == "split"
+    assert store.desired().revision == 3 and len(events(dsn)) == 3  # nothing written
+    store.change("split", "m", WHO, split={"1": 100})
+    done = store.change("unload", "m", WHO, version="2")
+    assert done is not None and done.new == {"versions": ["1"], "split": {"1": 100}}
+    assert store.change("unload", "m", WHO, version="2") is None  # already so
+
+
+def test_rollback_goes_back_one_split_write_and_to_revision_is_retry_safe(
+        store: FleetStore) -> None:
+    store.change("load", "m", WHO, version="1")                  # r1 {1: 100}
+    store.change("load", "m", WHO, version="2")                  # r2
+    store.change("split", "m", WHO, split={"1": 80, "2": 20})    # r3
+    store.change("split", "m", WHO, split={"1": 50, "2": 50})    # r4
+    back = store.change("rollback", "m", WHO)
+    assert back is not None and (back.revision, back.target) == (5, 3)
+    assert back.new["split"] == {"1": 80, "2": 20}
+    # the client did not see the answer and retries the absolute form: no second step back
+    assert store.change("rollback", "m", WHO, to_revision=3) is None
+    assert store.desired().models["m"].split == {"1": 80, "2": 20}
+    again = store.change("rollback", "m", WHO)                   # one more step
+    assert again is not None and again.new["split"] == {"1": 100} and again.target == 2
+    with pytest.raises(InvalidChange, match="nothing to roll back"):
+        store.change("rollback", "m", WHO)
+    with pytest.raises(InvalidChange, match="not in the fleet"):
+        store.change("rollback", "other", WHO)
+
+
+def test_concurrent_writers_are_serialized_and_a_precondition_loses_cleanly(
+        store: FleetStore, dsn: str) -> None:
+    store.change("load", "m", WHO, version="1")
+    store.change("load", "m", WHO, version="2")
+    head = store.desired().revision
+    results: list[Any] = []
+
+    def writer(weight: int) -> None:
+        s = FleetStore(dsn)
+        try:
+            results.append(s.change("split", "m", f"writer-{weight}",
+                                    split={"1": weight, "2": 100 - weight}, if_revision=head))
+        except StaleRevision as exc:
+            results.append(exc)
+        finally:
+            s.close()
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in (10, 20, 30, 40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    won = [r for r in results if not isinstance(r, Exception)]
+    assert len(won) == 1 and won[0].revision == head + 1, results
+    assert sum(isinstance(r, StaleRevision) for r in results) == 3
+    assert store.desired().revision == head + 1
+    # without a precondition every writer lands, one revision each, none lost
+    threads = [threading.Thread(target=lambda w=w: FleetStore(dsn).change(
+        "split", "m", WHO, split={"1": w, "2": 100 - w})) for w in (1, 2, 3, 4, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert store.desired().revision == head + 6
+    assert sorted(r for (r,) in query(dsn, "SELECT revision FROM fleet.revisions")) == \
+        list(range(1, head + 7))
+    assert len(query(dsn, "SELECT 1 FROM audit.events")) == head + 6
+
+
+def test_a_model_new_to_the_fleet_starts_from_what_hosts_report(store: FleetStore,
+                                                                 dsn: str) -> None:
+    store.report("host-a", 0, True, {"m": Actual(("1",), {})}, "", 1.0, [], set())
+    store.report("host-b", 0, True, {"m": Actual(("1",), {})}, "", 1.0, [], set())
+    done = store.change("load", "m", WHO, version="2")
+    assert done is not None and done.old is None
+    assert done.new == {"versions": ["1", "2"], "split": {"1": 100}}  # 2 gets no traffic
+
+
+def test_a_host_report_records_each_change_on_it_once(store: FleetStore, dsn: str) -> None:
+    store.change("load", "m", WHO, version="1")
+    before = {"m": Actual(("1",), {}), "other": Actual(("3",), {})}
+    assert store.report("host-a", 1, False, before, "", 2.0, [], {"m"}) is None  # first report
+    after = {"m": Actual(("1",), {"1": 100}), "other": Actual(("3",), {"3": 1})}
+    event = store.report("host-a", 1, True, after, "", 2.0, [["m", "split", {"1": 100}]], {"m"})
+    assert event is not None and event["old"] == {"m": {"versions": ["1"], "split": {}}}
+    # the same again (a heartbeat), the daemon unreachable, an unmanaged model: no event
+    assert store.report("host-a", 1, True, after, "", 2.0, [], {"m"}) is None
+    assert store.report("host-a", 1, False, None, "daemon: down", 2.0, [], {"m"}) is None
+    assert store.report("host-a", 1, True, {**after, "other": Actual(("3",), {})}, "", 2.0,
+                        [], {"m"}) is None
+    [row] = store.hosts()
+    assert (row.host, row.seen, row.converged, row.error, row.stale) == ("host-a", 1, 1, "", False)
+    assert row.actual["m"] == Actual(("1",), {"1": 100})
+    assert query(dsn, "SELECT kind, actor, host, model, detail->'revision' FROM audit.events "
+                      "WHERE kind = 'fleet.applied'") == [
+        ("fleet.applied", "reconciler@host-a", "host-a", "m", 1)]
+    assert store.forget("host-a") and store.hosts() == []
+
+
+def test_listeners_are_woken_by_a_change(store: FleetStore, dsn: str) -> None:
+    listener = Listener(dsn)
+    try:
+        assert listener.wait(0.1) is True  # the first call connects: read the state anyway
+        assert listener.wait(0.2) is False
+        store.change("load", "m", WHO, version="1")
+        assert listener.wait(5.0) is True
+        assert listener.wait(0.1) is False
+    finally:
+        listener.close()
+
+
+def test_an_unreachable_database_is_fleet_unavailable() -> None:
+    from falconctl.stack import free_port
+
+    dsn = f"host=127.0.0.1 port={free_port()} dbname=x user=x connect_timeout=1"
+    with pytest.raises(FleetUnavailable):
+        FleetStore(dsn).desired()
+    with pytest.raises(FleetUnavailable):
+        Listener(dsn).wait(0.1)

@@ -336,6 +336,13 @@ class Stack:
         self._wait(proc, lambda: "shipping" in proc.tail(5), timeout)
         return proc
 
+    def start_reconciler(self, timeout: float = 60.0) -> Proc:
+        """This host's fleet reconciler (``falconctl reconcile``, needs ``fleet.dsn``),
+        ready once its loop runs (PostgreSQL may be down: it retries by itself)."""
+        proc = self._spawn("reconciler", [self.python, "-m", "falconctl", "reconcile"])
+        self._wait(proc, lambda: "reconciling host" in proc.tail(200), timeout)
+        return proc
+
     def start(self, audit: bool = False, cache: bool = False, grpc: bool = False) -> None:
         """daemon, edge, HAProxy; with ``audit`` also PostgreSQL and the shipper;
         with ``cache`` a memcached (unless ``cache.servers`` names some); with
@@ -347,6 +354,8 @@ class Stack:
             if cache:
                 self.start_memcached()
             self.start_daemon()
+            if self.settings.fleet.dsn:  # the fleet's desired state (docs/several-hosts.md)
+                self.start_reconciler()
             self.start_edge()
             if grpc:
                 self.start_grpc()
@@ -362,7 +371,7 @@ class Stack:
                           ("grpc2", signal.SIGTERM),
                           ("edge", signal.SIGTERM),
                           ("edge2", signal.SIGTERM), ("memcached", signal.SIGTERM),
-                          ("shipper", signal.SIGTERM),
+                          ("shipper", signal.SIGTERM), ("reconciler", signal.SIGTERM),
                           ("daemon", signal.SIGTERM)):
             proc = self.procs.pop(name, None)
             if proc is not None:

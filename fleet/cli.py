@@ -170,7 +170,8 @@ def status(store: FleetStore, s: Settings, args: argparse.Namespace) -> int:
     behind = [h for h, ok in verdict.items() if not ok]
     if behind:
         print(f"falconctl hosts status: {len(verdict) - len(behind)} of {len(verdict)} hosts "
-              f"converged to revision {desired.revision} (not: {', '.join(sorted(behind))})")
+              f"converged to revision {desired.revision} (not: {', '.join(sorted(behind))})",
+              file=sys.stderr if args.json else sys.stdout)
         return NOT_CONVERGED_EXIT
     return 0
 

@@ -38,12 +38,12 @@ MEMCACHED_PORTS = (11211, 11212)
 
 
 @contextmanager
-def front_services(net: Network) -> Iterator[str]:
-    """PostgreSQL and two memcached servers in the front namespace; the audit DSN."""
+def front_postgres(net: Network) -> Iterator[EmbeddedPostgres]:
+    """PostgreSQL in the front namespace with database ``falcon`` (``pg.dsn("falcon")``);
+    a test may stop and start it."""
     root = make_root("falcon-mh-pg-")
     pg = EmbeddedPostgres(root / "data", PG_PORT, socket_dir=root / "sock",
                           host=net.addr("front"), wrap=net.wrap("front"))
-    memcached: list[subprocess.Popen] = []
     try:
         pg.init()
         # APPSEC: trust on the test's private /24 only (a namespace nothing else reaches)
@@ -52,17 +52,27 @@ def front_services(net: Network) -> Iterator[str]:
         pg.start()
         with entered(net.ns("front")):
             pg.create_database("falcon")
-        for port in MEMCACHED_PORTS:
-            memcached.append(subprocess.Popen(
-                [*net.wrap("front"), "memcached", "-u", "nobody", "-l", net.addr("front"),
-                 "-p", str(port), "-U", "0", "-m", "32"]))
-        yield pg.dsn("falcon")
+        yield pg
     finally:
-        for proc in memcached:
-            proc.kill()
-            proc.wait(10)
         pg.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def front_services(net: Network) -> Iterator[str]:
+    """PostgreSQL and two memcached servers in the front namespace; the audit DSN."""
+    memcached: list[subprocess.Popen] = []
+    with front_postgres(net) as pg:
+        try:
+            for port in MEMCACHED_PORTS:
+                memcached.append(subprocess.Popen(
+                    [*net.wrap("front"), "memcached", "-u", "nobody", "-l", net.addr("front"),
+                     "-p", str(port), "-U", "0", "-m", "32"]))
+            yield pg.dsn("falcon")
+        finally:
+            for proc in memcached:
+                proc.kill()
+                proc.wait(10)
 
 
 def cache_on(repo: Path) -> Path:

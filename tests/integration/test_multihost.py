@@ -14,17 +14,13 @@ them only from threads that entered the front namespace (tests/netns.py).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psycopg2
 import pytest
-from conftest import ROOT, falconctl
+from conftest import falconctl
 from httpx_lite import post_json
 from loadgen import LoadGen, Outcome
-from modelfactory import write_mlp_model
 from multihost import (
     DIGITS,
     EDGE_PORT,
@@ -39,7 +35,7 @@ from multihost import (
     wait_rows,
     wait_status,
 )
-from netns import NetStack, Network, entered
+from netns import Network, entered
 
 import shm
 
@@ -165,71 +161,3 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
         for name in leaked:
             shm.unlink(name)
     assert leaked == [], "shared-memory segments left behind"
-
-
-def fleet(net: Network, front: NetStack, *args: str) -> subprocess.CompletedProcess:
-    """``falconctl hosts ARGS`` run on the front (in its namespace)."""
-    return subprocess.run([*net.wrap("front"), sys.executable, "-m", "falconctl", "hosts", *args],
-                          env=front.env, capture_output=True, text=True, timeout=120,
-                          cwd=ROOT)
-
-
-def events(net: Network, dsn: str) -> list[tuple[str, str]]:
-    with entered(net.ns("front")):
-        conn = psycopg2.connect(dsn, connect_timeout=5)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT kind, host FROM audit.events ORDER BY 1, 2")
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
-def test_a_split_and_its_rollback_reach_every_host(net: Network, audit_dsn: str,
-                                                   tmp_path: Path) -> None:
-    """`falconctl hosts split|rollback|traffic` on the front: every host's daemon
-    gets the same split (each records its own audit event); a host that cannot
-    be reached is reported, the exit status says so, and `traffic` shows the
-    hosts disagree until `split` is run again."""
-    hosts = {h: host_stack(net, tmp_path / h, h, audit_dsn) for h in ("a", "b")}
-    for stack in hosts.values():
-        repo = Path(stack.env["FALCON_DAEMON_MODEL_REPOSITORY"])
-        for version in ("1", "2"):
-            write_mlp_model(repo, "mlp", input_dim=8, hidden=16, layers=1, classes=3,
-                            seed=int(version), version=version)
-    front = front_stack(net, tmp_path / "front", list(hosts))
-    try:
-        for stack in hosts.values():
-            start_host(stack)
-        out = fleet(net, front, "split", "mlp", "1=80", "2=20")
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert [line.split()[:2] for line in out.stdout.splitlines()] == [
-            ["host-a", "ok"], ["host-b", "ok"]]
-        out = fleet(net, front, "traffic", "mlp")
-        assert out.returncode == 0 and out.stdout.count('{"1": 80, "2": 20}') == 2, out.stdout
-        out = fleet(net, front, "rollback", "mlp")
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert fleet(net, front, "traffic", "mlp").returncode == 0  # they agree again
-
-        hosts["b"].procs["edge"].stop()  # host-b's edge is down
-        out = fleet(net, front, "split", "mlp", "1=100")
-        assert out.returncode == 1 and "host-b           FAILED (unreachable)" in out.stdout, \
-            out.stdout
-        hosts["b"].start_edge()
-        out = fleet(net, front, "traffic", "mlp")
-        assert out.returncode == 1 and "DIFFER" in out.stdout, out.stdout
-        assert fleet(net, front, "split", "mlp", "1=100").returncode == 0
-        out = fleet(net, front, "traffic", "mlp")
-        assert out.returncode == 0 and out.stdout.count('{"1": 100}') == 2, out.stdout
-
-        deadline = time.monotonic() + 30  # every host shipped its own events
-        # host-a: 80/20, 100 (host-b failed), 100 again; host-b: 80/20, 100;
-        # each change twice: its intent before, its outcome after (issue 15 item 4)
-        want = sorted([("rollback", "host-a"), ("rollback", "host-b"), *[("split", "host-a")] * 3,
-                       *[("split", "host-b")] * 2] * 2)
-        while events(net, audit_dsn) != want and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert events(net, audit_dsn) == want
-    finally:
-        for stack in hosts.values():
-            stack.stop()

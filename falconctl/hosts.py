@@ -1,7 +1,8 @@
 """``falconctl hosts``: the serving hosts (or edges) as this host's HAProxy sees
 them, taking one out of rotation (HAProxy's runtime API,
-``<run_dir>/haproxy.sock``, level admin), and the fleet's models
-(fleet/, in PostgreSQL: ``fleet.dsn``).
+``<haproxy run_dir>/haproxy.sock``, level admin; under systemd
+``/run/falcon-haproxy/haproxy.sock``, mode 0660: root or the falcon-haproxy group),
+and the fleet's models (fleet/, in PostgreSQL: ``fleet.dsn``).
 
     falconctl hosts list               name, state, health check, in flight, served
     falconctl hosts drain host-a       no new requests; in-flight ones finish
@@ -59,7 +60,7 @@ def backend(s: Settings) -> str:
 
 
 def _command(s: Settings, command: str) -> str:
-    sock = Path(s.paths.run_dir) / "haproxy.sock"
+    sock = Path(s.haproxy_socket)
     try:
         return haproxy_command(sock, command)
     except OSError as exc:

@@ -26,18 +26,26 @@ Under ``ROOT`` (default ``/``) it writes:
   directory is empty or absent.
 
 Only when installing to the real root (no ``--root``) does it also create the
-system user and group ``falcon`` (``useradd --system``) when missing, hand the
-state directory to them, and run ``systemctl daemon-reload`` (if systemd runs).
-With ``--root`` those steps are skipped, and the report says so. Running it
-twice changes nothing the second time (every line of the report says
-``unchanged``, ``kept`` or ``exists``).
+system users and groups ``falcon`` and ``falcon-haproxy`` (``useradd --system``)
+when missing, hand the state directory to ``falcon``, make what the edge may no
+longer make itself (it is read-only on the state directory but for its WAL): the
+WAL directory ``var/lib/falcon/wal`` and the proxy and cache secrets
+(``proxy.secret``, ``cache.secret``, 0600), and run ``systemctl daemon-reload``
+(if systemd runs). With ``--root`` those steps are skipped, and the report says
+so. Running it twice changes nothing the second time (every line of the report
+says ``unchanged``, ``kept`` or ``exists``).
 
-Why a static user rather than ``DynamicUser=``: every unit must run as the same
-identity (the edge writes the WAL the shipper reads and deletes; all share
-``/run/falcon``), and ``DynamicUser=`` implies ``RemoveIPC=yes``, which deletes
-the daemon's shared-memory segments when it stops: a restarted daemon could then
-never re-attach to its weights. A dynamic UID may also change between starts,
-forcing a recursive chown of the WAL and models every time.
+Who runs as whom (issue 15 item 11): the daemon, the edge, the gRPC face and
+the shipper as ``falcon`` (the edge writes the WAL the shipper reads and deletes;
+they share ``/run/falcon``), with the edge and the gRPC face read-only on
+``/var/lib/falcon`` but for its ``wal``; HAProxy as ``falcon-haproxy``, which can
+reach none of it: its runtime directory is ``/run/falcon-haproxy``, and the proxy
+secret reaches it in the environment its start step writes as ``falcon``
+(``setpriv``). Why static users rather than ``DynamicUser=``: ``DynamicUser=``
+implies ``RemoveIPC=yes``, which deletes the daemon's shared-memory segments when
+it stops: a restarted daemon could then never re-attach to its weights. A dynamic
+UID may also change between starts, forcing a recursive chown of the WAL and
+models every time.
 
 ``python -m falconctl.install haproxy-env PATH`` is the ``ExecStartPre=`` of
 ``falcon-haproxy.service``: it writes the environment ``haproxy.cfg`` expands
@@ -66,7 +74,11 @@ PROJECT = Path(__file__).resolve().parent.parent
 TEMPLATES = ("falcon.target", "falcon-daemon.service", "falcon-edge.service",
              "falcon-grpc.service", "falcon-shipper.service", "falcon-haproxy.service")
 USER = "falcon"
+HAPROXY_USER = "falcon-haproxy"
 STATE_DIR = "/var/lib/falcon"
+# What the edge, read-only on STATE_DIR, needs made for it (settings' defaults)
+STATE_SUBDIRS = ("wal",)
+STATE_SECRETS = ("proxy.secret", "cache.secret")
 HOME_DIRS = ("/home", "/root", "/run/user")
 _PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 HAPROXY_HEADER = """\
@@ -151,8 +163,9 @@ def _check_path(what: str, path: str) -> None:
 
 
 def unit_values(prefix: Path, venv: Path, haproxy: str) -> dict[str, str]:
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
     for what, path in (("--prefix", str(prefix)), ("--venv", str(venv)),
-                       ("--haproxy", haproxy)):
+                       ("--haproxy", haproxy), ("setpriv", setpriv)):
         _check_path(what, path)
     if not os.access(venv / "bin" / "falconctl", os.X_OK):
         raise InstallError(f"{venv}/bin/falconctl is missing: is {venv} the project's venv?")
@@ -160,7 +173,7 @@ def unit_values(prefix: Path, venv: Path, haproxy: str) -> dict[str, str]:
     for path in paths:
         _check_path("path", path)
     return {"VENV": str(venv), "PREFIX": str(prefix), "HAPROXY": haproxy,
-            "PROTECT_HOME": protect_home(paths)}
+            "SETPRIV": setpriv, "PROTECT_HOME": protect_home(paths)}
 
 
 # -- writing files ------------------------------------------------------------
@@ -211,7 +224,8 @@ def install_models(src: Path, dst: Path, report: Report) -> bool:
 # -- the real root only -------------------------------------------------------
 
 
-def ensure_user(report: Report, name: str = USER, home: str = STATE_DIR) -> None:
+def ensure_user(report: Report, name: str = USER, home: str = STATE_DIR,
+                comment: str = "Falcon inference") -> None:
     try:
         pwd.getpwnam(name)
         report.add(f"user {name}", "exists")
@@ -224,13 +238,37 @@ def ensure_user(report: Report, name: str = USER, home: str = STATE_DIR) -> None
     except KeyError:
         group = ["--user-group"]
     cmd = ["useradd", "--system", *group, "--home-dir", home, "--no-create-home",
-           "--shell", "/usr/sbin/nologin", "--comment", "Falcon inference", name]
+           "--shell", "/usr/sbin/nologin", "--comment", comment, name]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         raise InstallError(f"{' '.join(cmd)} failed: {detail}") from None
     report.add(f"user {name} (useradd --system)", "created")
+
+
+def ensure_state(state: Path, report: Report, name: str = USER) -> None:
+    """The directories and secrets of :data:`STATE_SUBDIRS` and :data:`STATE_SECRETS`
+    under ``state``, the service user's, when missing (never replaced)."""
+    from edge.proxyauth import load_or_create
+
+    uid, gid = pwd.getpwnam(name).pw_uid, grp.getgrnam(name).gr_gid
+    for sub in STATE_SUBDIRS:
+        path = state / sub
+        if path.is_dir():
+            report.add(str(path), "exists")
+            continue
+        path.mkdir(mode=0o750, parents=True)
+        os.chown(path, uid, gid)
+        report.add(f"{path} ({name}, 0750)", "created")
+    for secret in STATE_SECRETS:
+        path = state / secret
+        if path.exists():
+            report.add(str(path), "exists")
+            continue
+        load_or_create(path)  # 0600; then the service user's
+        os.chown(path, uid, gid)
+        report.add(f"{path} ({name}, 0600)", "created")
 
 
 def chown_tree(path: Path, name: str = USER) -> None:
@@ -274,13 +312,16 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
     state = root / STATE_DIR.lstrip("/")
     copied = install_models(prefix / "models", state / "models", report)
     if not real_root:
-        report.add(f"user {USER}, ownership of {state}, systemctl daemon-reload "
-                   f"(--root {root}: do them on the target system)", "skipped")
+        report.add(f"user {USER}, user {HAPROXY_USER}, ownership of {state}, its wal and "
+                   f"secrets, systemctl daemon-reload (--root {root}: do them on the target "
+                   "system)", "skipped")
         return report
     ensure_user(report)
+    ensure_user(report, HAPROXY_USER, "/nonexistent", "Falcon HAProxy")
     if copied:
         chown_tree(state)
         report.add(f"{state} owned by {USER}:{USER}", "changed")
+    ensure_state(state, report)
     units_changed = any(line.startswith(("created", "updated")) and str(unit_dir) in line
                         for line in report.lines)
     if units_changed:

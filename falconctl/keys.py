@@ -9,7 +9,7 @@ Per-key rate limits live in HAProxy (``ops/haproxy/haproxy.cfg``): a key of the
 default class may send ``haproxy.rate_per_key`` requests per window; a key
 created with ``--class NAME`` gets that class's limit from
 ``haproxy.key_classes`` (``"high=500000,trial=100"``). HAProxy learns the
-classes from a map file, ``<run_dir>/haproxy-key-limits.map``, one
+classes from a map file, ``<haproxy run_dir>/haproxy-key-limits.map``, one
 ``<key id> <limit>`` line per key of another class: written before every
 HAProxy start (:func:`falconctl.stack.haproxy_env`) and by every ``keys``
 command, which also loads it into a running HAProxy through its runtime API
@@ -72,10 +72,10 @@ def limits_map_text(keys: dict[str, ApiKey], classes: dict[str, int]) -> tuple[s
 
 
 def write_limits_map(s: Settings) -> Path:
-    """(Re)write ``<run_dir>/haproxy-key-limits.map`` from the keys file. An
+    """(Re)write ``<haproxy run_dir>/haproxy-key-limits.map`` from the keys file. An
     unreadable keys file is reported and gives an empty map (every key at the
     default limit) rather than no HAProxy at all."""
-    path = Path(s.paths.run_dir) / LIMITS_MAP
+    path = Path(s.haproxy_run_dir) / LIMITS_MAP
     classes = key_classes(s)
     try:
         text, warnings = limits_map_text(load_keys(Path(s.keys_file)), classes)
@@ -101,7 +101,7 @@ def haproxy_command(sock_path: Path, command: str, timeout: float = 2.0) -> str:
 
 def push_limits_map(s: Settings, path: Path) -> str:
     """Load the map file into a running HAProxy, atomically; says what happened."""
-    sock_path = Path(s.paths.run_dir) / "haproxy.sock"
+    sock_path = Path(s.haproxy_socket)
     if not sock_path.exists():
         return "HAProxy is not running here; it reads the map when it starts"
     try:

@@ -74,14 +74,14 @@ def parse_hosts(spec: str) -> list[tuple[str, str]]:
 
 def hosts_config(s: Settings) -> Path | None:
     """Render ``ops/haproxy/hosts.cfg`` with one ``server`` line per host of
-    ``haproxy.hosts`` into ``<run_dir>/haproxy-hosts.cfg``; None when the
+    ``haproxy.hosts`` into ``<haproxy run_dir>/haproxy-hosts.cfg``; None when the
     setting is empty (single host)."""
     hosts = parse_hosts(s.haproxy.hosts)
     if not hosts:
         return None
     lines = [HOSTS_CFG.read_text()]
     lines += [f"    server {name} {addr} check\n" for name, addr in hosts]
-    path = Path(s.paths.run_dir) / "haproxy-hosts.cfg"
+    path = Path(s.haproxy_run_dir) / "haproxy-hosts.cfg"
     write_atomically(path, "".join(lines), mode=0o644)
     return path
 
@@ -112,7 +112,7 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_BACKEND": "hosts" if parse_hosts(s.haproxy.hosts) else "edges",
         "FALCON_HAPROXY_BIND": s.haproxy.bind,
         "FALCON_HAPROXY_STATS_BIND": s.haproxy.stats_bind,
-        "FALCON_HAPROXY_ADMIN_SOCKET": os.path.join(s.paths.run_dir, "haproxy.sock"),
+        "FALCON_HAPROXY_ADMIN_SOCKET": s.haproxy_socket,
         "FALCON_EDGE_ADDR": edge,
         "FALCON_EDGE2_ADDR": haproxy_addr(s.haproxy.edge2) if s.haproxy.edge2 else edge,
         "FALCON_HAPROXY_MAX_BODY_BYTES": str(s.haproxy.max_body_bytes),

@@ -119,6 +119,11 @@ class HAProxySettings:
     stats_bind: str = key("127.0.0.1:8404", "HAProxy stats and Prometheus exporter address.")
     binary: str = key("haproxy", "HAProxy executable.")
     config: str = key("", "HAProxy config file; empty means the project's ops/haproxy/haproxy.cfg.")
+    run_dir: str = key("", "HAProxy's runtime directory: its runtime API socket (haproxy.sock, "
+                           "used by `falconctl hosts` and `falconctl keys`), environment file, "
+                           "rendered hosts backend and per-key limits map. Empty means "
+                           "<run_dir>; under systemd /run/falcon-haproxy, HAProxy's own "
+                           "(it runs as its own user, falcon-haproxy).")
     max_body_bytes: int = key(16 << 20, "Body limit HAProxy enforces (413 beyond).",
                               min=1024, max=1 << 30)
     edge2: str = key("", "A second edge behind HAProxy (host:port); empty: the first edge only.")
@@ -240,6 +245,15 @@ class Settings:
     @property
     def proxy_secret_file(self) -> str:
         return self.edge.proxy_secret_file or os.path.join(self.paths.state_dir, "proxy.secret")
+
+    @property
+    def haproxy_run_dir(self) -> str:
+        return self.haproxy.run_dir or self.paths.run_dir
+
+    @property
+    def haproxy_socket(self) -> str:
+        """HAProxy's runtime API (level admin): ``<haproxy run_dir>/haproxy.sock``."""
+        return os.path.join(self.haproxy_run_dir, "haproxy.sock")
 
     @property
     def keys_file(self) -> str:

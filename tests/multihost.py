@@ -122,7 +122,7 @@ def start_host(stack: NetStack) -> None:
 
 def server_status(front: NetStack) -> dict[str, str]:
     """HAProxy's view of backend ``hosts``: server name -> UP / DOWN / ..."""
-    sock = Path(front.settings.paths.run_dir) / "haproxy.sock"
+    sock = Path(front.settings.haproxy_socket)
     rows = csv.DictReader(io.StringIO(haproxy_command(sock, "show stat").lstrip("# ")))
     return {r["svname"]: r["status"] for r in rows
             if r["pxname"] == "hosts" and r["svname"] not in ("FRONTEND", "BACKEND")}

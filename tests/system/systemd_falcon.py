@@ -16,11 +16,11 @@ VENV = Path(sys.prefix)
 FALCONCTL = str(VENV / "bin" / "falconctl")
 UNITS = ("falcon-daemon.service", "falcon-edge.service", "falcon-grpc.service",
          "falcon-shipper.service", "falcon-haproxy.service")
-# Short watchdogs keep the hang tests fast; the shipped units use 10 s / 30 s.
-DROPINS = {
-    "falcon-daemon.service": "[Service]\nWatchdogSec=4s\n",
-    "falcon-edge.service": "[Service]\nWatchdogSec=6s\n",
-}
+# Short watchdogs keep the hang tests fast; the shipped units use 10 s / 30 s. Every
+# unit imports this checkout (PYTHONPATH), whatever the venv's editable install names.
+_WATCHDOGS = {"falcon-daemon.service": "WatchdogSec=4s\n", "falcon-edge.service": "WatchdogSec=6s\n"}
+DROPINS = {unit: f"[Service]\nEnvironment=PYTHONPATH={ROOT.resolve()}\n{_WATCHDOGS.get(unit, '')}"
+           for unit in UNITS}
 
 
 def toml_value(value: Any) -> str:

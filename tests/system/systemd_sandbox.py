@@ -27,7 +27,9 @@ SYSTEMD = Path("/lib/systemd/systemd")
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
        "LANG": "C.UTF-8", "SYSTEMD_COLORS": "0", "SYSTEMD_PAGER": "",
        # the checkout (and its venv) stays visible if it lives under /tmp (a CI clone may)
-       "SANDBOX_KEEP": str(HERE.parent.parent.resolve())}
+       "SANDBOX_KEEP": str(HERE.parent.parent.resolve()),
+       # falconctl run inside imports this checkout, whatever the venv's editable install names
+       "PYTHONPATH": str(HERE.parent.parent.resolve())}
 
 
 class SandboxError(RuntimeError):

@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 from httpx_lite import Answer, request
 from loadgen import LoadGen
-from systemd_falcon import FALCONCTL, UNITS, Falcon, dump_toml
+from systemd_falcon import FALCONCTL, UNITS, VENV, Falcon, dump_toml
 from systemd_sandbox import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,6 +99,85 @@ def test_start_brings_the_stack_up_and_a_prediction_succeeds_through_haproxy(fal
     wait_until(shipped, 30, "the prediction's audit row in PostgreSQL", interval=0.3)
 
 
+def uid_of(falcon: Falcon, user: str) -> int:
+    return int(falcon.box.run(["id", "-u", user]).stdout)
+
+
+def uids(falcon: Falcon, unit: str) -> set[tuple[int, ...]]:
+    """The (real, effective, saved, filesystem) uids of every process of ``unit``."""
+    out = set()
+    for pid in falcon.box.unit_pids(unit):
+        status = falcon.box.run(["cat", f"/proc/{pid}/status"], check=False).stdout
+        line = [ln for ln in status.splitlines() if ln.startswith("Uid:")]
+        if line:
+            out.add(tuple(int(u) for u in line[0].split()[1:]))
+    return out
+
+
+def in_unit(falcon: Falcon, unit: str, user: str, script: str) -> tuple[int, str]:
+    """Run ``sh -c script`` as ``user`` in ``unit``'s mount namespace (what its
+    processes see: ReadOnlyPaths= and the rest); exit status and output."""
+    pid = main_pid(falcon, unit)
+    assert pid, unit
+    done = falcon.box.run(["nsenter", "-t", str(pid), "-m", "--", "setpriv", f"--reuid={user}",
+                           f"--regid={user}", "--clear-groups", "--", "sh", "-c", script],
+                          check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_each_unit_holds_only_what_it_needs(falcon: Falcon):
+    """Issue 15 item 11: HAProxy runs as its own user, with no access to the
+    falcon user's files, its admin socket limited to its group; the edge and the
+    gRPC face cannot write the models, the keys file or the secrets (only their WAL),
+    while the daemon still can write the repository; and the stack serves, and
+    `falconctl hosts` and a graceful reload of HAProxy still work."""
+    started(falcon)
+    box = falcon.box
+    box.run([FALCONCTL, "keys", "create", "--name", "sysd-privileges"])  # the keys file exists
+    falcon_uid, haproxy_uid = uid_of(falcon, "falcon"), uid_of(falcon, "falcon-haproxy")
+    assert falcon_uid != haproxy_uid
+    assert uids(falcon, "falcon-haproxy.service") == {(haproxy_uid,) * 4}
+    for unit in ("falcon-edge.service", "falcon-daemon.service", "falcon-shipper.service"):
+        assert uids(falcon, unit) == {(falcon_uid,) * 4}, unit
+
+    for unit in ("falcon-edge.service", "falcon-grpc.service"):
+        for path in ("/var/lib/falcon/models/digits/probe", "/var/lib/falcon/keys.json",
+                     "/var/lib/falcon/proxy.secret", "/var/lib/falcon/cache.secret"):
+            rc, out = in_unit(falcon, unit, "falcon", f"echo x >> {path}")
+            assert rc != 0 and "Read-only file system" in out, (unit, path, out)
+        rc, out = in_unit(falcon, unit, "falcon", "cat /var/lib/falcon/keys.json >/dev/null && "
+                          "touch /var/lib/falcon/wal/.probe && rm /var/lib/falcon/wal/.probe")
+        assert rc == 0, (unit, out)  # reads the keys, writes its WAL
+    rc, out = in_unit(falcon, "falcon-daemon.service", "falcon",
+                      "touch /var/lib/falcon/models/digits/.probe && "
+                      "rm /var/lib/falcon/models/digits/.probe")
+    assert rc == 0, out  # the daemon writes traffic.json there
+    # HAProxy's user reaches nothing of falcon's: not the state, not the daemon socket
+    for path in ("/var/lib/falcon/keys.json", "/var/lib/falcon/proxy.secret",
+                 "/run/falcon/daemon.sock"):
+        rc, out = in_unit(falcon, "falcon-haproxy.service", "falcon-haproxy", f"cat {path}")
+        assert rc != 0 and "Permission denied" in out, (path, out)
+
+    # the runtime API: 0660 in HAProxy's group; the falcon user is refused, root is not
+    sock = "/run/falcon-haproxy/haproxy.sock"
+    assert box.run(["stat", "-c", "%a %U %G", sock]).stdout.split() == \
+        ["660", "falcon-haproxy", "falcon-haproxy"]
+    probe = f"import socket; socket.socket(socket.AF_UNIX).connect({sock!r})"
+    refused = box.run(["setpriv", "--reuid=falcon", "--regid=falcon", "--clear-groups", "--",
+                       str(VENV / "bin" / "python"), "-c", probe], check=False)
+    assert refused.returncode != 0 and "PermissionError" in refused.stderr, refused
+    listing = box.run([FALCONCTL, "hosts", "list"]).stdout
+    assert "edge1" in listing and "UP" in listing, listing
+
+    # a graceful reload (the master re-executes; listeners handed over) keeps the user
+    unit = "falcon-haproxy.service"
+    pid = main_pid(falcon, unit)
+    box.systemctl("reload", unit)
+    assert main_pid(falcon, unit) == pid and box.show(unit, "ActiveState") == "active"
+    serves_again(falcon, "after reloading HAProxy")
+    assert uids(falcon, unit) == {(haproxy_uid,) * 4}
+
+
 def test_daemon_killed_with_sigkill_is_restarted_and_serves_again(falcon: Falcon):
     started(falcon)
     box, unit = falcon.box, "falcon-daemon.service"
@@ -121,10 +200,11 @@ def test_restarting_one_unit_keeps_the_others_sockets_in_run_falcon(falcon: Falc
         names = box.run(["ls", "-1", "/run/falcon"]).stdout.split()
         return {n for n in names if n.endswith((".sock", ".ctl"))}
     before = sockets()
-    assert {"daemon.sock", "haproxy.sock"} <= before and any(n.endswith(".ctl") for n in before)
+    assert "daemon.sock" in before and any(n.endswith(".ctl") for n in before)
+    assert "haproxy.sock" not in before  # HAProxy's is in its own /run/falcon-haproxy
     box.systemctl("restart", "falcon-shipper.service")
     box.systemctl("stop", "falcon-haproxy.service")
-    assert before - {"haproxy.sock"} <= sockets()  # (HAProxy leaves its own behind)
+    assert before <= sockets()
     started(falcon)
     assert sockets() == before
     serves_again(falcon, "after restarting the shipper and HAProxy")
@@ -197,7 +277,7 @@ def test_haproxy_over_a_hosts_list_under_systemd(falcon: Falcon):
     box.write(conf, dump_toml(config))
     try:
         box.systemctl("restart", "falcon-haproxy.service")
-        assert "server host-local" in box.read("/run/falcon/haproxy-hosts.cfg")
+        assert "server host-local" in box.read("/run/falcon-haproxy/haproxy-hosts.cfg")
         serves_again(falcon, "through backend 'hosts'")
         listing = box.run([FALCONCTL, "hosts", "list"]).stdout
         assert "host-local" in listing and "UP" in listing, listing

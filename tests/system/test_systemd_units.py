@@ -39,12 +39,14 @@ def test_security_exposure_is_ok_or_better(installed: Sandbox, unit: str):
     assert float(m.group(1)) * 10 <= OK_THRESHOLD
 
 
-def test_units_run_the_venv_as_the_falcon_user(installed: Sandbox):
+def test_units_run_the_venv_as_the_falcon_users(installed: Sandbox):
     for unit in UNITS:
         text = installed.read(f"{UNIT_DIR}/{unit}")
-        assert "\nUser=falcon\n" in text and "\nType=notify\n" in text, unit
+        user = "falcon-haproxy" if unit == "falcon-haproxy.service" else "falcon"
+        assert f"\nUser={user}\n" in text and "\nType=notify\n" in text, unit
         assert "@" not in re.sub(r"SystemCallFilter=.*", "", text), unit  # all filled in
-    assert installed.run(["id", "-u", "falcon"]).stdout.strip().isdigit()
+    uids = {installed.run(["id", "-u", u]).stdout.strip() for u in ("falcon", "falcon-haproxy")}
+    assert len(uids) == 2 and all(u.isdigit() for u in uids), uids
 
 
 def test_install_again_on_the_real_root_changes_nothing(installed: Sandbox):

@@ -2,7 +2,9 @@
 
 Usage: everything takes a segment name; the directory is found (or made) from it::
 
-    segment_path("falcon.digits.1.ab12")  # /dev/shm/falcon.d/falcon.digits.1.ab12
+    with opened_dir("falcon.digits.1.ab12", create=True) as dfd:   # a checked directory fd
+        fd = os.open("falcon.digits.1.ab12", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+    segment_path("falcon.digits.1.ab12")  # /dev/shm/falcon.d/falcon.digits.1.ab12 (to show)
     list_segments("falcon")               # names in falcon's directory
     sweep_temp("falcon"); remove_dir("falcon")
 
@@ -37,6 +39,15 @@ survives a crash (kill -9), so the same search finds it after a restart and the 
 re-attaches to its segments; unlinking its last segment removes it (:func:`unlink`).
 ``/dev/shm``'s sticky bit stops others from renaming or removing it.
 
+APPSEC: the directory is checked and used through one descriptor. Every open, link,
+unlink and listing in it goes through the fd :func:`opened_dir` checked (``dir_fd=``),
+never through its path again: the daemon itself removes the directory when its last
+segment goes, and from then on anyone may make that name a symlink to a directory of
+theirs, so a path re-resolved after the check could lead there (a segment published
+into it, or names swapped in it). Through the fd, a directory removed meanwhile makes
+a create fail (ENOENT; :func:`shm.publish` searches again) and never leads elsewhere.
+:func:`segment_path` is for display and tests only.
+
 Not ``RuntimeDirectory=``: ``/run`` is a small tmpfs (10-20 % of RAM) and outside
 systemd ``paths.run_dir`` need not be tmpfs at all (then weights would be page
 cache, not shared memory). ``/dev/shm`` is tmpfs everywhere and sized for this.
@@ -55,6 +66,7 @@ import re
 import secrets
 import stat
 import threading
+from collections.abc import Iterator
 
 SHM_DIR = "/dev/shm"
 MAX_NAME_LEN = 128
@@ -81,39 +93,51 @@ def namespace(name: str) -> str:
     return check_name(name).partition(".")[0]
 
 
-def is_private_dir(path: str) -> bool:
-    """True if ``path`` is a directory (not a link to one) owned by our effective
-    uid that no group or other user may enter; never blocks, never follows a link."""
+def _open_private(path: str) -> int | None:
+    """An fd of ``path`` if it is a directory (not a link to one) owned by our
+    effective uid that no group or other user may enter, else None; never blocks,
+    never follows a link. The check is on the fd: use the fd, not ``path``."""
     try:
         fd = os.open(path, _DIR_FLAGS)
     except OSError:
+        return None
+    st = os.fstat(fd)
+    if (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and stat.S_IMODE(st.st_mode) & 0o077 == 0):
+        return fd
+    os.close(fd)
+    return None
+
+
+def is_private_dir(path: str) -> bool:
+    """True if ``path`` is, right now, a private directory of ours (see
+    :func:`_open_private`); a check only, for display and tests."""
+    fd = _open_private(path)
+    if fd is None:
         return False
-    try:
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
-            and stat.S_IMODE(st.st_mode) & 0o077 == 0)
+    os.close(fd)
+    return True
 
 
-def find_dir(name: str) -> str | None:
-    """The private directory of ``name``'s namespace, or None if there is none yet."""
+def _find(name: str) -> tuple[int, str] | None:
+    """The fd and path of the private directory of ``name``'s namespace, or None."""
     ns = namespace(name)
     pattern = re.compile(re.escape(ns) + r"\.d(\.[0-9a-f]{16})?")
     for entry in sorted(e for e in os.listdir(SHM_DIR) if pattern.fullmatch(e)):
         path = os.path.join(SHM_DIR, entry)
-        if is_private_dir(path):
-            return path
+        fd = _open_private(path)
+        if fd is not None:
+            return fd, path
     return None
 
 
-def segment_dir(name: str) -> str:
-    """The private directory of ``name``'s namespace, made (0700) if there is none.
+def _make(name: str) -> tuple[int, str]:
+    """:func:`_find`, or a new private directory (0700) made for ``name``'s namespace.
 
     A name taken by anything not ours is skipped for ``<ns>.d.<random hex>``.
     Raises OSError only if ``/dev/shm`` itself refuses (ENOSPC, EACCES)."""
     with _making:
-        found = find_dir(name)
+        found = _find(name)
         if found is not None:
             return found
         base = os.path.join(SHM_DIR, f"{namespace(name)}.d")
@@ -122,27 +146,79 @@ def segment_dir(name: str) -> str:
                 os.mkdir(path, 0o700)
             except FileExistsError:  # ours if another thread or process of ours won
                 pass
-            if is_private_dir(path):  # 0700 & ~umask: never wider
-                return path
+            fd = _open_private(path)  # 0700 & ~umask: never wider
+            if fd is not None:
+                return fd, path
         raise FileExistsError(errno.EEXIST, f"no free directory name for {base}")
 
 
+@contextlib.contextmanager
+def _opened(name: str, create: bool) -> Iterator[tuple[int, str]]:
+    found = _make(name) if create else _find(name)
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, f"no segment directory for {name!r}")
+    try:
+        yield found
+    finally:
+        os.close(found[0])
+
+
+@contextlib.contextmanager
+def opened_dir(name: str, *, create: bool = False) -> Iterator[int]:
+    """The private directory of ``name``'s namespace as a checked fd, for ``dir_fd=``
+    (closed on exit). With ``create`` it is made if missing; without, a missing
+    directory raises FileNotFoundError. Raises ValueError for an invalid name."""
+    with _opened(name, create) as (dfd, _):
+        yield dfd
+
+
+def find_dir(name: str) -> str | None:
+    """The path of the private directory of ``name``'s namespace, or None if there is
+    none yet. For display and tests: use :func:`opened_dir` to act in it."""
+    found = _find(name)
+    if found is None:
+        return None
+    os.close(found[0])
+    return found[1]
+
+
 def segment_path(name: str, *, create: bool = False) -> str:
-    """The path of segment ``name`` in its namespace's private directory.
+    """The path of segment ``name`` in its namespace's private directory, for display
+    and tests (to act on the segment, use :func:`opened_dir`).
 
     With ``create``, the directory is made if missing; without, a missing directory
     raises FileNotFoundError. Raises ValueError for an invalid name."""
     check_name(name)
-    directory = segment_dir(name) if create else find_dir(name)
-    if directory is None:
+    found = _make(name) if create else _find(name)
+    if found is None:
         raise FileNotFoundError(errno.ENOENT, f"no segment directory for {name!r}")
-    return os.path.join(directory, name)
+    os.close(found[0])
+    return os.path.join(found[1], name)
 
 
-def temp_path(path: str) -> str:
-    """A fresh path, beside segment ``path``, to write it under before publishing."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".{check_name(name)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+def temp_name(name: str) -> str:
+    """A fresh name, in segment ``name``'s directory, to write it under before publishing."""
+    return f".{check_name(name)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+
+
+def _rmdir_if_empty(dfd: int, path: str) -> bool:
+    """Remove the directory open as ``dfd`` (found at ``path``) if it is empty; True
+    if removed.
+
+    By name (rmdir takes no fd), but only while ``path`` is still that very
+    directory (same device and inode, looked at without following a link). Nobody
+    else can rename or remove our entry in sticky ``/dev/shm``; if it went (another
+    thread of ours emptied and removed it) and someone else took the name, theirs
+    is not ours to remove."""
+    st = os.fstat(dfd)
+    try:
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            return False
+        os.rmdir(path)
+    except OSError:  # not empty (ENOTEMPTY), or gone
+        return False
+    return True
 
 
 def unlink(name: str) -> bool:
@@ -153,13 +229,13 @@ def unlink(name: str) -> bool:
     too (a publisher racing it makes a new one: :func:`shm.publish` retries).
     Raises ValueError for an invalid name.
     """
+    check_name(name)
     try:
-        path = segment_path(name)
-        os.unlink(path)
+        with _opened(name, False) as (dfd, path):
+            os.unlink(name, dir_fd=dfd)
+            _rmdir_if_empty(dfd, path)
     except FileNotFoundError:
         return False
-    with contextlib.suppress(OSError):  # ENOTEMPTY: other segments or temp files
-        os.rmdir(os.path.dirname(path))
     return True
 
 
@@ -169,26 +245,25 @@ def list_segments(prefix: str) -> list[str]:
     Lists names only; it does not open the segments to check they are valid.
     Publication temp files are never listed.
     """
-    directory = find_dir(prefix)
-    if directory is None:
+    try:
+        with opened_dir(prefix) as dfd:
+            entries = os.listdir(dfd)
+    except FileNotFoundError:
         return []
     return sorted(
         entry
-        for entry in os.listdir(directory)
+        for entry in entries
         if entry.startswith(prefix) and len(entry) <= MAX_NAME_LEN and _NAME.fullmatch(entry)
     )
 
 
 def remove_dir(prefix: str) -> bool:
     """Remove ``prefix``'s namespace directory if it is empty; True if removed."""
-    directory = find_dir(prefix)
-    if directory is None:
-        return False
     try:
-        os.rmdir(directory)
-    except OSError:  # not empty (ENOTEMPTY), or gone
+        with _opened(prefix, False) as (dfd, path):
+            return _rmdir_if_empty(dfd, path)
+    except FileNotFoundError:
         return False
-    return True
 
 
 def sweep_temp(prefix: str) -> list[str]:
@@ -199,20 +274,23 @@ def sweep_temp(prefix: str) -> list[str]:
     ``/dev/shm`` are never seen). A temp file of a live process is left alone:
     it may still be publishing. Never raises for a file it cannot remove.
     """
-    directory = find_dir(prefix)
-    if directory is None:
+    found = _find(prefix)
+    if found is None:
         return []
+    dfd, directory = found
     removed = []
-    for entry in os.listdir(directory):
-        m = _TEMP.fullmatch(entry)
-        if m is None or not m["name"].startswith(prefix) or pid_alive(int(m["pid"])):
-            continue
-        path = os.path.join(directory, entry)
-        try:
-            os.unlink(path)
-        except OSError:  # gone already, or not ours to remove: leave it
-            continue
-        removed.append(path)
+    try:
+        for entry in os.listdir(dfd):
+            m = _TEMP.fullmatch(entry)
+            if m is None or not m["name"].startswith(prefix) or pid_alive(int(m["pid"])):
+                continue
+            try:
+                os.unlink(entry, dir_fd=dfd)
+            except OSError:  # gone already, or not ours to remove: leave it
+                continue
+            removed.append(os.path.join(directory, entry))
+    finally:
+        os.close(dfd)
     return removed
 
 

@@ -7,7 +7,8 @@ Usage::
     seg.close(); seg.unlink()
 
 Publication is atomic. :func:`publish` creates ``.<name>.<pid>.<hex>.tmp`` in the
-namespace's private directory (:mod:`shm.names`) with ``O_EXCL|O_NOFOLLOW``, mode
+namespace's private directory (:mod:`shm.names`; every call here acts in it through
+the directory fd that was checked, ``dir_fd=``) with ``O_EXCL|O_NOFOLLOW``, mode
 0600, reserves its full size with ``posix_fallocate`` (a full tmpfs fails here with
 ENOSPC instead of killing the process with SIGBUS on a later page fault), writes
 manifest, data and finally the digest, then ``os.link``\\s it to ``<name>`` and
@@ -44,7 +45,7 @@ import numpy.typing as npt
 from shm import layout
 from shm.errors import SegmentCorrupt, SegmentExists, SegmentForeign, SegmentNotFound
 from shm.layout import HEADER, ArrayEntry, Header, Manifest
-from shm.names import check_name, segment_path, temp_path
+from shm.names import check_name, opened_dir, temp_name
 from shm.segment import Segment
 
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -75,14 +76,15 @@ def publish(
         meta or {},
     )
     raw = layout.encode_manifest(manifest)
-    path, tmp, fd = _create_temp(name)
+    dfd, tmp, fd = _create_temp(name)
     try:
         header = _write(fd, manifest, raw, sources, blob_views)
-        _link(tmp, path, name)
+        _link(dfd, tmp, name)
         mapping = mmap.mmap(fd, header.total, prot=mmap.PROT_READ)
     finally:
         os.close(fd)
-        os.unlink(tmp)
+        os.unlink(tmp, dir_fd=dfd)
+        os.close(dfd)
     return Segment(name, mapping, header, manifest)
 
 
@@ -111,21 +113,34 @@ def attach(name: str, *, verify: bool = True) -> Segment:
         raise
 
 
-def _create_temp(name: str) -> tuple[str, str, int]:
-    """The segment's path, a fresh temp path beside it and the temp file's fd
-    (0600, O_EXCL). Raises SegmentExists if the segment exists."""
+def _create_temp(name: str) -> tuple[int, str, int]:
+    """The directory's fd (the caller closes it), a fresh temp name in it and the
+    temp file's fd (0600, O_EXCL). Raises SegmentExists if the segment exists."""
     attempts = 0
     while True:
-        path = segment_path(name, create=True)
-        if os.path.lexists(path):
-            raise SegmentExists(f"segment {name!r} already exists")
-        tmp = temp_path(path)
+        with opened_dir(name, create=True) as checked:
+            dfd = os.dup(checked)
         try:
-            return path, tmp, os.open(tmp, _CREATE_FLAGS, 0o600)
+            if _exists(dfd, name):
+                raise SegmentExists(f"segment {name!r} already exists")
+            tmp = temp_name(name)
+            return dfd, tmp, os.open(tmp, _CREATE_FLAGS, 0o600, dir_fd=dfd)
         except FileNotFoundError:  # the directory's last segment was just unlinked
+            os.close(dfd)
             attempts += 1
             if attempts == 3:
                 raise
+        except BaseException:
+            os.close(dfd)
+            raise
+
+
+def _exists(dfd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _key(key: object) -> str:
@@ -163,9 +178,9 @@ def _copy_array(mapping: mmap.mmap, offset: int, entry: ArrayEntry, src: npt.NDA
     np.copyto(dst.reshape(entry.shape), src, casting="equiv")
 
 
-def _link(tmp: str, path: str, name: str) -> None:
+def _link(dfd: int, tmp: str, name: str) -> None:
     try:
-        os.link(tmp, path)
+        os.link(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd, follow_symlinks=False)
     except FileExistsError:
         raise SegmentExists(f"segment {name!r} was published concurrently") from None
 
@@ -174,7 +189,8 @@ def _open_own(name: str) -> int:
     """Open segment ``name`` read-only, never following a link or blocking; raise
     SegmentForeign unless it is a regular file of ours that only we may write."""
     try:
-        fd = os.open(segment_path(name), _OPEN_FLAGS)
+        with opened_dir(name) as dfd:
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=dfd)
     except FileNotFoundError:
         raise SegmentNotFound(f"no segment named {name!r}") from None
     except OSError as exc:  # ELOOP: a symlink; ENXIO: a socket; EACCES: not ours

@@ -21,6 +21,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import uuid
@@ -247,3 +248,49 @@ def test_sweep_as_a_service_user_survives_a_neighbours_temp_file(neighbour, pid)
     finally:
         service.cleanup()
         shutil.rmtree(f"/dev/shm/{prefix}.d", ignore_errors=True)
+
+
+def test_a_directory_swapped_after_its_check_is_never_used(neighbour, monkeypatch):
+    """The segment directory is checked (owner, mode, no link) and then used. It
+    used to be used by path: if it went between the two -- the daemon removes it
+    when its last segment goes, from another thread -- a neighbour could put a
+    symlink to a directory of theirs under its name, and the segment was published
+    there (where they may rename, swap or remove it). Now every call acts through
+    the descriptor that was checked: the removed directory refuses the create, and
+    the search starts again, skipping the neighbour's link."""
+    prefix = f"fswap{uuid.uuid4().hex[:8]}"
+    ours = f"/dev/shm/{prefix}.d"
+    os.mkdir(ours, 0o700)  # the daemon's directory, empty: its last segment just went
+    theirs = neighbour.make(f"/dev/shm/{prefix}-theirs", "dir")
+    real_fstat = os.fstat
+    swapped: list[str] = []
+
+    def fstat_then_swap(fd: int):  # the check happens; then the directory changes
+        st = real_fstat(fd)
+        if not swapped and stat.S_ISDIR(st.st_mode) and \
+                os.readlink(f"/proc/self/fd/{fd}") == ours:
+            swapped.append(ours)
+            os.rmdir(ours)  # (the daemon's other thread)
+            neighbour.make(ours, "symlink", target=theirs)
+        return st
+
+    name = f"{prefix}.digits.1.ab12"
+    monkeypatch.setattr(os, "fstat", fstat_then_swap)
+    try:
+        seg = shm.publish(name, {"w": np.arange(16, dtype=np.float32)})
+    finally:
+        monkeypatch.setattr(os, "fstat", real_fstat)
+    try:
+        assert swapped, "the swap never happened: the test no longer reaches the check"
+        assert os.listdir(theirs) == [], "published into the neighbour's directory"
+        directory = shm.names.find_dir(prefix)
+        assert directory is not None and directory.startswith(f"{ours}.")
+        assert os.path.isfile(os.path.join(directory, name))
+        again = shm.attach(name)
+        assert np.array_equal(again.arrays["w"], np.arange(16, dtype=np.float32))
+        again.close()
+    finally:
+        seg.close()
+        shm.unlink(name)
+    assert shm.names.find_dir(prefix) is None  # removed with its last segment
+    assert os.path.islink(ours)  # the neighbour's link: not ours to remove

@@ -7,14 +7,15 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from systemd_falcon import FALCONCTL
+from systemd_falcon import FALCONCTL, ROOT
 
 from falconctl.install import TEMPLATES, protect_home, render
 
 
 def install(root: Path) -> list[str]:
     done = subprocess.run([FALCONCTL, "install", "--root", str(root)], capture_output=True,
-                          text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+                          text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
     return done.stdout.splitlines()
 

@@ -38,6 +38,7 @@ import csv
 import http.client
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -201,9 +202,14 @@ def cmd_reconcile(s: Settings, args: argparse.Namespace) -> int:
     from fleet.reconciler import serve
 
     _setup_logging("reconciler")
-    if not s.fleet.dsn:
-        raise ConfigError("fleet.dsn is empty: the reconciler needs the fleet's database "
-                          "($FALCON_FLEET_DSN)")
+    if not s.fleet.dsn:  # falcon.target wants this unit on every host: not an error
+        from service.sdnotify import notify
+
+        logging.getLogger("falconctl").warning(
+            "fleet.dsn is empty: no fleet state, this host's models are its own "
+            "(`falconctl models`); nothing to reconcile")
+        notify("READY=1\nSTATUS=fleet.dsn is empty: nothing to reconcile")
+        return 0
     return serve(s.host_id, s.fleet.dsn, s.fleet.interval_s, SocketDaemon(s.daemon_socket))
 
 

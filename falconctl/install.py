@@ -5,7 +5,8 @@ config in place.
 
 Under ``ROOT`` (default ``/``) it writes:
 
-- ``etc/systemd/system/falcon.target`` and ``falcon-{daemon,edge,grpc,shipper,haproxy}.service``,
+- ``etc/systemd/system/falcon.target`` and
+  ``falcon-{daemon,edge,grpc,shipper,haproxy,reconciler}.service``,
   rendered from the templates in ``<prefix>/ops/systemd/``. They are generated
   files: rewritten on every run (customise them with drop-ins,
   ``systemctl edit falcon-edge``). Placeholders: ``@VENV@`` (the virtualenv whose
@@ -18,9 +19,10 @@ Under ``ROOT`` (default ``/``) it writes:
   rewritten on every run too (it must match the environment ``falconctl`` gives
   HAProxy, which changes with the code; a customised copy goes elsewhere, named
   by ``haproxy.config``);
-- ``etc/falcon/falcon.toml``, ``etc/falcon/falcon.env`` (every unit's) and
-  ``etc/falcon/shipper.env`` (the shipper's alone: the audit DSN and its password;
-  both mode 0600), only when absent: they are the operator's to edit (a kept file
+- ``etc/falcon/falcon.toml``, ``etc/falcon/falcon.env`` (every unit's),
+  ``etc/falcon/shipper.env`` (the shipper's alone: the audit DSN and its password)
+  and ``etc/falcon/reconciler.env`` (the reconciler's alone: the fleet DSN), the
+  ``.env`` files mode 0600, only when absent: they are the operator's to edit (a kept file
   that differs from the project's sample is reported);
 - ``var/lib/falcon/models``: the project's demo model repository, when that
   directory is empty or absent.
@@ -72,7 +74,8 @@ from settings import ConfigError, Settings
 
 PROJECT = Path(__file__).resolve().parent.parent
 TEMPLATES = ("falcon.target", "falcon-daemon.service", "falcon-edge.service",
-             "falcon-grpc.service", "falcon-shipper.service", "falcon-haproxy.service")
+             "falcon-grpc.service", "falcon-shipper.service", "falcon-haproxy.service",
+             "falcon-reconciler.service")
 USER = "falcon"
 HAPROXY_USER = "falcon-haproxy"
 STATE_DIR = "/var/lib/falcon"
@@ -305,8 +308,9 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
     write_config(etc / "falcon.toml", (prefix / "ops/systemd/falcon.toml").read_text(), report)
     write_config(etc / "falcon.env", (prefix / "ops/systemd/falcon.env").read_text(), report,
                  mode=0o600)
-    write_config(etc / "shipper.env", (prefix / "ops/systemd/shipper.env").read_text(), report,
-                 mode=0o600)
+    for env_file in ("shipper.env", "reconciler.env"):  # each one unit's secrets
+        write_config(etc / env_file, (prefix / "ops/systemd" / env_file).read_text(), report,
+                     mode=0o600)
     write_generated(etc / "haproxy.cfg", HAPROXY_HEADER.format(src=prefix / "ops/haproxy/haproxy.cfg")
                     + (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)
     state = root / STATE_DIR.lstrip("/")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import signal
 import socket
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -127,6 +129,30 @@ def test_chunked_bodies_beside_large_headers_are_held_to_the_limit(limited):
                                 [under[i:i + 512] for i in range(0, len(under), 512)],
                                 big_headers(12000))
     assert status == 413, body
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl (HTTP/2 prior knowledge)")
+def test_an_http2_body_without_length_is_held_to_the_limit(limited):
+    """HTTP/2 frames a body without Content-Length and without Transfer-Encoding:
+    a rule keyed on Transfer-Encoding never saw it. Sent by curl (h2 prior
+    knowledge, the body from stdin, so no length is declared)."""
+    small = json.dumps(ROW).encode()
+    padded = small[:-1] + b" " * (5 * LIMIT) + b"}"
+
+    def post(body: bytes) -> tuple[int, bytes]:
+        done = subprocess.run(
+            ["curl", "-sS", "--http2-prior-knowledge", "-X", "POST", "-T", "-",
+             "-H", "Content-Type: application/json", "-w", "\n%{http_version} %{http_code}",
+             f"http://{limited.settings.haproxy.bind}/v1/models/digits/predict"],
+            input=body, capture_output=True, timeout=30, check=True)
+        answer, _, tail = done.stdout.rpartition(b"\n")
+        version, code = tail.split()
+        assert version == b"2", tail  # it was HTTP/2
+        return int(code), answer
+    status, body = post(padded)
+    assert (status, json.loads(body)) == (413, {"error": "body: larger than the limit"})
+    status, body = post(small)
+    assert status == 200 and json.loads(body)["predictions"], body
 
 
 def test_a_withheld_body_never_reaches_an_edge(limited):

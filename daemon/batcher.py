@@ -57,6 +57,12 @@ has queued, so batches still form. The first runs, and any run after a slow one,
 go to the pool.
 Timing of each answer: ``queue_s`` from :meth:`Batcher.infer` to the start of
 its run, ``compute_s`` of the run (concatenate, run, split), ``batch_rows``.
+
+Tracing (``tracing``, a started :class:`telemetry.Tracing`): a request queued with
+a sampled ``trace`` (the edge's daemon-call span) gets a ``daemon queue`` span, and
+every run that served one a ``daemon batch`` span linked to each request of the run
+(:meth:`telemetry.Tracing.record_run`), made on the loop when the answers are
+delivered, with the run's own times.
 """
 
 from __future__ import annotations
@@ -75,6 +81,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from daemon.repository import DEFAULT_QUEUE_BATCHES, ModelConfig
+from telemetry import Tracing
+from telemetry.w3c import TraceParent
 from wire import messages
 
 log = logging.getLogger(__name__)
@@ -193,6 +201,7 @@ class Answer:
     queue_s: float
     compute_s: float
     batch_rows: int
+    started: float = 0.0  # when its run started (on the batcher's clock)
 
 
 @dataclass(eq=False)
@@ -203,6 +212,7 @@ class _Request:
     deadline: float
     enqueued: float
     future: asyncio.Future[Answer]
+    trace: TraceParent | None = None
 
 
 @dataclass(eq=False)
@@ -228,12 +238,13 @@ class Batcher:
 
     def __init__(self, run: RunFn, policy: BatchPolicy, *, executor: Executor | None = None,
                  clock: Callable[[], float] = time.monotonic, timer: TimerFn | None = None,
-                 name: str = "") -> None:
+                 name: str = "", tracing: Tracing | None = None) -> None:
         self.run = run
         self.policy = policy
         self.executor = executor
         self.clock = clock
         self.name = name
+        self.tracing = tracing
         self.queued_rows = 0   # rows waiting, not yet handed to a thread
         self.running = 0       # batches handed to the pool, not finished
         self._timer_fn = timer
@@ -260,15 +271,16 @@ class Batcher:
         return wire
 
     async def infer(self, feeds: dict[str, np.ndarray], outputs: list[str],
-                    deadline: float) -> Answer:
+                    deadline: float, trace: TraceParent | None = None) -> Answer:
         """Queue one request and wait for its answer. ``feeds`` are validated
-        (:func:`daemon.registry.check_feeds`); ``deadline`` is on ``clock``."""
+        (:func:`daemon.registry.check_feeds`); ``deadline`` is on ``clock``;
+        ``trace``: the request's trace context (see the module docstring)."""
         rows, key = self._classify(feeds, outputs)
         if self.queued_rows and self.queued_rows + rows > self.policy.max_queue_rows:
             raise QueueFull(f"model {self.name}: {self.queued_rows} rows queued "
                             f"(max_queue_rows {self.policy.max_queue_rows})")
         req = _Request(feeds, outputs, rows, deadline, self.clock(),
-                       asyncio.get_running_loop().create_future())
+                       asyncio.get_running_loop().create_future(), trace)
         group = self._groups.setdefault(key, _Group())
         group.items.append(req)
         group.rows += rows
@@ -399,6 +411,9 @@ class Batcher:
         if ran is not None:  # (a batch's answers all carry the compute_s of its run)
             self._recent_run_s = (ran.compute_s if self._recent_run_s == math.inf else
                                   RUN_EWMA * ran.compute_s + (1 - RUN_EWMA) * self._recent_run_s)
+        if self.tracing is not None and any(r.trace is not None and r.trace.sampled
+                                            for r in batch):
+            self._trace(batch, outcomes)
         for req, outcome in zip(batch, outcomes, strict=True):
             if req.future.done():  # its caller went away
                 continue
@@ -406,6 +421,25 @@ class Batcher:
                 req.future.set_exception(outcome)
             else:
                 req.future.set_result(outcome)
+
+    def _trace(self, batch: list[_Request], outcomes: list[Outcome]) -> None:
+        """The spans of each run among ``outcomes`` (requests that ran alone after a
+        failed batch each had their own run)."""
+        assert self.tracing is not None
+        runs: dict[float, list[tuple[_Request, Answer]]] = {}
+        for req, outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Answer):
+                runs.setdefault(outcome.started, []).append((req, outcome))
+        model, _, version = self.name.partition("/")
+        for started, served in runs.items():
+            answer = served[0][1]
+            ns = [(req.trace, self.tracing.epoch_ns(req.enqueued, self.clock),
+                   self.tracing.epoch_ns(started, self.clock)) for req, _ in served]
+            start_ns = self.tracing.epoch_ns(started, self.clock)
+            self.tracing.record_run(
+                "daemon batch", ns, start_ns, start_ns + int(answer.compute_s * 1e9),
+                {"falcon.model": model, "falcon.model.version": version,
+                 "falcon.batch.rows": answer.batch_rows})
 
     # ---------------------------------------------------------- in a pool thread
 
@@ -445,7 +479,7 @@ class Batcher:
         offsets = np.cumsum(counts)[:-1]
         parts = [np.split(a, offsets) for a in arrays]
         compute = self.clock() - started
-        return {id(r): Answer([p[i] for p in parts], started - r.enqueued, compute, total)
+        return {id(r): Answer([p[i] for p in parts], started - r.enqueued, compute, total, started)
                 for i, r in enumerate(batch)}
 
     def _run_alone(self, req: _Request) -> Outcome:
@@ -458,7 +492,8 @@ class Batcher:
                 arrays = self._execute(req.feeds, list(req.outputs))
         except Exception as exc:  # ORT's own exception classes: the input broke the graph
             return InferenceFailed(str(exc))
-        return Answer(list(arrays), started - req.enqueued, self.clock() - started, req.rows)
+        return Answer(list(arrays), started - req.enqueued, self.clock() - started, req.rows,
+                      started)
 
     def _pads(self) -> bool:
         """Whether a lone one-row request runs padded: only where rows can share a run."""

@@ -30,6 +30,7 @@ from daemon.repository import RepositoryError, scan
 from daemon.server import DaemonServer
 from service.sdnotify import notify, watchdog_interval
 from settings import Settings
+from telemetry import Tracing
 
 log = logging.getLogger("daemon")
 
@@ -57,15 +58,18 @@ def prepare_socket_path(path: str) -> None:
 async def serve(settings: Settings, registry: Registry) -> None:
     path = settings.daemon_socket
     lifecycle = Lifecycle(registry, Path(settings.daemon.model_repository))
+    tracing = Tracing.from_settings(settings, "daemon")
     server = DaemonServer(registry, lifecycle, max_inflight=settings.daemon.max_inflight,
                           max_frame=settings.daemon.max_frame_bytes,
-                          inference_threads=settings.daemon.inference_threads)
+                          inference_threads=settings.daemon.inference_threads,
+                          tracing=tracing if tracing.enabled else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     prepare_socket_path(path)
     await server.start(path)
+    tracing.start()  # the span exporter's thread (tracing.endpoint set)
     os.chmod(path, 0o660)
     log.info("serving %d model versions on %s", len(registry), path)
     notify(f"READY=1\nSTATUS=serving {len(registry)} model versions\nMAINPID={os.getpid()}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from telemetry.exemplars import Exemplars
+
 SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
            1.0, 2.5)
 ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -25,5 +27,6 @@ WARMUP_SECONDS = Gauge("falcon_warmup_seconds", "Seconds the last load of a mode
                        "spent in its warm-up runs (synthetic inputs at 1 row and at its "
                        "batch size) before it became routable.", ["model", "version"],
                        multiprocess_mode="livemax")
+EXEMPLARS = Exemplars()  # the daemon's latest sampled trace id per COMPUTE bucket
 INFLIGHT = Gauge("falcon_daemon_inflight_requests", "Infer requests admitted and not yet "
                  "answered.", multiprocess_mode="livesum")

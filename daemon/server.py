@@ -16,6 +16,11 @@ included, finish.
 
 The infer result carries ``queue_us`` (from the batcher to the start of the
 run), ``compute_us`` (the run) and ``batch_rows`` (rows in that run).
+
+An infer request's ``trace`` (the edge's daemon-call ``traceparent``, or a bare
+trace id from older edges) goes to the batcher, which makes the queue and run
+spans of a sampled one (``telemetry``); its trace id is the compute histogram's
+exemplar.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from daemon.lifecycle import Lifecycle, LifecycleError, UnknownModel
 from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
 from daemon.stats import VersionStats
+from telemetry import Tracing
+from telemetry.w3c import parse_frame_trace
 from wire import frames, messages
 from wire.messages import MessageError
 
@@ -77,13 +84,13 @@ class _Observer:
     def __init__(self, model: str, version: str) -> None:
         self.ok = metrics.OUTCOMES.labels(model, version, "ok")
         self.queue = metrics.QUEUE.labels(model, version)
-        self.compute = metrics.COMPUTE.labels(model, version)
+        self.labels = (model, version)
         self.rows = metrics.BATCH_ROWS.labels(model, version)
 
-    def __call__(self, answer: Any) -> None:
+    def __call__(self, answer: Any, trace_id: str | None = None) -> None:
         self.ok.inc()
         self.queue.observe(answer.queue_s)
-        self.compute.observe(answer.compute_s)
+        metrics.EXEMPLARS.observe(metrics.COMPUTE, self.labels, answer.compute_s, trace_id)
         self.rows.observe(answer.batch_rows)
 
 
@@ -93,12 +100,14 @@ class DaemonServer:
 
     def __init__(self, registry: Registry, lifecycle: Lifecycle, *, max_inflight: int = 256,
                  max_frame: int = frames.DEFAULT_MAX_FRAME, inference_threads: int = 2,
+                 tracing: Tracing | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.lifecycle = lifecycle
         self.max_inflight = max_inflight
         self.max_frame = max_frame
         self.clock = clock
+        self.tracing = tracing  # started by the caller (daemon.main) after start()
         self.pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
         self._batchers: dict[int, Batcher] = {}  # by id(LoadedVersion); each holds its version
         self._observers: dict[tuple[str, str], _Observer] = {}
@@ -291,7 +300,8 @@ class DaemonServer:
                      f"{policy.max_queue_rows} rows queued, {policy.max_running} at once"
                      if policy.enabled
                      else f"off ({policy.reason})")
-            batcher = Batcher(lv.run, policy, executor=self.pool, clock=self.clock, name=name)
+            batcher = Batcher(lv.run, policy, executor=self.pool, clock=self.clock, name=name,
+                              tracing=self.tracing)
             self._batchers[id(lv)] = batcher
         return batcher
 
@@ -346,8 +356,9 @@ class DaemonServer:
         lv.inflight += 1
         metrics.INFLIGHT.inc()
         self._idle.clear()
+        trace = parse_frame_trace(req.get("trace"))
         try:
-            answer = await self.batcher(lv).infer(feeds, outputs, deadline)
+            answer = await self.batcher(lv).infer(feeds, outputs, deadline, trace)
         except BatchError as exc:
             stats.failure(total_s=self.clock() - received)
             metrics.OUTCOMES.labels(lv.model, lv.version, exc.type).inc()
@@ -363,7 +374,7 @@ class DaemonServer:
         observer = self._observers.get((lv.model, lv.version))
         if observer is None:
             observer = self._observers[lv.model, lv.version] = _Observer(lv.model, lv.version)
-        observer(answer)
+        observer(answer, trace.trace_id if trace is not None and trace.sampled else None)
         encoding = self.clock()
         encoded = [messages.encode_tensor(n, a)
                    for n, a in zip(outputs, answer.outputs, strict=True)]

@@ -11,7 +11,7 @@ from typing import Any
 import falcon
 
 from audit.wal import WalWriter
-from edge import admin, auth, http_errors, metrics, openapi, proxyauth, resources, stats
+from edge import admin, auth, http_errors, metrics, openapi, proxyauth, resources, stats, tracing
 from edge.audit import Auditor
 from edge.breaker import Breaker
 from edge.cache import PredictionCache, parse_servers
@@ -19,6 +19,7 @@ from edge.core import Core
 from edge.daemon_client import DaemonClient
 from edge.errors import Unavailable
 from settings import ConfigError, Settings
+from telemetry import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,10 @@ OPEN_RESOURCES = (openapi.OpenAPI, metrics.Metrics)
 
 def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None = None,
                host_id: str = "edge", proxy_secret: str | None = None) -> falcon.App:
-    middleware: list[Any] = [metrics.RequestMetrics()]
+    middleware: list[Any] = []
+    if core.tracing.enabled:  # first: its span sees auth refusals, and ends last
+        middleware.append(tracing.TraceMiddleware(core.tracing))
+    middleware.append(metrics.RequestMetrics())
     if proxy_secret is not None:
         middleware.append(proxyauth.ProxyCheck(proxy_secret))
     if authorizer is not None:
@@ -125,19 +129,20 @@ def make_cache(settings: Settings) -> PredictionCache | None:
                            timeout_s=settings.cache.timeout_ms / 1000.0)
 
 
-def make_core(settings: Settings) -> Core:
-    """The core every face shares (REST here, gRPC in ``edge.grpcface.server``)."""
+def make_core(settings: Settings, tracing: Tracing | None = None) -> Core:
+    """The core every face shares (REST here, gRPC in ``edge.grpcface.server``);
+    ``tracing``: the process's (started after the fork by its server), None: off."""
     client = DaemonClient(settings.daemon_socket, max_frame=settings.daemon.max_frame_bytes)
     breaker = Breaker("daemon", fail_max=settings.edge.breaker_fail_max,
                       reset_timeout=settings.edge.breaker_reset_s, count=(Unavailable,))
     return Core(client, auditor=make_auditor(settings), cache=make_cache(settings),
                 breaker=breaker, deadline_ms=settings.edge.deadline_ms,
                 max_rows=settings.edge.max_batch_rows,
-                metadata_ttl_s=settings.edge.metadata_ttl_s)
+                metadata_ttl_s=settings.edge.metadata_ttl_s, tracing=tracing)
 
 
-def from_settings(settings: Settings) -> falcon.App:
-    core = make_core(settings)
+def from_settings(settings: Settings, tracing: Tracing | None = None) -> falcon.App:
+    core = make_core(settings, tracing)
     try:
         secret = proxyauth.load_or_create(Path(settings.proxy_secret_file))
     except (OSError, proxyauth.ProxySecretError) as exc:

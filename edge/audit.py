@@ -59,6 +59,7 @@ class RequestContext:
     request_key: str = ""            # the front's unique id of the HTTP request
     api_key_id: str | None = None
     routing_key: str | None = None   # X-Routing-Key: which caller a traffic split keeps together
+    span: Any = None                 # the request's span (edge.tracing), None: not traced
 
     @property
     def routing(self) -> str:

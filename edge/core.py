@@ -5,6 +5,12 @@ answers) -> validate -> cache lookup -> daemon call (behind a breaker) ->
 audit (the WAL append, before any response leaves) -> result. Both HTTP faces (``edge.resources``) are thin adapters
 over :class:`Core`; so are the tests.
 
+Tracing: with a request span in ``RequestContext.span`` (``edge.tracing``), each step
+of an inference is a child span (``validate``, ``cache lookup``, ``daemon infer``,
+whose ``traceparent`` travels in the frame's ``trace`` field so the daemon's spans
+join the trace, and ``wal append``); without one (tracing off, not sampled) the
+steps pay a no-op context manager and the frame carries the bare trace id.
+
 Raises only :mod:`edge.errors` classes; the daemon's error data
 (:class:`wire.messages.RemoteError`) is translated here, in one table.
 """
@@ -26,6 +32,7 @@ from edge.breaker import Breaker, Open
 from edge.cache import PredictionCache, cache_key
 from edge.daemon_client import DaemonClient
 from edge.validation import ModelMeta, check_tensors, instances_to_inputs
+from telemetry import Tracing, traceparent_of
 from wire import messages
 from wire.messages import MessageError, RemoteError
 
@@ -80,8 +87,10 @@ class Core:
     def __init__(self, client: DaemonClient, *, auditor: Auditor | None = None,
                  cache: PredictionCache | None = None, breaker: Breaker | None = None,
                  deadline_ms: int = 2000, max_rows: int = 1024, metadata_ttl_s: float = 2.0,
+                 tracing: Tracing | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.client = client
+        self.tracing = tracing or Tracing()  # (off: its child spans are no-ops)
         self.auditor = auditor
         self.cache = cache
         self.breaker = breaker or Breaker("daemon", count=(errors.Unavailable,))
@@ -197,14 +206,17 @@ class Core:
               inputs: list[tuple[str, np.ndarray]], outputs: list[str] | None,
               deadline: float) -> InferResult:
         meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
-        check_tensors(meta, inputs, self.max_rows)
-        if outputs is not None:
-            known = {t.name for t in meta.outputs}
-            for i, name in enumerate(outputs):
-                if name not in known:
-                    raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
-                                              f"output {name!r} (outputs: {', '.join(sorted(known))})")
-        result, canon = self._answer(meta, inputs, deadline, ctx.trace_id)
+        with self.tracing.child(ctx.span, "validate") as span:
+            check_tensors(meta, inputs, self.max_rows)
+            if outputs is not None:
+                known = {t.name for t in meta.outputs}
+                for i, name in enumerate(outputs):
+                    if name not in known:
+                        raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
+                                                  f"output {name!r} (outputs: {', '.join(sorted(known))})")
+            if span is not None:
+                _rows(ctx, span, inputs)
+        result, canon = self._answer(meta, inputs, deadline, ctx)
         if outputs is not None:
             result.outputs = [(n, a) for n, a in result.outputs if n in outputs]
         self._audit(ctx, result, canon, None)
@@ -214,25 +226,31 @@ class Core:
                 deadline: float) -> Prediction:
         """The simple face: rows in, a label and class probabilities per row out."""
         meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
-        inputs = instances_to_inputs(meta, instances, self.max_rows)
-        result, canon = self._answer(meta, inputs, deadline, ctx.trace_id)
+        with self.tracing.child(ctx.span, "validate") as span:
+            inputs = instances_to_inputs(meta, instances, self.max_rows)
+            if span is not None:
+                _rows(ctx, span, inputs)
+        result, canon = self._answer(meta, inputs, deadline, ctx)
         rows = classify(meta, result)
         self._audit(ctx, result, canon, [row.get("label") for row in rows])
         return Prediction(result.model, result.version, rows, result.cached)
 
     def _answer(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
-                deadline: float, trace_id: str | None = None) -> tuple[InferResult, Canonical | None]:
+                deadline: float, ctx: RequestContext) -> tuple[InferResult, Canonical | None]:
         """Every output of ``meta``'s version for ``inputs``: from the cache when
         the model allows it and it has them, else from the daemon."""
         canon = canonical(inputs) if self.cache or self.auditor else None
         if self.cache is None or not meta.cache_enabled or canon is None \
                 or not meta.content_digest:  # (a daemon that does not say: no cache)
-            return self._run(meta, inputs, deadline, trace_id), canon
+            return self._run(meta, inputs, deadline, ctx), canon
         key = cache_key(meta.name, meta.content_digest, input_digest(canon[0]))
-        hit = self.cache.get(meta.name, key)
+        with self.tracing.child(ctx.span, "cache lookup") as span:
+            hit = self.cache.get(meta.name, key)
+            if span is not None:
+                span.set_attribute("falcon.cached", hit is not None)
         if hit is not None:
             return InferResult(meta.name, meta.version, hit, cached=True), canon
-        result = self._run(meta, inputs, deadline, trace_id)
+        result = self._run(meta, inputs, deadline, ctx)
         if result.version == meta.version:
             self.cache.set(key, result.outputs, meta.cache_ttl_s)
         return result, canon
@@ -241,20 +259,34 @@ class Core:
                labels: list[Any] | None) -> None:
         """Append the audit record; raises Unavailable if the WAL refuses it."""
         if self.auditor is not None and canon is not None:
-            self.auditor.record(ctx, model=result.model, version=result.version, canon=canon,
-                                outputs=result.outputs, labels=labels, cached=result.cached)
+            with self.tracing.child(ctx.span, "wal append"):
+                self.auditor.record(ctx, model=result.model, version=result.version, canon=canon,
+                                    outputs=result.outputs, labels=labels, cached=result.cached)
 
     def _run(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
-             deadline: float, trace_id: str | None = None) -> InferResult:
-        args = {"model": meta.name, "version": meta.version, "outputs": None, "trace": trace_id,
-                "inputs": [messages.encode_tensor(n, a) for n, a in inputs]}
-        result = self._call("infer", args, deadline)
+             deadline: float, ctx: RequestContext) -> InferResult:
+        with self.tracing.child(ctx.span, "daemon infer", {"falcon.model": meta.name,
+                                "falcon.model.version": meta.version}, client=True) as span:
+            args = {"model": meta.name, "version": meta.version, "outputs": None,
+                    "trace": ctx.trace_id if span is None else traceparent_of(span),
+                    "inputs": [messages.encode_tensor(n, a) for n, a in inputs]}
+            result = self._call("infer", args, deadline)
+            if span is not None:
+                for name in ("queue_us", "compute_us", "batch_rows"):
+                    span.set_attribute(f"falcon.daemon.{name}", int(result.get(name, 0)))
         try:
             arrays = messages.decode_tensors(result.get("outputs"), "outputs")
         except MessageError as exc:
             raise errors.Unavailable(f"malformed daemon answer: {exc}") from None
         return InferResult(str(result.get("model")), str(result.get("version")), arrays,
                            int(result.get("queue_us", 0)), int(result.get("compute_us", 0)))
+
+
+def _rows(ctx: RequestContext, span: Any, inputs: list[tuple[str, np.ndarray]]) -> None:
+    """The request's rows on its validate span and its request span."""
+    rows = int(inputs[0][1].shape[0]) if inputs and inputs[0][1].ndim else 1
+    span.set_attribute("falcon.rows", rows)
+    ctx.span.set_attribute("falcon.rows", rows)
 
 
 def choose(split: dict[str, int], routing_key: str) -> str:

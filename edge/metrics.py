@@ -4,6 +4,11 @@ In multiprocess mode (``service.metrics.enable``) the endpoint merges every
 process writing to the host's metrics directory: all gunicorn workers, the
 daemon and the shipper. Without it (a single process, tests) it serves the
 process's own registry.
+
+It answers in the OpenMetrics format when the scraper asks for it (``Accept:
+application/openmetrics-text``, as Prometheus does), else in Prometheus text. Only
+OpenMetrics shows exemplars: the request duration of a sampled request (and the
+daemon's compute time of its run) carries its trace id (``telemetry.exemplars``).
 """
 
 from __future__ import annotations
@@ -13,16 +18,11 @@ import time
 from typing import Any
 
 import falcon
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client.exposition import choose_encoder
+
+from telemetry import sampled_trace_id
+from telemetry.exemplars import Exemplars, WithExemplars
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -40,6 +40,7 @@ CACHE_LOOKUPS = Counter("falcon_cache_requests_total", "Prediction cache lookups
 BREAKER_STATE = Gauge("falcon_breaker_state",  # edge/breaker.py
                       "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
                       ["breaker"], multiprocess_mode="livemax")
+EXEMPLARS = Exemplars()  # this worker's latest trace id per LATENCY bucket
 
 
 class RequestMetrics:
@@ -57,18 +58,22 @@ class RequestMetrics:
         model = req.context.get("model", "")
         REQUESTS.labels(model, req.context.get("version", ""), face, str(resp.status)[:3],
                         "true" if req.context.get("cached") else "false").inc()
-        LATENCY.labels(model, face).observe(time.perf_counter() - req.context.started)
+        EXEMPLARS.observe(LATENCY, (str(model), str(face)), time.perf_counter() - req.context.started,
+                          sampled_trace_id(req.context.get("span")))
 
 
 def registry() -> CollectorRegistry:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)
+        merged.register(WithExemplars(multiprocess.MultiProcessCollector(None, path), path))
         return merged
     return REGISTRY
 
 
 class Metrics:
+    traced = False  # no span (edge.tracing)
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.content_type = CONTENT_TYPE_LATEST
-        resp.data = generate_latest(registry())
+        encode, resp.content_type = choose_encoder(req.get_header("Accept") or "")
+        resp.data = encode(registry())

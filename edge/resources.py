@@ -25,6 +25,7 @@ from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.drain import draining
 from edge.errors import InvalidInput, PayloadTooLarge
 from edge.validation import ModelMeta, TensorMeta
+from telemetry import trace_id_of, traceparent_of
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -49,7 +50,8 @@ def context(req: falcon.Request, resp: falcon.Response, face: str,
     pair keys the audit row: a request HAProxy re-sent to another edge or host
     after the first had logged it is one row, and two requests that share a
     client id are two. The trace id is the client's ``traceparent`` trace id, or
-    a new one (echoed with this edge's span id); it travels to the daemon, into
+    a new one (echoed with this edge's span id: with tracing on, the request span's
+    id and sampled flag, see ``edge.tracing``); it travels to the daemon, into
     logs and into the audit record. Id and traceparent are echoed back."""
     key = req.get_header(KEY_HEADER)
     if not key or not REQUEST_ID_RE.match(key):
@@ -57,14 +59,20 @@ def context(req: falcon.Request, resp: falcon.Response, face: str,
     given = req.get_header("X-Request-Id")
     rid = given if given and REQUEST_ID_RE.match(given) else key
     resp.set_header("X-Request-Id", rid)
-    match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
-    trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
-    resp.set_header("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
+    span = req.context.get("span")  # edge.tracing's request span, when tracing is on
+    if span is not None:
+        trace_id = trace_id_of(span)
+        resp.set_header("traceparent", traceparent_of(span))
+    else:
+        match = TRACEPARENT_RE.match(req.get_header("traceparent") or "")
+        trace_id = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
+        resp.set_header("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")
     req.context.face, req.context.request_id, req.context.trace_id = face, rid, trace_id
     routing = req.get_header("X-Routing-Key")
     return RequestContext(rid, face, trace_id=trace_id, accepted=front_time(req),
                           request_key=key, api_key_id=req.context.get("api_key_id"),
-                          routing_key=routing if routing and REQUEST_ID_RE.match(routing) else None)
+                          routing_key=routing if routing and REQUEST_ID_RE.match(routing) else None,
+                          span=span)
 
 
 def label(req: falcon.Request, model: str, version: str, cached: bool = False) -> None:
@@ -153,6 +161,7 @@ class Resource:
 
 class Live(Resource):
     scope = None
+    traced = False  # health checks: no span (edge.tracing)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         send_json(resp, {"live": True})
@@ -163,6 +172,7 @@ class Ready(Resource):
     stopping; 503 otherwise, so HAProxy stops sending it work."""
 
     scope = None
+    traced = False
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         ready = not draining() and self.core.ready()

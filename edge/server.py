@@ -14,6 +14,12 @@ Under gevent the process is monkey-patched (``falconctl edge``) before anything
 that creates a lock, a thread or a socket is imported -- in the arbiter, since the
 app is preloaded there and forked -- so every lock, ``threading.Thread``, socket
 and sleep in the edge, the audit writer and the libraries is cooperative.
+
+Tracing (``[tracing]``, ``telemetry``): the arbiter builds the app with a
+:class:`~telemetry.Tracing` that has no exporter yet; each worker starts it in
+``post_worker_init`` (after the fork and gevent's hub re-init), so its span
+exporter is the worker's own background thread -- a greenlet under gevent, whose
+HTTP calls to the collector are cooperative like every other socket.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from gunicorn.app.base import BaseApplication
 
 from edge import watchdog
 from settings import Settings
+from telemetry import Tracing
 
 WORKER_CLASSES = {"gevent": "edge.gevent_worker.GeventWorker", "gthread": "gthread"}
 
@@ -76,16 +83,22 @@ class EdgeApplication(BaseApplication):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.tracing = Tracing.from_settings(settings, "edge")
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in gunicorn_options(self.settings).items():
             self.cfg.set(key, value)
+        self.cfg.set("post_worker_init", self.post_worker_init)  # tracing's exporter
+
+    def post_worker_init(self, worker: Any) -> None:
+        """In each worker after the fork: start its span exporter (tracing on)."""
+        self.tracing.start()
 
     def load(self) -> Any:
         from edge.app import from_settings
 
-        return from_settings(self.settings)
+        return from_settings(self.settings, self.tracing)
 
 
     def run(self) -> None:

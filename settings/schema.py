@@ -214,6 +214,27 @@ class FleetSettings:
 
 
 @dataclass(frozen=True)
+class TracingSettings:
+    endpoint: str = key("", "OTLP/HTTP traces endpoint, e.g. 'http://127.0.0.1:4318/v1/traces'; "
+                            "empty turns tracing off (no span is made). On: the edge's request "
+                            "span and its children, the daemon's queue and batch spans, "
+                            "exported in the background (see docs/operations.md 'Tracing').",
+                        pattern=r"https?://\S+")
+    sample_ratio: float = key(0.1, "Share of requests without a sampled parent that are traced "
+                                   "(parent-based: a request whose 'traceparent' says sampled is "
+                                   "traced, one that says not sampled is not).", min=0, max=1)
+    service_name: str = key("falcon", "Prefix of the OpenTelemetry service.name: "
+                                      "'<prefix>-edge', '<prefix>-daemon', '<prefix>-grpc'.",
+                            pattern=r"[A-Za-z0-9._-]{1,64}")
+    max_queue_spans: int = key(2048, "Ended spans a process holds for export; beyond it spans "
+                                     "are dropped (counted in falcon_trace_spans_dropped_total), "
+                                     "never waited for.", min=16, max=1 << 20)
+    export_timeout_ms: int = key(2000, "Time one export may take (a collector that is down or "
+                                       "slow costs the background exporter this, no request "
+                                       "anything).", min=10, max=60000)
+
+
+@dataclass(frozen=True)
 class Settings:
     paths: PathSettings = field(default_factory=PathSettings)
     host: HostSettings = field(default_factory=HostSettings)
@@ -225,6 +246,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     fleet: FleetSettings = field(default_factory=FleetSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
 
     @property
     def daemon_socket(self) -> str:

@@ -13,7 +13,10 @@ Request (kind ``REQUEST``)::
                                    "split": {version: weight}}]}
     op "metadata"  {"model", "version"?} -> model metadata (see daemon.registry)
     op "infer"     {"model", "version"?, "inputs": [tensor], "outputs": [str] | None,
-                    "trace"?: W3C trace id (logged with failures)}
+                    "trace"?: the W3C traceparent of the edge's daemon-call span
+                              (the daemon's spans join that trace when its flags
+                              say sampled), or a bare 32-hex trace id (older
+                              edges, tracing off: logged with failures only)}
                    -> {"model", "version", "outputs": [tensor], "queue_us", "compute_us",
                        "batch_rows"}
     op "index"     -> {"models": [{"name", "version", "state", "reason"}]} (whole repository)

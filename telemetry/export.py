@@ -1,0 +1,79 @@
+"""Span export that never makes a request wait, and counts what it loses.
+
+Usage (what :meth:`telemetry.tracing.Tracing.start` does)::
+
+    processor = CountingBatchSpanProcessor(CountingExporter(otlp_exporter(url, 2.0)),
+                                           max_queue_size=2048, ...)
+    provider.add_span_processor(processor)
+
+- :class:`CountingBatchSpanProcessor` is the SDK's ``BatchSpanProcessor`` (a bounded
+  queue and one export thread; ending a span appends it and returns), counting the
+  spans its full queue drops (``falcon_trace_spans_dropped_total{reason="queue_full"}``;
+  the SDK only logs them).
+- :class:`CountingExporter` wraps the OTLP/HTTP exporter and counts the spans of
+  every batch it failed to deliver (``reason="export_failed"``: the collector down,
+  slow past the timeout, or refusing) and those it delivered
+  (``falcon_trace_spans_exported_total``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from telemetry.metrics import SPANS_DROPPED, SPANS_EXPORTED
+
+
+def otlp_exporter(endpoint: str, timeout_s: float) -> SpanExporter:
+    """The OTLP/HTTP (protobuf) span exporter to ``endpoint`` (the whole URL, e.g.
+    ``http://127.0.0.1:4318/v1/traces``); one export attempt, retries included, is
+    bounded by ``timeout_s``."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter(endpoint=endpoint, timeout=timeout_s)
+
+
+class CountingExporter(SpanExporter):
+    """``inner`` with its outcomes counted (see the module docstring)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self._failed = SPANS_DROPPED.labels("export_failed")
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter bug must not end the export thread
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            SPANS_EXPORTED.inc(len(spans))
+        else:
+            self._failed.inc(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return bool(self.inner.force_flush(timeout_millis))
+
+
+class CountingBatchSpanProcessor(BatchSpanProcessor):
+    """The SDK's batch processor, counting the spans its full queue drops."""
+
+    def __init__(self, exporter: SpanExporter, *, max_queue_size: int, **kwargs: Any) -> None:
+        super().__init__(exporter, max_queue_size=max_queue_size, **kwargs)
+        self._max = max_queue_size
+        # NOTE: the SDK's queue (a deque with maxlen: a full one drops its oldest span
+        # on append); without it (another SDK version) drops are only logged by the SDK.
+        self._queue: Any = getattr(getattr(self, "_batch_processor", None), "_queue", None)
+        self._full = SPANS_DROPPED.labels("queue_full")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self._queue is not None and len(self._queue) >= self._max and \
+                span.context is not None and span.context.trace_flags.sampled:
+            self._full.inc()
+        super().on_end(span)

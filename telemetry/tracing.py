@@ -1,0 +1,235 @@
+"""OpenTelemetry tracing of one process: spans made by hand, exported over OTLP/HTTP.
+
+Usage (edge)::
+
+    tracing = Tracing.from_settings(settings, "edge")   # in the arbiter: no thread yet
+    tracing.start()          # in each worker, after the fork (gunicorn post_worker_init)
+    span = tracing.server_span("POST /v1/models/{model}/predict", req.get_header("traceparent"),
+                               {"http.request.method": "POST", ...})
+    with tracing.child(span, "validate"):
+        ...
+    span.end()
+
+Usage (daemon)::
+
+    tracing = Tracing.from_settings(settings, "daemon"); tracing.start()
+    tracing.record_run(model, version, [(parent, enqueued_ns, started_ns), ...],
+                       run_start_ns, run_end_ns, rows=12)
+
+Off (``tracing.endpoint`` empty, the default) nothing is imported from the SDK and
+:attr:`Tracing.tracer` stays None: :meth:`server_span` answers None and
+:meth:`child` of None is a shared no-op context manager, so the request path
+pays an attribute check. On: a ``TracerProvider`` with parent-based ratio
+sampling (``tracing.sample_ratio``; a sampled incoming ``traceparent`` is
+traced, an unsampled one is not) and one :class:`~telemetry.export.CountingBatchSpanProcessor`
+whose bounded queue is exported by a background thread (a greenlet under gevent):
+ending a span appends it to that queue and returns; a collector that is down costs
+the exporter its ``export_timeout_ms`` per batch and the spans it drops, counted in
+``falcon_trace_spans_dropped_total``.
+
+:meth:`start` must run in the process that makes the spans, after any fork (the
+export thread does not survive one); it is idempotent per process. Nothing here
+sets OpenTelemetry's global tracer provider or the current-span context: spans
+are passed explicitly (``RequestContext.span`` in the edge), so greenlets,
+threads and the daemon's event loop need no context propagation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from telemetry import w3c
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_DELAY_MS = 500  # how long an ended span may wait before its batch is sent
+MAX_EXPORT_BATCH = 512
+_NULL: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+
+RunRequest = tuple[w3c.TraceParent | None, int, int]  # (parent, enqueued_ns, started_ns)
+
+
+def span_context(span: Any) -> Any:
+    return span.get_span_context()
+
+
+def trace_id_of(span: Any) -> str:
+    return format(span.get_span_context().trace_id, "032x")
+
+
+def traceparent_of(span: Any) -> str:
+    """The W3C ``traceparent`` naming ``span`` as the parent (sampled flag as decided)."""
+    ctx = span.get_span_context()
+    return w3c.format_traceparent(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"),
+                                  bool(ctx.trace_flags & 1))
+
+
+def sampled_trace_id(span: Any) -> str | None:
+    """``span``'s trace id if it is sampled (its trace is exported), else None: what an
+    exemplar may point at."""
+    if span is None:
+        return None
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.trace_flags & 1 else None
+
+
+class Tracing:
+    """The tracing of one process (see the module docstring). ``exporter``: a
+    ``SpanExporter`` to use instead of OTLP/HTTP to ``endpoint`` (tests); either
+    turns tracing on. Raises nothing at run time; :meth:`start` raises ImportError
+    only if the SDK is not installed."""
+
+    def __init__(self, endpoint: str = "", *, service: str = "falcon", sample_ratio: float = 0.1,
+                 max_queue_spans: int = 2048, export_timeout_s: float = 2.0,
+                 exporter: Any = None) -> None:
+        self.endpoint = endpoint
+        self.service = service
+        self.sample_ratio = sample_ratio
+        self.max_queue_spans = max_queue_spans
+        self.export_timeout_s = export_timeout_s
+        self._exporter = exporter
+        self.tracer: Any = None  # set by start(): an SDK Tracer
+        self._provider: Any = None
+        self._pid: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Any, component: str) -> Tracing:
+        t = settings.tracing
+        return cls(t.endpoint, service=f"{t.service_name or 'falcon'}-{component}",
+                   sample_ratio=t.sample_ratio, max_queue_spans=t.max_queue_spans,
+                   export_timeout_s=t.export_timeout_ms / 1000.0)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.endpoint) or self._exporter is not None
+
+    def start(self) -> None:
+        """Build the provider and start the export thread in this process (after
+        any fork); idempotent per process; nothing when tracing is off."""
+        if not self.enabled or self._pid == os.getpid():
+            return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+        from telemetry.export import CountingBatchSpanProcessor, CountingExporter, otlp_exporter
+
+        exporter = self._exporter or otlp_exporter(self.endpoint, self.export_timeout_s)
+        resource = Resource.create({"service.name": self.service,
+                                    "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+                                    "host.name": socket.gethostname()})
+        provider = TracerProvider(resource=resource,
+                                  sampler=ParentBased(TraceIdRatioBased(self.sample_ratio)))
+        provider.add_span_processor(CountingBatchSpanProcessor(
+            CountingExporter(exporter), max_queue_size=self.max_queue_spans,
+            schedule_delay_millis=SCHEDULE_DELAY_MS,
+            max_export_batch_size=min(MAX_EXPORT_BATCH, self.max_queue_spans),
+            export_timeout_millis=self.export_timeout_s * 1000))
+        self._provider, self._pid = provider, os.getpid()
+        self.tracer = provider.get_tracer("falcon")
+        log.info("tracing on: %s to %s, sampling %.3g of new traces", self.service,
+                 self.endpoint or type(exporter).__name__, self.sample_ratio)
+
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        return bool(self._provider.force_flush(int(timeout_s * 1000))) if self._provider else True
+
+    def shutdown(self) -> None:
+        """Export what is queued (bounded by the export timeout) and stop the thread."""
+        if self._provider is not None and self._pid == os.getpid():
+            self._provider.shutdown()
+        self._provider = self.tracer = self._pid = None
+
+    # -- the edge -------------------------------------------------------------------
+    def server_span(self, name: str, traceparent: str | None,
+                    attributes: dict[str, Any] | None = None) -> Any:
+        """A SERVER span for one request, child of a valid incoming ``traceparent``
+        (sampled or not, as it says), else the root of a new trace (sampled at the
+        ratio); None when tracing is off or not started in this process. Its
+        context always has a trace id, sampled or not."""
+        if self.tracer is None:
+            return None
+        from opentelemetry.trace import SpanKind
+
+        return self.tracer.start_span(name, context=self._parent(w3c.parse(traceparent)),
+                                      kind=SpanKind.SERVER, attributes=attributes)
+
+    def child(self, parent: Any, name: str, attributes: dict[str, Any] | None = None,
+              client: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """A context manager with a child span of ``parent`` (ended on exit, an
+        exception recorded), or a shared no-op yielding None when ``parent`` is None
+        or not recording (tracing off, request not sampled)."""
+        if parent is None or self.tracer is None or not parent.is_recording():
+            return _NULL
+        return self._child(parent, name, attributes, client)
+
+    @contextlib.contextmanager
+    def _child(self, parent: Any, name: str, attributes: dict[str, Any] | None,
+               client: bool) -> Iterator[Any]:
+        from opentelemetry import trace
+        from opentelemetry.trace import SpanKind
+
+        span = self.tracer.start_span(name, context=trace.set_span_in_context(parent),
+                                      kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
+                                      attributes=attributes)
+        try:
+            yield span
+        except BaseException as exc:
+            span.set_attribute("error.type", type(exc).__name__)
+            raise
+        finally:
+            span.end()
+
+    # -- the daemon -----------------------------------------------------------------
+    def record_run(self, name: str, requests: Sequence[RunRequest], run_start_ns: int,
+                   run_end_ns: int, attributes: dict[str, Any]) -> None:
+        """The daemon's spans of one model run: per sampled request a ``queue`` span
+        (child of the request's daemon-call span, from enqueued to started), and one
+        ``name`` span over the run, in the trace of the first sampled request, with a
+        link to every request of the run that carried a span context. Nothing when
+        no request is sampled or tracing is not started."""
+        if self.tracer is None:
+            return
+        sampled = [r for r in requests if r[0] is not None and r[0].sampled]
+        if not sampled:
+            return
+        from opentelemetry.trace import Link
+
+        for parent, enqueued_ns, started_ns in sampled:
+            span = self.tracer.start_span("daemon queue", context=self._parent(parent),
+                                          attributes=attributes, start_time=enqueued_ns)
+            span.end(end_time=started_ns)
+        links = [Link(self._remote(p)) for p, _, _ in requests if p is not None and p.span_id]
+        span = self.tracer.start_span(name, context=self._parent(sampled[0][0]),
+                                      attributes={**attributes, "falcon.batch.requests":
+                                                  len(requests)},
+                                      links=links, start_time=run_start_ns)
+        span.end(end_time=run_end_ns)
+
+    @staticmethod
+    def epoch_ns(t: float, clock: Callable[[], float] = time.monotonic) -> int:
+        """``t``, a reading of ``clock``, as Unix nanoseconds (what spans carry)."""
+        return time.time_ns() - int((clock() - t) * 1e9)
+
+    # -- parents --------------------------------------------------------------------
+    @staticmethod
+    def _remote(tp: w3c.TraceParent) -> Any:
+        from opentelemetry.trace import SpanContext, TraceFlags
+
+        return SpanContext(int(tp.trace_id, 16), int(tp.span_id or w3c.ZERO_SPAN, 16),
+                           is_remote=True, trace_flags=TraceFlags(1 if tp.sampled else 0))
+
+    def _parent(self, tp: w3c.TraceParent | None) -> Any:
+        """The OpenTelemetry context whose current span is ``tp`` (an empty context,
+        a new root, without one: never the ambient context)."""
+        from opentelemetry import trace
+        from opentelemetry.context import Context
+
+        if tp is None or tp.span_id is None:
+            return Context()
+        return trace.set_span_in_context(trace.NonRecordingSpan(self._remote(tp)), Context())

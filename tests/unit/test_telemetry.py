@@ -1,0 +1,199 @@
+"""telemetry: traceparent parsing, sampling decisions, the daemon's run spans, the
+counted export and the multiprocess exemplars (no servers; spans to an in-memory
+exporter)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client.openmetrics.exposition import generate_latest
+
+from telemetry import Tracing, sampled_trace_id, trace_id_of, traceparent_of, w3c
+from telemetry.exemplars import Exemplars, WithExemplars
+from telemetry.export import CountingBatchSpanProcessor, CountingExporter
+
+TID, SID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+
+def test_traceparent_parsing():
+    assert w3c.parse(f"00-{TID}-{SID}-01") == w3c.TraceParent(TID, SID, True)
+    assert w3c.parse(f"00-{TID}-{SID}-00") == w3c.TraceParent(TID, SID, False)
+    assert w3c.parse(f"01-{TID}-{SID}-03").sampled  # a later version: bit 0 still "sampled"
+    for bad in (None, "", "garbage", f"ff-{TID}-{SID}-01", f"00-{'0' * 32}-{SID}-01",
+                f"00-{TID}-{'0' * 16}-01", f"00-{TID.upper()}-{SID}-01", f"00-{TID}-{SID}-1"):
+        assert w3c.parse(bad) is None, bad
+    assert w3c.parse(f"00-{TID}-{SID}-01").header() == f"00-{TID}-{SID}-01"
+
+
+def test_the_frame_trace_is_a_traceparent_or_an_older_edges_bare_id():
+    assert w3c.parse_frame_trace(f"00-{TID}-{SID}-01") == w3c.TraceParent(TID, SID, True)
+    assert w3c.parse_frame_trace(TID) == w3c.TraceParent(TID, None, False)  # never sampled
+    for bad in (None, 7, "0" * 32, "nope", b"x"):
+        assert w3c.parse_frame_trace(bad) is None
+
+
+def test_off_makes_no_span_and_children_of_none_are_no_ops():
+    off = Tracing()
+    off.start()
+    assert not off.enabled and off.tracer is None
+    assert off.server_span("GET /", f"00-{TID}-{SID}-01") is None
+    with off.child(None, "validate") as span:
+        assert span is None
+    assert sampled_trace_id(None) is None
+    off.record_run("daemon batch", [(w3c.TraceParent(TID, SID, True), 1, 2)], 2, 3, {})
+
+
+def tracing(ratio: float) -> tuple[Tracing, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    t = Tracing(exporter=exporter, sample_ratio=ratio, service="falcon-test")
+    t.start()
+    return t, exporter
+
+
+def test_an_incoming_sampled_parent_is_honoured_whatever_the_ratio():
+    t, exporter = tracing(0.0)
+    span = t.server_span("POST /x", f"00-{TID}-{SID}-01", {"http.request.method": "POST"})
+    with t.child(span, "validate") as child:
+        assert child is not None
+    assert traceparent_of(span).startswith(f"00-{TID}-") and traceparent_of(span).endswith("-01")
+    assert sampled_trace_id(span) == TID
+    span.end()
+    t.flush()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert spans["POST /x"].parent.span_id == int(SID, 16)
+    assert spans["validate"].parent.span_id == spans["POST /x"].context.span_id
+    assert spans["POST /x"].resource.attributes["service.name"] == "falcon-test"
+    t.shutdown()
+
+
+def test_an_unsampled_parent_or_a_zero_ratio_records_nothing_but_keeps_the_trace_id():
+    t, exporter = tracing(1.0)
+    span = t.server_span("POST /x", f"00-{TID}-{SID}-00")
+    assert not span.is_recording() and trace_id_of(span) == TID
+    assert traceparent_of(span).endswith("-00") and sampled_trace_id(span) is None
+    with t.child(span, "validate") as child:
+        assert child is None
+    span.end()
+    t0, exporter0 = tracing(0.0)
+    root = t0.server_span("POST /x", None)
+    assert not root.is_recording() and len(trace_id_of(root)) == 32
+    root.end()
+    t.flush()
+    t0.flush()
+    assert exporter.get_finished_spans() == () and exporter0.get_finished_spans() == ()
+    t.shutdown()
+    t0.shutdown()
+
+
+def test_a_run_is_queue_spans_and_one_batch_span_linking_every_request():
+    t, exporter = tracing(1.0)
+    a = w3c.TraceParent("a" * 32, "1" * 16, True)
+    b = w3c.TraceParent("b" * 32, "2" * 16, False)   # served, not sampled: linked only
+    c = w3c.TraceParent("c" * 32, None, False)        # an older edge's bare id: nothing
+    t.record_run("daemon batch", [(a, 1000, 5000), (b, 2000, 5000), (c, 3000, 5000)],
+                 5000, 9000, {"falcon.batch.rows": 3})
+    t.flush()
+    spans = exporter.get_finished_spans()
+    queue = [s for s in spans if s.name == "daemon queue"]
+    assert len(queue) == 1 and queue[0].parent.span_id == int("1" * 16, 16)
+    assert (queue[0].start_time, queue[0].end_time) == (1000, 5000)
+    (batch,) = [s for s in spans if s.name == "daemon batch"]
+    assert batch.context.trace_id == int("a" * 32, 16) and (batch.start_time, batch.end_time) \
+        == (5000, 9000)
+    assert [ln.context.span_id for ln in batch.links] == [int("1" * 16, 16), int("2" * 16, 16)]
+    assert batch.attributes["falcon.batch.requests"] == 3
+    exporter.clear()
+    t.record_run("daemon batch", [(b, 1, 2)], 2, 3, {})  # no sampled request: no span
+    t.flush()
+    assert exporter.get_finished_spans() == ()
+    t.shutdown()
+
+
+def dropped(reason: str) -> float:
+    return REGISTRY.get_sample_value("falcon_trace_spans_dropped_total", {"reason": reason}) or 0.0
+
+
+class Refusing(SpanExporter):
+    def export(self, spans):
+        return SpanExportResult.FAILURE
+
+
+class Raising(SpanExporter):
+    def export(self, spans):
+        raise ConnectionError("collector down")
+
+
+@pytest.mark.parametrize("inner", [Refusing(), Raising()])
+def test_spans_a_failed_export_loses_are_counted(inner):
+    before = dropped("export_failed")
+    t = Tracing(exporter=inner, sample_ratio=1.0)  # (start() wraps it in a CountingExporter)
+    t.start()
+    for _ in range(3):
+        t.server_span("GET /", None).end()
+    t.flush()
+    assert dropped("export_failed") - before == 3
+    t.shutdown()
+
+
+def test_spans_a_full_queue_drops_are_counted_and_nothing_waits():
+    release = threading.Event()
+
+    class Stuck(SpanExporter):
+        def export(self, spans):
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+    before = dropped("queue_full")
+    t = Tracing(sample_ratio=1.0)
+    t.start = lambda: None  # type: ignore[method-assign]  # (built by hand below)
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = TracerProvider()
+    provider.add_span_processor(CountingBatchSpanProcessor(
+        CountingExporter(Stuck()), max_queue_size=16, max_export_batch_size=16,
+        schedule_delay_millis=10))
+    tracer = provider.get_tracer("test")
+    tracer.start_span("first").end()
+    threading.Event().wait(0.2)  # the export thread takes it and is stuck
+    for _ in range(40):
+        tracer.start_span("x").end()
+    assert dropped("queue_full") - before >= 40 - 16
+    release.set()
+    provider.shutdown()
+
+
+def test_exemplars_of_other_processes_reach_the_merged_scrape(tmp_path: Path):
+    scraped, other = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.001, 0.01, 0.1)
+    here = Histogram("lat_seconds", "d", ["model"], buckets=buckets, registry=scraped)
+    there = Histogram("lat_seconds", "d", ["model"], buckets=buckets, registry=other)
+    here.labels("m").observe(0.005)  # what the merged files say (no exemplar kept)
+    book = Exemplars(tmp_path, write_every_s=3600)
+    book.observe(there, ("m",), 0.005, TID)  # the first one is written at once
+    book.observe(there, ("m",), 0.05, "f" * 32)  # a second within write_every_s waits
+    dead = tmp_path / "exemplars_999999999.json"
+    dead.write_text(json.dumps([["lat_seconds", {"model": "m"}, "0.1", "e" * 32, 0.05, 1.0]]))
+    merged = CollectorRegistry()
+    merged.register(WithExemplars(scraped, tmp_path))
+    text = generate_latest(merged).decode()
+    assert f'lat_seconds_bucket{{le="0.01",model="m"}} 1.0 # {{trace_id="{TID}"}} 0.005 ' in text
+    assert "f" * 32 not in text and "e" * 32 not in text
+    assert not dead.exists()
+    book.write()  # shared now
+    assert "f" * 32 in generate_latest(merged).decode()
+    assert sorted(os.listdir(tmp_path)) == [f"exemplars_{os.getpid()}.json"]
+
+
+def test_without_a_trace_id_an_observation_has_no_exemplar(tmp_path: Path):
+    registry = CollectorRegistry()
+    h = Histogram("lat2_seconds", "d", ["model"], buckets=(0.01,), registry=registry)
+    Exemplars(tmp_path).observe(h, ("m",), 0.005, None)
+    assert "trace_id" not in generate_latest(registry).decode()
+    assert list(tmp_path.iterdir()) == []

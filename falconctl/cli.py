@@ -12,8 +12,9 @@
     falconctl wal tail|dump|verify|reship   operators' WAL tools
     falconctl install           systemd units, /etc/falcon, the falcon user
     falconctl keys create|list|revoke   API keys (shown once, stored as hashes)
-    falconctl hosts list|drain|maint|ready   serving hosts behind HAProxy (runtime API)
-    falconctl hosts traffic|split|rollback   a model's traffic split on every host
+    falconctl hosts list|drain|maint|ready|traffic   serving hosts behind HAProxy (runtime API)
+    falconctl hosts load|unload|split|rollback|status|history   the fleet's desired models
+    falconctl reconcile         this host's fleet reconciler (foreground)
 """
 
 from __future__ import annotations

@@ -70,8 +70,10 @@ class Reconciler:
 
     def __init__(self, host: str, store: StoreOps, daemon: DaemonOps, listener: ListenerOps,
                  *, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
-                 on_pass: Callable[[], None] = lambda: None) -> None:
-        """``on_pass`` is called at least once a second while the loop runs."""
+                 on_pass: Callable[[], None] = lambda: None,
+                 pause: Callable[[threading.Event, float], bool] = threading.Event.wait) -> None:
+        """``on_pass`` is called at least once a second while the loop runs;
+        ``pause(stop, s)`` waits up to ``s`` seconds for ``stop`` (back-off)."""
         self.host = host
         self.store = store
         self.daemon = daemon
@@ -79,6 +81,7 @@ class Reconciler:
         self.interval_s = interval_s
         self.clock = clock
         self.on_pass = on_pass
+        self.pause = pause
         self.last: Desired | None = None   # the last desired state read
         self.pending: tuple[Any, ...] | None = None  # a report PostgreSQL did not take
         self.outage_since: float | None = None
@@ -164,7 +167,7 @@ class Reconciler:
             except FleetUnavailable as exc:
                 self._outage(exc)
                 end = self.clock() + backoff
-                while not stop.wait(max(0.0, min(1.0, end - self.clock()))) \
+                while not self.pause(stop, max(0.0, min(1.0, end - self.clock()))) \
                         and self.clock() < end:
                     self.on_pass()
                 backoff = min(backoff * 2, max(self.interval_s, FIRST_BACKOFF_S))

@@ -48,6 +48,7 @@ bench: deps venv
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) bench/compare.py
 	$(PY) bench/grpc_load.py
+	$(PY) bench/tracing_cost.py
 
 # Regenerate the gRPC face's modules from the vendored Triton protos (committed).
 protos: venv

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 from conftest import make_repo
 from httpx_lite import post_json
 from modelfactory import write_mlp_model
+from otlp_receiver import OtlpReceiver
 
 from falconctl.stack import free_port
 
@@ -91,22 +93,18 @@ class Prometheus:
             raise AssertionError(f"{expr}: {exc.read().decode()}") from None
 
 
-@pytest.fixture
-def prometheus(make_stack, pg_dsn, memcached, tmp_path) -> Iterator[tuple[Prometheus, Any]]:
-    repo = make_repo(tmp_path / "models")  # digits (cache off) + a cached 16-wide MLP
-    write_mlp_model(repo, "mlp", input_dim=16, hidden=16, layers=1, classes=4, seed=1,
-                    version="1")
-    stack = make_stack(audit=True, repo=repo, FALCON_AUDIT_DSN=pg_dsn,
-                       FALCON_CACHE_SERVERS=memcached.addr)
+@contextmanager
+def running_prometheus(stack: Any, tmp_path: Path, *flags: str) -> Iterator[Prometheus]:
+    """A real Prometheus with the project's config scraping ``stack``."""
     config = write_config(tmp_path, stack.settings.edge.bind, stack.settings.haproxy.stats_bind)
     port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     proc = subprocess.Popen([tool("prometheus"), f"--config.file={config}",
                              f"--storage.tsdb.path={tmp_path / 'data'}",
-                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-                            stdout=log, stderr=subprocess.STDOUT)
+                             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
+                             *flags], stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield Prometheus(port), stack
+        yield Prometheus(port)
         assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
     finally:
         proc.terminate()
@@ -114,13 +112,27 @@ def prometheus(make_stack, pg_dsn, memcached, tmp_path) -> Iterator[tuple[Promet
         log.close()
 
 
-def panel_queries() -> list[str]:
-    """Every target expression of every panel, Grafana variables filled in."""
+@pytest.fixture
+def prometheus(make_stack, pg_dsn, memcached, tmp_path) -> Iterator[tuple[Prometheus, Any]]:
+    repo = make_repo(tmp_path / "models")  # digits (cache off) + a cached 16-wide MLP
+    write_mlp_model(repo, "mlp", input_dim=16, hidden=16, layers=1, classes=4, seed=1,
+                    version="1")
+    stack = make_stack(audit=True, repo=repo, FALCON_AUDIT_DSN=pg_dsn,
+                       FALCON_CACHE_SERVERS=memcached.addr)
+    with running_prometheus(stack, tmp_path) as prom:
+        yield prom, stack
+
+
+def panel_queries(exemplars: bool = False) -> list[str]:
+    """Every target expression of every panel (``exemplars``: of the targets that show
+    exemplars), Grafana variables filled in."""
     dash = json.loads(DASHBOARD.read_text())
     variables = [v["name"] for v in dash["templating"]["list"]]
     exprs = []
     for panel in dash["panels"]:
         for target in panel.get("targets", []):
+            if exemplars and not target.get("exemplar"):
+                continue
             expr = target["expr"].replace("$__rate_interval", "30s")
             for name in variables:
                 expr = expr.replace(f"${{{name}}}", ".*").replace(f"${name}", ".*")
@@ -184,3 +196,29 @@ def test_prometheus_scrapes_the_stack_and_every_panel_and_rule_evaluates(prometh
             wait_for(lambda n=name: prom.query(n), f"a series of {name}", 10)
     # a healthy stack fires nothing
     assert [a for a in prom.get("/api/v1/alerts")["alerts"] if a["state"] == "firing"] == []
+
+
+def test_prometheus_stores_the_exemplars_the_latency_panel_links_to_traces(make_stack, tmp_path):
+    """Tracing on: Prometheus (exemplar storage on) scrapes OpenMetrics from the edge and
+    keeps the trace ids of sampled requests, so every panel target with exemplars on finds
+    some, each naming a trace the collector received."""
+    with OtlpReceiver() as collector:
+        stack = make_stack(FALCON_TRACING_ENDPOINT=collector.url,
+                           FALCON_TRACING_SAMPLE_RATIO="1.0")
+        with running_prometheus(stack, tmp_path, "--enable-feature=exemplar-storage") as prom:
+            started = time.time()
+            exprs = panel_queries(exemplars=True)
+            assert exprs, "no dashboard panel shows exemplars"
+
+            def exemplars(expr: str) -> list[str]:
+                post_json(stack.settings.haproxy.bind, "/v1/models/digits/predict",
+                          {"instances": DIGITS["X"][:2].tolist()})
+                found = prom.get("/api/v1/query_exemplars", query=expr, start=str(started - 60),
+                                 end=str(time.time() + 60))
+                return [e["labels"]["trace_id"] for series in found for e in series["exemplars"]]
+
+            for expr in exprs:
+                trace_ids = wait_for(lambda e=expr: exemplars(e), f"exemplars of {expr}", 30)
+                received = {s.trace_id for s in collector.snapshot()}
+                assert set(trace_ids) & received, (expr, trace_ids[:3])
+

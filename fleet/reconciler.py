@@ -57,8 +57,8 @@ class StoreOps(Protocol):
     def desired(self) -> Desired: ...
 
     def report(self, host: str, seen: int, converged: bool, actual: dict[str, Actual] | None,
-               error: str, interval_s: float, steps: list[Any],
-               managed: set[str]) -> dict[str, Any] | None: ...
+               error: str, interval_s: float, steps: list[Any], managed: set[str],
+               initial: dict[str, Actual] | None = None) -> dict[str, Any] | None: ...
 
 
 class ListenerOps(Protocol):
@@ -84,6 +84,7 @@ class Reconciler:
         self.pause = pause
         self.last: Desired | None = None   # the last desired state read
         self.pending: tuple[Any, ...] | None = None  # a report PostgreSQL did not take
+        self.initial: dict[str, Actual] | None = None  # what ran before unreported steps
         self.outage_since: float | None = None
         self.last_error = ""
 
@@ -100,12 +101,14 @@ class Reconciler:
             raise
         self.last = desired
         actual, steps, error = self._converge(desired)
+        initial = self.initial
         ok = not error and actual is not None and all(
             converged(d, actual.get(m)) for m, d in desired.models.items())
         self._note_error(error)
         self.pending = (self.host, desired.revision, ok, actual, error, self.interval_s,
-                        steps, set(desired.models))
+                        steps, set(desired.models), initial)
         self._flush()
+        self.initial = None
         return ok
 
     def _converge(self, desired: Desired) -> tuple[dict[str, Actual] | None, list[Any], str]:
@@ -114,6 +117,8 @@ class Reconciler:
             actual = self.daemon.models()
         except DaemonUnavailable as exc:
             return None, [], f"daemon: {exc}"
+        if self.initial is None:
+            self.initial = actual
         done: list[Any] = []
         errors = []
         for model, want in sorted(desired.models.items()):

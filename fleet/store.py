@@ -264,13 +264,14 @@ class FleetStore:
         return Change(revision, at, actor, op, model, old_doc, new.to_json(), target)
 
     def report(self, host: str, seen: int, converged: bool, actual: dict[str, Actual] | None,
-               error: str, interval_s: float, steps: list[Any],
-               managed: set[str]) -> dict[str, Any] | None:
+               error: str, interval_s: float, steps: list[Any], managed: set[str],
+               initial: dict[str, Actual] | None = None) -> dict[str, Any] | None:
         """Record ``host``'s pass: what it runs (None: unknown, the daemon did
         not answer; the previous report's stays), whether it matches revision
         ``seen``, its error, a heartbeat. Returns the audit event's detail when
-        a managed model runs differently from the previous report (then that
-        event is in audit.events, committed with this report)."""
+        a managed model runs differently from the previous report, or, for a
+        host with none yet, from ``initial`` (what it ran before its first
+        steps); then that event is in audit.events, committed with this report."""
         if actual is None:
             with self._tx() as cur:
                 cur.execute(
@@ -283,7 +284,9 @@ class FleetStore:
         with self._tx() as cur:
             cur.execute("SELECT actual FROM fleet.hosts WHERE host = %s FOR UPDATE", (host,))
             row = cur.fetchone()
-            before = None if row is None else row[0]
+            before = row[0] if row is not None and row[0] else None
+            if before is None and initial is not None:
+                before = {m: a.to_json() for m, a in initial.items()}
             changed = {} if before is None else {
                 m: (before.get(m), now.get(m)) for m in sorted(managed)
                 if before.get(m) != now.get(m) and now.get(m) is not None}

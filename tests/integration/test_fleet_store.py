@@ -174,10 +174,14 @@ def test_a_host_report_records_each_change_on_it_once(store: FleetStore, dsn: st
     [row] = store.hosts()
     assert (row.host, row.seen, row.converged, row.error, row.stale) == ("host-a", 1, 1, "", False)
     assert row.actual["m"] == Actual(("1",), {"1": 100})
+    # a host's first report: its change is measured from what it ran before its steps
+    assert store.report("host-b", 1, True, after, "", 2.0, [["m", "split", {"1": 100}]], {"m"},
+                        initial=before) is not None
     assert query(dsn, "SELECT kind, actor, host, model, detail->'revision' FROM audit.events "
-                      "WHERE kind = 'fleet.applied'") == [
-        ("fleet.applied", "reconciler@host-a", "host-a", "m", 1)]
-    assert store.forget("host-a") and store.hosts() == []
+                      "WHERE kind = 'fleet.applied' ORDER BY id") == [
+        ("fleet.applied", "reconciler@host-a", "host-a", "m", 1),
+        ("fleet.applied", "reconciler@host-b", "host-b", "m", 1)]
+    assert store.forget("host-a") and [r.host for r in store.hosts()] == ["host-b"]
 
 
 def test_listeners_are_woken_by_a_change(store: FleetStore, dsn: str) -> None:

@@ -78,10 +78,11 @@ def test_a_pass_converges_the_managed_models_and_reports_it() -> None:
     rec = Reconciler("host-a", store, daemon, Quiet())
     assert rec.pass_once() is True
     assert daemon.steps == [("m", "split", {"1": 100}), ("m", "load", "2")]
-    host, seen, ok, actual, error, _, steps, managed = store.reports[-1]
+    host, seen, ok, actual, error, _, steps, managed, initial = store.reports[-1]
     assert (host, seen, ok, error, managed) == ("host-a", 2, True, "", {"m"})
     assert actual["m"] == Actual(("1", "2"), {"1": 100}) and actual["own"] == Actual(("5",), {})
     assert steps == [["m", "split", {"1": 100}], ["m", "load", "2"]]
+    assert initial is not None and initial["m"] == Actual(("1",), {})  # the baseline
     assert rec.pass_once() is True and daemon.steps[2:] == []  # nothing more to do
 
 

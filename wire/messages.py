@@ -3,32 +3,14 @@
 Request (kind ``REQUEST``)::
 
     {"id": int,              # chosen by the client, unique among its in-flight requests
-     "op": str,              # one of OPS
+     "op": str,              # one of wire.ops.OPS
      "deadline_ms": int,     # time budget left when sent; the daemon drops the
                              # request (DeadlineExceeded) if it cannot start in time
      ...op arguments}
 
-    op "ping"      -> {"ready": bool, "draining": bool, "models": int}
-    op "models"    -> {"models": [{"name", "versions": [str], "default_version": str,
-                                   "split": {version: weight}}]}
-    op "metadata"  {"model", "version"?} -> model metadata (see daemon.registry)
-    op "infer"     {"model", "version"?, "inputs": [tensor], "outputs": [str] | None,
-                    "trace"?: the W3C traceparent of the edge's daemon-call span
-                              (the daemon's spans join that trace when its flags
-                              say sampled), or a bare 32-hex trace id (older
-                              edges, tracing off: logged with failures only)}
-                   -> {"model", "version", "outputs": [tensor], "queue_us", "compute_us",
-                       "batch_rows"}
-    op "index"     -> {"models": [{"name", "version", "state", "reason"}]} (whole repository)
-    op "load"      {"model", "version"?} -> {"model", "loaded": [str]}
-    op "unload"    {"model", "version"?} -> {"model", "unloaded": [str]}
-    op "split"     {"model", "split": {version: weight}} -> {"model", "old", "new"}
-    op "rollback"  {"model"} -> {"model", "old", "new"} (the previous split again)
-    op "stats"     {"model"?, "version"?} -> {"model_stats": [per loaded version: {"name",
-                   "version", "last_inference" (ms since the epoch, 0: none),
-                   "inference_count" (rows answered), "execution_count" (model runs),
-                   "inference_stats": {"success"|"fail"|"queue"|"compute_input"|"compute_infer"|"compute_output":
-                   {"count", "ns"}}}]} (Triton's statistics extension's names)
+Each op's arguments and answer are a class in :mod:`wire.ops` (the table of them is
+its docstring), encoded and decoded there; this module holds the pieces they are
+made of: tensors, the string layout and error data.
 
 Tensor::
 
@@ -103,7 +85,13 @@ RETRYABLE = frozenset({OVERLOADED, DRAINING})
 
 class MessageError(ValueError):
     """A message is well-framed but its content is malformed (missing field,
-    wrong type, a tensor whose bytes do not match its dtype and shape)."""
+    wrong type, a tensor whose bytes do not match its dtype and shape).
+    ``field``, when given, names the part at fault (``model``, ``result.models[0].name``)
+    and ``reason`` says what is wrong with it; ``str()`` is both."""
+
+    def __init__(self, reason: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.reason, self.field = reason, field
 
 
 @dataclass
@@ -118,6 +106,14 @@ class RemoteError(Exception):
 
     def __str__(self) -> str:
         return f"{self.type}: {self.field + ': ' if self.field else ''}{self.message}"
+
+    def to_wire(self) -> dict[str, Any]:
+        """The error data (see the module docstring); :meth:`from_wire` of it is equal."""
+        data: dict[str, Any] = {"type": self.type, "message": self.message,
+                                "retryable": self.retryable}
+        if self.field:
+            data["field"] = self.field
+        return data
 
     @classmethod
     def from_wire(cls, err: Any) -> RemoteError:

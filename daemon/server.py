@@ -4,9 +4,13 @@ One asyncio loop owns every connection; each connection may carry many
 requests in flight (each is its own task, answered whenever it finishes, in
 any order). ONNX Runtime runs in a thread pool (it releases the GIL).
 
-Admission: at most ``max_inflight`` infer requests are admitted at once; the
-next one is answered ``Overloaded`` (retryable) at once instead of queueing
-without bound. An admitted request goes to its version's
+Each request is decoded into its :mod:`wire.ops` class (a malformed field is
+``InvalidInput`` naming it, an unknown op ``ProtocolError``) and handed to the
+handler the dispatch table (:meth:`DaemonServer._table`) names for its class.
+
+Admission (:mod:`daemon.admission`): at most ``max_inflight`` infer requests are
+admitted at once; the next one is answered ``Overloaded`` (retryable) at once
+instead of queueing without bound. An admitted request goes to its version's
 :class:`~daemon.batcher.Batcher` (one per loaded version, created when the
 server starts or on first use), which coalesces concurrent requests into one
 run and answers ``Overloaded`` when its queue is full and ``DeadlineExceeded``
@@ -26,30 +30,35 @@ exemplar.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import pwd
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
 from daemon import metrics
-from daemon.batcher import Batcher, BatchError, batch_policy
+from daemon.admission import Admission
+from daemon.batcher import Answer, Batcher, BatchError, batch_policy
 from daemon.lifecycle import Lifecycle, LifecycleError, UnknownModel
 from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds
 from daemon.stats import VersionStats
 from telemetry import Tracing
 from telemetry.w3c import parse_frame_trace
-from wire import frames, messages
+from wire import frames, messages, ops
 from wire.messages import MessageError
 
 log = logging.getLogger(__name__)
 
-MANAGEMENT = ("index", "load", "unload", "split", "rollback")
-CHANGES = ("load", "unload", "split", "rollback")
+# a handler: the op and the request's deadline_ms (only infer uses it) -> the op's answer
+Handler = Callable[[Any, int | None], Awaitable[ops.Answer]]
 
 
 def peer_actor(writer: asyncio.StreamWriter) -> str:
@@ -104,7 +113,7 @@ class DaemonServer:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry
         self.lifecycle = lifecycle
-        self.max_inflight = max_inflight
+        self.admission = Admission(max_inflight)
         self.max_frame = max_frame
         self.clock = clock
         self.tracing = tracing  # started by the caller (daemon.main) after start()
@@ -112,14 +121,18 @@ class DaemonServer:
         self._batchers: dict[int, Batcher] = {}  # by id(LoadedVersion); each holds its version
         self._observers: dict[tuple[str, str], _Observer] = {}
         self._stats: dict[int, VersionStats] = {}  # by id(LoadedVersion), like the batchers
-        self.inflight = 0
-        self.draining = False
         self.ready = False
         self._server: asyncio.AbstractServer | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._outbox: dict[asyncio.StreamWriter, list[bytes]] = {}
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._handlers = self._table()
+
+    def _table(self) -> dict[type[ops.Op], Handler]:
+        """The dispatch table: op class -> handler (every op of :data:`wire.ops.OPS`)."""
+        return {ops.Ping: self._ping, ops.Models: self._models, ops.Metadata: self._metadata,
+                ops.Infer: self._infer, ops.Index: self._index, ops.Load: self._load,
+                ops.Unload: self._unload, ops.Split: self._split, ops.Rollback: self._rollback,
+                ops.Stats: self._stats_of}
 
     async def start(self, path: str) -> None:
         for lv in self.registry.versions():  # decide (and log) every version's batching now
@@ -132,15 +145,15 @@ class DaemonServer:
     async def drain(self, timeout: float) -> bool:
         """Refuse new work, wait up to ``timeout`` for in-flight requests;
         return True if everything finished."""
-        self.draining = True
+        self.admission.draining = True
         self.ready = False
         if self._server is not None:
             self._server.close()
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            await asyncio.wait_for(self.admission.idle.wait(), timeout)
             done = True
         except TimeoutError:
-            log.warning("drain timed out with %d requests in flight", self.inflight)
+            log.warning("drain timed out with %d requests in flight", self.admission.inflight)
             done = False
         for w in list(self._writers):
             self._flush(w)
@@ -166,8 +179,7 @@ class DaemonServer:
             log.info("connection lost: %s", exc)
         except frames.BadFrame as exc:
             log.warning("dropping connection: %s", exc)
-            self._send(writer, {"id": None, "ok": False,
-                                "error": messages.error(messages.PROTOCOL_ERROR, str(exc))})
+            self._send(writer, _failure(None, messages.PROTOCOL_ERROR, str(exc)))
         finally:
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
@@ -202,92 +214,164 @@ class DaemonServer:
             return frame
         log.warning("answer to request %s is %d bytes, over the frame limit of %d",
                     payload.get("id"), size, self.max_frame)
-        error = messages.error(messages.RESULT_TOO_LARGE,
-                               f"the answer is {size} bytes, over the frame limit of "
-                               f"{self.max_frame} (daemon.max_frame_bytes): send fewer rows")
-        return frames.encode(frames.RESPONSE, {"id": payload.get("id"), "ok": False,
-                                               "error": error})
+        return frames.encode(frames.RESPONSE, _failure(
+            payload.get("id"), messages.RESULT_TOO_LARGE,
+            f"the answer is {size} bytes, over the frame limit of {self.max_frame} "
+            "(daemon.max_frame_bytes): send fewer rows"))
 
     def _flush(self, writer: asyncio.StreamWriter) -> None:
         queued = self._outbox.pop(writer, None)
         if queued and not writer.is_closing():
             writer.write(b"".join(queued) if len(queued) > 1 else queued[0])
 
-    async def _answer(self, req: dict[str, Any], writer: asyncio.StreamWriter,
+    async def _answer(self, payload: dict[str, Any], writer: asyncio.StreamWriter,
                       actor: str = "unknown") -> None:
         """``actor``: the peer (:func:`peer_actor`). ``ping`` tells it who it is (what
         ``falconctl models`` audits as its actor); every change is logged with it."""
-        rid, op = req.get("id"), req.get("op")
-        try:
-            result = await self._op(req)
-            if op == "ping":
-                result = {**result, "peer": actor}
-            elif op in CHANGES:
-                log.info("%s of %s by %s: %s", op, req.get("model"), actor,
-                         {k: result.get(k) for k in ("old", "new", "loaded", "unloaded")
-                          if k in result})
-            payload = {"id": rid, "ok": True, "result": result}
-        except _Fail as exc:
-            payload = {"id": rid, "ok": False,
-                       "error": messages.error(exc.type, str(exc), exc.field)}
-        except Exception as exc:  # a bug: answer as data, keep serving, log the traceback
-            log.exception("op %r failed", req.get("op"))
-            payload = {"id": rid, "ok": False,
-                       "error": messages.error(messages.INTERNAL, f"{type(exc).__name__}: {exc}")}
-        self._send(writer, payload)
+        self._send(writer, await self._respond(payload, actor))
         try:  # (backpressure: waits while earlier turns' answers fill the transport buffer)
             await writer.drain()
         except ConnectionError:
             pass
 
-    async def _op(self, req: dict[str, Any]) -> Any:
-        op = req.get("op")
-        if op == "ping":
-            return {"ready": self.ready, "draining": self.draining, "models": len(self.registry)}
-        if op == "models":
-            return {"models": self.lifecycle.listing()}
-        if op in MANAGEMENT:
-            return await self._manage(op, req)
-        if op == "metadata":
-            lv = self._lookup(req)
-            return {**lv.metadata(), "batching": self.batcher(lv).to_wire()}
-        if op == "infer":
-            return await self._infer(req)
-        if op == "stats":
-            return self._stats_of(req)
-        raise _Fail(messages.PROTOCOL_ERROR, f"unknown op {op!r} (known: {', '.join(messages.OPS)})")
-
-    async def _manage(self, op: str, req: dict[str, Any]) -> dict[str, Any]:
-        raw = req.get("version")
-        version = None if raw in (None, "") else str(raw)
+    async def _respond(self, payload: dict[str, Any], actor: str) -> dict[str, Any]:
+        """The response payload to request ``payload``: decoded, dispatched, answered."""
+        rid = payload.get("id")
         try:
-            if op == "index":
-                return {"models": self.lifecycle.index()}
-            model = req.get("model")
-            if not isinstance(model, str):
-                raise LifecycleError("expected a model name")
-            if op == "load":
-                loaded = await self.lifecycle.load(model, version)
-                for lv in self.registry.versions():
-                    metrics.SHM_BYTES.labels(lv.model, lv.version).set(lv.weight_bytes)
-                return {"model": model, "loaded": loaded}
-            if op == "unload":
-                going = [lv for lv in self.registry.versions() if lv.model == model
-                         and version in (None, lv.version)]
-                unloaded = await self.lifecycle.unload(model, version)
-                for lv in going:
-                    self._batchers.pop(id(lv), None)
-                    self._stats.pop(id(lv), None)
-                    metrics.SHM_BYTES.labels(lv.model, lv.version).set(0)
-                return {"model": model, "unloaded": unloaded}
-            if op == "split":
-                return self.lifecycle.set_split(model, req.get("split"))
-            return self.lifecycle.rollback(model)
-        except UnknownModel as exc:
-            raise _Fail(messages.NOT_FOUND, str(exc)) from None
-        except LifecycleError as exc:
-            raise _Fail(messages.INVALID_INPUT, str(exc), exc.field) from None
+            req = ops.Request.from_wire(payload)
+        except ops.UnknownOp as exc:
+            return _failure(rid, messages.PROTOCOL_ERROR, exc.reason, exc.field)
+        except MessageError as exc:
+            return _failure(rid, messages.INVALID_INPUT, exc.reason, exc.field)
+        try:
+            answer = await self._handlers[type(req.op)](req.op, req.deadline_ms)
+        except _Fail as exc:
+            return _failure(rid, exc.type, str(exc), exc.field)
+        except Exception as exc:  # a bug: answer as data, keep serving, log the traceback
+            log.exception("op %r failed", req.op.OP)
+            return _failure(rid, messages.INTERNAL, f"{type(exc).__name__}: {exc}")
+        if isinstance(answer, ops.PingAnswer):
+            answer = dataclasses.replace(answer, peer=actor)
+        elif not req.op.IDEMPOTENT:  # a change
+            log.info("%s of %s by %s: %s", req.op.OP, getattr(req.op, "model", None), actor,
+                     {k: v for k, v in answer.to_wire().items() if k != "model"})
+        return ops.Response(rid, answer).to_wire()
 
+    # -- the handlers (the dispatch table: _table) ---------------------------------------
+    async def _ping(self, op: ops.Ping, _: int | None) -> ops.PingAnswer:
+        return ops.PingAnswer(ready=self.ready, draining=self.admission.draining,
+                              models=len(self.registry))
+
+    async def _models(self, op: ops.Models, _: int | None) -> ops.ModelsAnswer:
+        return ops.ModelsAnswer(models=[ops.ModelEntry(**m) for m in self.lifecycle.listing()])
+
+    async def _metadata(self, op: ops.Metadata, _: int | None) -> ops.MetadataAnswer:
+        lv = self._lookup(op.model, op.version)
+        return ops.MetadataAnswer(**lv.metadata(), batching=self.batcher(lv).to_wire())
+
+    async def _index(self, op: ops.Index, _: int | None) -> ops.IndexAnswer:
+        with _lifecycle_errors():
+            return ops.IndexAnswer(models=[ops.IndexEntry(**e) for e in self.lifecycle.index()])
+
+    async def _load(self, op: ops.Load, _: int | None) -> ops.LoadAnswer:
+        with _lifecycle_errors():
+            loaded = await self.lifecycle.load(op.model, op.version or None)
+        for lv in self.registry.versions():
+            metrics.SHM_BYTES.labels(lv.model, lv.version).set(lv.weight_bytes)
+        return ops.LoadAnswer(model=op.model, loaded=loaded)
+
+    async def _unload(self, op: ops.Unload, _: int | None) -> ops.UnloadAnswer:
+        version = op.version or None
+        going = [lv for lv in self.registry.versions() if lv.model == op.model
+                 and version in (None, lv.version)]
+        with _lifecycle_errors():
+            unloaded = await self.lifecycle.unload(op.model, version)
+        for lv in going:
+            self._batchers.pop(id(lv), None)
+            self._stats.pop(id(lv), None)
+            metrics.SHM_BYTES.labels(lv.model, lv.version).set(0)
+        return ops.UnloadAnswer(model=op.model, unloaded=unloaded)
+
+    async def _split(self, op: ops.Split, _: int | None) -> ops.SplitAnswer:
+        with _lifecycle_errors():
+            return ops.SplitAnswer(**self.lifecycle.set_split(op.model, op.split))
+
+    async def _rollback(self, op: ops.Rollback, _: int | None) -> ops.RollbackAnswer:
+        with _lifecycle_errors():
+            return ops.RollbackAnswer(**self.lifecycle.rollback(op.model))
+
+    async def _stats_of(self, op: ops.Stats, _: int | None) -> ops.StatsAnswer:
+        """The statistics of every loaded version, or of ``model`` (and ``version``)."""
+        if op.model:
+            lvs = ([self._lookup(op.model, op.version)] if op.version else
+                   [lv for lv in self.registry.versions() if lv.model == op.model])
+            if not lvs:
+                raise _Fail(messages.NOT_FOUND, f"model {op.model!r} is not loaded")
+        else:
+            lvs = list(self.registry.versions())
+        return ops.StatsAnswer(model_stats=[self._version_stats(lv).to_wire(
+            lv.model, lv.version, executions=self.batcher(lv).executions) for lv in lvs])
+
+    async def _infer(self, op: ops.Infer, deadline_ms: int | None) -> ops.InferAnswer:
+        """Admission, then validation, then the version's batcher, then accounting."""
+        received = self.clock()
+        refusal = self.admission.refusal(deadline_ms)
+        if refusal is not None:
+            raise _Fail(*refusal)
+        assert deadline_ms is not None  # (refused otherwise)
+        lv = self._lookup(op.model, op.version)
+        stats = self._version_stats(lv)
+        feeds, outputs = self._validate(lv, op, stats, received)
+        input_s = self.clock() - received  # decoding and checking the inputs
+        trace = parse_frame_trace(op.trace)
+        with self.admission.holding(lv):
+            try:
+                answer = await self.batcher(lv).infer(feeds, outputs,
+                                                      received + deadline_ms / 1000.0, trace)
+            except BatchError as exc:
+                stats.failure(total_s=self.clock() - received)
+                metrics.OUTCOMES.labels(lv.model, lv.version, exc.type).inc()
+                log.info("infer %s/%s failed (%s) trace=%s: %s", lv.model, lv.version,
+                         exc.type, op.trace, exc)
+                raise _Fail(exc.type, str(exc)) from None
+        return self._account(lv, stats, feeds, outputs, answer, received, input_s,
+                             trace.trace_id if trace is not None and trace.sampled else None)
+
+    # -- the pieces of an infer --------------------------------------------------------
+    def _validate(self, lv: LoadedVersion, op: ops.Infer, stats: VersionStats,
+                  received: float) -> tuple[dict[str, np.ndarray], list[str]]:
+        """The ORT feeds and output names of ``op``; a malformed or unfit input is
+        ``InvalidInput`` naming it and counts as a failure of ``lv``."""
+        try:
+            return check_feeds(lv, op.inputs.arrays(), op.outputs)
+        except InvalidFeeds as exc:
+            stats.failure(total_s=self.clock() - received)
+            raise _Fail(messages.INVALID_INPUT, exc.reason, exc.field) from None
+        except MessageError as exc:
+            stats.failure(total_s=self.clock() - received)
+            raise _Fail(messages.INVALID_INPUT, str(exc), "inputs") from None
+
+    def _account(self, lv: LoadedVersion, stats: VersionStats, feeds: dict[str, np.ndarray],
+                 outputs: list[str], answer: Answer, received: float, input_s: float,
+                 trace_id: str | None) -> ops.InferAnswer:
+        """The answer of a run, encoded, in the metrics (``trace_id``: the compute
+        histogram's exemplar) and the version's statistics."""
+        observer = self._observers.get((lv.model, lv.version))
+        if observer is None:
+            observer = self._observers[lv.model, lv.version] = _Observer(lv.model, lv.version)
+        observer(answer, trace_id)
+        encoding = self.clock()
+        tensors = ops.Tensors.of(list(zip(outputs, answer.outputs, strict=True)))
+        tensors.to_wire()  # (encoded now: the time it takes is the compute_output statistic)
+        done = self.clock()
+        stats.success(rows=_rows(feeds), total_s=done - received, queue_s=answer.queue_s,
+                      input_s=input_s, compute_s=answer.compute_s, output_s=done - encoding)
+        return ops.InferAnswer(model=lv.model, version=lv.version, outputs=tensors,
+                               queue_us=int(answer.queue_s * 1e6),
+                               compute_us=int(answer.compute_s * 1e6),
+                               batch_rows=answer.batch_rows)
+
+    # -- versions ------------------------------------------------------------------------
     def batcher(self, lv: LoadedVersion) -> Batcher:
         """The version's batcher, created (and its policy logged) on first use."""
         batcher = self._batchers.get(id(lv))
@@ -311,79 +395,28 @@ class DaemonServer:
             stats = self._stats[id(lv)] = VersionStats()
         return stats
 
-    def _stats_of(self, req: dict[str, Any]) -> dict[str, Any]:
-        """The statistics of every loaded version, or of ``model`` (and ``version``)."""
-        model, version = req.get("model"), req.get("version")
-        if model not in (None, ""):
-            lvs = ([self._lookup(req)] if version not in (None, "") else
-                   [lv for lv in self.registry.versions() if lv.model == model])
-            if not lvs:
-                raise _Fail(messages.NOT_FOUND, f"model {model!r} is not loaded")
-        else:
-            lvs = list(self.registry.versions())
-        return {"model_stats": [self._version_stats(lv).to_wire(
-            lv.model, lv.version, executions=self.batcher(lv).executions) for lv in lvs]}
-
-    def _lookup(self, req: dict[str, Any]) -> LoadedVersion:
+    def _lookup(self, model: str, version: str | None) -> LoadedVersion:
         try:
-            return self.registry.get(req.get("model"), req.get("version"))
+            return self.registry.get(model, version)
         except NotFound as exc:
             raise _Fail(messages.NOT_FOUND, str(exc)) from None
 
-    async def _infer(self, req: dict[str, Any]) -> dict[str, Any]:
-        received = self.clock()
-        budget = req.get("deadline_ms")
-        if not isinstance(budget, int) or budget <= 0:
-            raise _Fail(messages.DEADLINE_EXCEEDED, "deadline_ms missing or already expired")
-        if self.draining:
-            raise _Fail(messages.DRAINING, "daemon is draining")
-        if self.inflight >= self.max_inflight:
-            raise _Fail(messages.OVERLOADED, f"{self.inflight} requests in flight")
-        lv = self._lookup(req)
-        stats = self._version_stats(lv)
-        try:
-            feeds, outputs = check_feeds(lv, messages.decode_tensors(req.get("inputs"), "inputs"),
-                                         req.get("outputs"))
-        except InvalidFeeds as exc:
-            stats.failure(total_s=self.clock() - received)
-            raise _Fail(messages.INVALID_INPUT, exc.reason, exc.field) from None
-        except MessageError as exc:
-            stats.failure(total_s=self.clock() - received)
-            raise _Fail(messages.INVALID_INPUT, str(exc), "inputs") from None
-        input_s = self.clock() - received  # decoding and checking the inputs
-        deadline = received + budget / 1000.0
-        self.inflight += 1
-        lv.inflight += 1
-        metrics.INFLIGHT.inc()
-        self._idle.clear()
-        trace = parse_frame_trace(req.get("trace"))
-        try:
-            answer = await self.batcher(lv).infer(feeds, outputs, deadline, trace)
-        except BatchError as exc:
-            stats.failure(total_s=self.clock() - received)
-            metrics.OUTCOMES.labels(lv.model, lv.version, exc.type).inc()
-            log.info("infer %s/%s failed (%s) trace=%s: %s", lv.model, lv.version, exc.type,
-                     req.get("trace"), exc)
-            raise _Fail(exc.type, str(exc)) from None
-        finally:
-            lv.inflight -= 1
-            self.inflight -= 1
-            metrics.INFLIGHT.dec()
-            if self.inflight == 0:
-                self._idle.set()
-        observer = self._observers.get((lv.model, lv.version))
-        if observer is None:
-            observer = self._observers[lv.model, lv.version] = _Observer(lv.model, lv.version)
-        observer(answer, trace.trace_id if trace is not None and trace.sampled else None)
-        encoding = self.clock()
-        encoded = [messages.encode_tensor(n, a)
-                   for n, a in zip(outputs, answer.outputs, strict=True)]
-        done = self.clock()
-        stats.success(rows=_rows(feeds), total_s=done - received, queue_s=answer.queue_s,
-                      input_s=input_s, compute_s=answer.compute_s, output_s=done - encoding)
-        return {"model": lv.model, "version": lv.version, "outputs": encoded,
-                "queue_us": int(answer.queue_s * 1e6), "compute_us": int(answer.compute_s * 1e6),
-                "batch_rows": answer.batch_rows}
+
+def _failure(rid: Any, type_: str, message: str, field: str | None = None) -> dict[str, Any]:
+    """The response payload of a failed request (error data: :func:`wire.messages.error`)."""
+    return {"id": rid, "ok": False, "error": messages.error(type_, message, field)}
+
+
+@contextmanager
+def _lifecycle_errors() -> Iterator[None]:
+    """A model-management refusal as its wire error: an unknown model ``NotFound``,
+    any other (a bad split, a failed load) ``InvalidInput`` naming its field."""
+    try:
+        yield
+    except UnknownModel as exc:
+        raise _Fail(messages.NOT_FOUND, str(exc)) from None
+    except LifecycleError as exc:
+        raise _Fail(messages.INVALID_INPUT, str(exc), exc.field) from None
 
 
 def _rows(feeds: dict[str, Any]) -> int:

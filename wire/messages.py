@@ -56,9 +56,6 @@ from typing import Any
 
 import numpy as np
 
-OPS = ("ping", "models", "metadata", "infer", "index", "load", "unload", "split", "rollback",
-       "stats")
-
 # dtypes a tensor may carry on the wire (ONNX's numeric + bool types).
 DTYPES = frozenset(
     np.dtype(t).newbyteorder("<").str

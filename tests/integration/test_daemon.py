@@ -101,6 +101,47 @@ def test_errors_come_back_as_data_and_the_connection_survives(make_stack):
             frames.read_frame(sock)
 
 
+def test_a_malformed_field_is_invalid_input_naming_it_and_nothing_is_counted(make_stack):
+    """Each op is decoded into its wire.ops class before it runs: a field of the wrong
+    type or a missing one is InvalidInput naming that field, an unknown op a
+    ProtocolError naming ``op``; the connection serves on."""
+    stack = make_stack(start=False)
+    stack.start_daemon()
+    ok = messages.encode_tensor("input", np.zeros((1, 64), np.float32))
+    cases = [
+        ({"op": "explode"}, messages.PROTOCOL_ERROR, "op"),
+        ({"op": "metadata"}, messages.INVALID_INPUT, "model"),
+        ({"op": "load", "model": 5}, messages.INVALID_INPUT, "model"),
+        ({"op": "unload", "model": "digits", "version": 1.5}, messages.INVALID_INPUT, "version"),
+        ({"op": "split", "model": "digits", "split": {"1": "all"}}, messages.INVALID_INPUT,
+         "split"),
+        ({"op": "stats", "model": ["digits"]}, messages.INVALID_INPUT, "model"),
+        ({"op": "infer", "model": "digits", "deadline_ms": "soon", "inputs": [ok]},
+         messages.INVALID_INPUT, "deadline_ms"),
+        ({"op": "infer", "model": "digits", "deadline_ms": 1000, "inputs": {"input": ok}},
+         messages.INVALID_INPUT, "inputs"),
+        ({"op": "infer", "model": "digits", "deadline_ms": 1000, "inputs": [ok], "trace": 7},
+         messages.INVALID_INPUT, "trace"),
+        ({"op": "infer", "deadline_ms": 1000, "inputs": [ok]}, messages.INVALID_INPUT, "model"),
+    ]
+    with connect(stack.settings.daemon_socket) as sock:
+        for rid, (req, kind, field) in enumerate(cases, 1):
+            sock.sendall(frames.encode(frames.REQUEST, {"id": rid, **req}))
+            _, resp = frames.read_frame(sock)
+            assert resp["id"] == rid and resp["ok"] is False, resp
+            assert (resp["error"]["type"], resp["error"].get("field")) == (kind, field), resp
+            assert resp["error"]["message"] and resp["error"]["retryable"] is False
+        sock.sendall(infer_req(99, np.zeros((1, 64), np.float32)))
+        assert frames.read_frame(sock)[1]["ok"] is True
+        sock.sendall(frames.encode(frames.REQUEST, {"id": 100, "op": "stats", "model": "digits"}))
+        [stats] = frames.read_frame(sock)[1]["result"]["model_stats"]
+        assert stats["inference_stats"]["fail"]["count"] == 0, stats  # refused before a version
+        assert stats["inference_stats"]["success"]["count"] == 1, stats
+        sock.sendall(frames.encode(frames.REQUEST, {"id": 101, "op": "models"}))
+        listing = {m["name"]: m for m in frames.read_frame(sock)[1]["result"]["models"]}
+        assert listing["digits"]["split"] == {}, listing  # the refused split changed nothing
+
+
 def test_ready_is_announced_to_systemd_only_once_models_are_loaded(make_stack, tmp_path):
     notify_path = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

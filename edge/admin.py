@@ -31,8 +31,12 @@ import falcon
 from apikeys import ADMIN
 from edge.errors import EdgeError, InvalidInput, Unavailable
 from edge.resources import Resource, context, parse_json, read_body, send_json
+from wire import ops
 
 log = logging.getLogger(__name__)
+
+# the ops that change what the daemon serves: each is audited (intent, then outcome)
+Change = ops.Load | ops.Unload | ops.Split | ops.Rollback
 
 
 def _version_param(req: falcon.Request, max_body: int) -> str | None:
@@ -53,75 +57,74 @@ class RepositoryIndex(Resource):
     scope = ADMIN
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        send_json(resp, self.core.manage("index", {}, self.deadline(req))["models"])
+        index = self.core.manage(ops.Index(), self.deadline(req))
+        send_json(resp, [e.to_wire() for e in index.models])
 
 
 class RepositoryLoad(Resource):
     scope = ADMIN
-    op = "load"
+    op: type[ops.Load | ops.Unload] = ops.Load
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
         version = _version_param(req, self.max_body)
         # loading parses and publishes a model: allow it more than a prediction's deadline
-        send_json(resp, audited(self, req, resp, self.op, {"model": model, "version": version},
+        send_json(resp, audited(self, req, resp, self.op(model=model, version=version),
                                 self.core.clock() + 120.0))
 
 
 class RepositoryUnload(RepositoryLoad):
-    op = "unload"
+    op = ops.Unload
 
 
 class Traffic(Resource):
     scope = ADMIN
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
-        entry = {m["name"]: m for m in self.core.models(self.deadline(req))}.get(model)
+        entry = {m.name: m for m in self.core.models(self.deadline(req))}.get(model)
         if entry is None:
             raise falcon.HTTPNotFound(description=f"model {model!r} is not loaded")
-        send_json(resp, {"model": model, "versions": entry["versions"],
-                         "split": entry.get("split") or {},
-                         "default_version": entry["default_version"]})
+        send_json(resp, {"model": model, "versions": entry.versions, "split": entry.split,
+                         "default_version": entry.default_version})
 
     def on_put(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
         doc = parse_json(read_body(req, self.max_body))
         if not isinstance(doc, dict) or "split" not in doc:
             raise InvalidInput("split", "missing; expected {\"split\": {\"1\": 90, \"2\": 10}}")
-        args = {"model": model, "split": doc["split"]}
-        send_json(resp, audited(self, req, resp, "split", args, self.deadline(req)))
+        send_json(resp, audited(self, req, resp, ops.Split(model=model, split=doc["split"]),
+                                self.deadline(req)))
 
 
 class Rollback(Resource):
     scope = ADMIN
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, model: str) -> None:
-        send_json(resp, audited(self, req, resp, "rollback", {"model": model},
-                                self.deadline(req)))
+        send_json(resp, audited(self, req, resp, ops.Rollback(model=model), self.deadline(req)))
 
 
-def audited(resource: Resource, req: falcon.Request, resp: falcon.Response, op: str,
-            args: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """``op`` applied by the daemon, its intent in the audit trail before (who: the
-    API key id; what was asked) and its outcome after (old -> new, or the error).
-    Raises ``Unavailable`` (nothing applied) if the WAL refuses the intent."""
+def audited(resource: Resource, req: falcon.Request, resp: falcon.Response, change: Change,
+            deadline: float) -> dict[str, Any]:
+    """``change`` applied by the daemon, its intent in the audit trail before (who: the
+    API key id; what was asked) and its outcome after (old -> new, or the error); the
+    answer's wire form. Raises ``Unavailable`` (nothing applied) if the WAL refuses
+    the intent."""
     auditor = resource.core.auditor
     if auditor is None:
-        return resource.core.manage(op, args, deadline)
+        return resource.core.manage(change, deadline).to_wire()
     ctx = context(req, resp, "admin", resource.host_id)
-    model = args["model"]
+    op, model = change.OP, change.model
     # the two records need their own keys: (request id, time, request key) is the row's
     intent = dataclasses.replace(ctx, request_key=f"{ctx.request_key}.intent")
-    auditor.event(intent, op, model, {"phase": "intent",
-                                      "requested": {k: v for k, v in args.items() if k != "model"}})
+    requested = {k: v for k, v in change.to_wire().items() if k != "model"}
+    auditor.event(intent, op, model, {"phase": "intent", "requested": requested})
     try:
-        result = resource.core.manage(op, args, deadline)
+        result = resource.core.manage(change, deadline).to_wire()
     except Unavailable as exc:  # the daemon may or may not have applied it
         _outcome(auditor, ctx, op, model, {"phase": "unknown", "error": str(exc)})
         raise
     except EdgeError as exc:
         _outcome(auditor, ctx, op, model, {"phase": "failed", "error": str(exc)})
         raise
-    done: dict[str, Any] = {k: result[k] for k in ("old", "new", "loaded", "unloaded")
-                            if k in result}
+    done = {k: v for k, v in result.items() if k != "model"}  # old/new, loaded, unloaded
     _outcome(auditor, ctx, op, model, {"phase": "done", **done})
     return result
 

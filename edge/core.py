@@ -33,7 +33,7 @@ from edge.cache import PredictionCache, cache_key
 from edge.daemon_client import DaemonClient
 from edge.validation import ModelMeta, check_tensors, instances_to_inputs
 from telemetry import Tracing, traceparent_of
-from wire import messages
+from wire import messages, ops
 from wire.messages import MessageError, RemoteError
 
 SERVER_NAME = "falcon-inference"
@@ -99,7 +99,7 @@ class Core:
         self.metadata_ttl_s = metadata_ttl_s
         self.clock = clock
         self._meta: dict[tuple[str, str], tuple[float, ModelMeta]] = {}
-        self._listing_cache: tuple[float, dict[str, dict[str, Any]]] | None = None
+        self._listing_cache: tuple[float, dict[str, ops.ModelEntry]] | None = None
         self._lock = threading.Lock()
 
     # -- deadlines ---------------------------------------------------------
@@ -109,16 +109,18 @@ class Core:
         ms = self.deadline_ms if requested_ms is None else min(requested_ms, self.deadline_ms)
         return self.clock() + ms / 1000.0 - queued_s
 
-    def _call(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """One daemon call behind the daemon breaker (which counts only the
-        daemon being unreachable, not errors it answers with)."""
+    def _call(self, op: ops.Op[ops.A], deadline: float) -> ops.A:
+        """``op``'s answer from the daemon, behind the daemon breaker (which counts
+        only the daemon being unreachable, not errors it answers with)."""
         try:
-            return self.breaker.call(self.client.call, op, args, deadline)
+            return self.breaker.call(self.client.call, op, deadline)
         except Open:
             raise errors.Unavailable("inference daemon unavailable (circuit open)",
                                      retry_after=self.breaker.retry_after()) from None
         except RemoteError as exc:
             raise translate(exc) from None
+        except MessageError as exc:
+            raise errors.Unavailable(f"malformed daemon answer: {exc}") from None
 
     # -- health and metadata ----------------------------------------------
     def ready(self) -> bool:
@@ -127,15 +129,15 @@ class Core:
         if self.auditor is not None and not self.auditor.healthy():
             return False
         try:
-            state = self._call("ping", {}, self.clock() + 0.5)
+            state = self._call(ops.Ping(), self.clock() + 0.5)
         except errors.EdgeError:
             return False
-        return bool(state.get("ready")) and int(state.get("models", 0)) > 0
+        return state.ready and state.models > 0
 
-    def models(self, deadline: float) -> list[dict[str, Any]]:
-        return list(self._call("models", {}, deadline).get("models", []))
+    def models(self, deadline: float) -> list[ops.ModelEntry]:
+        return self._call(ops.Models(), deadline).models
 
-    def _listing(self, deadline: float) -> dict[str, dict[str, Any]]:
+    def _listing(self, deadline: float) -> dict[str, ops.ModelEntry]:
         """The daemon's models with their traffic splits, cached at most
         ``LISTING_TTL_S`` so a split change reaches every worker within a second."""
         now = self.clock()
@@ -143,7 +145,7 @@ class Core:
             cached = self._listing_cache
         if cached is not None and now - cached[0] < min(self.metadata_ttl_s, LISTING_TTL_S):
             return cached[1]
-        listing = {m["name"]: m for m in self.models(deadline)}
+        listing = {m.name: m for m in self.models(deadline)}
         with self._lock:
             self._listing_cache = (now, listing)
         return listing
@@ -157,10 +159,9 @@ class Core:
         entry = self._listing(deadline).get(model)
         if entry is None:
             raise errors.ModelNotFound(f"model {model!r} is not loaded")
-        split = entry.get("split") or {}
-        if sum(w for w in split.values() if w > 0) > 0:  # (the daemon lists loaded versions only)
-            return choose(split, f"{model}\0{routing_key}")
-        return str(entry["default_version"])
+        if sum(w for w in entry.split.values() if w > 0) > 0:  # (the daemon lists loaded versions only)
+            return choose(entry.split, f"{model}\0{routing_key}")
+        return entry.default_version
 
     def metadata(self, model: str, version: str | None, deadline: float) -> ModelMeta:
         version = version or self.resolve(model, None, "", deadline)
@@ -173,26 +174,27 @@ class Core:
         listing = self._listing(deadline)
         if model not in listing:
             raise errors.ModelNotFound(f"model {model!r} is not loaded")
-        data = self._call("metadata", {"model": model, "version": version}, deadline)
-        meta = ModelMeta.from_wire(data, tuple(listing[model]["versions"]))
+        data = self._call(ops.Metadata(model=model, version=version), deadline)
+        meta = ModelMeta.from_answer(data, tuple(listing[model].versions))
         with self._lock:
             self._meta[key] = (now, meta)
         return meta
 
-    def manage(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
+    def manage(self, op: ops.Op[ops.A], deadline: float) -> ops.A:
         """A model-management op of the daemon (load, unload, split, rollback,
         index); its refusal (bad split, failed load) is an InvalidInput naming the
         field, an unknown model or version ModelNotFound."""
-        result = self._call(op, args, deadline)
+        result = self._call(op, deadline)
         with self._lock:
             self._listing_cache = None  # this worker sees the change at once
         return result
 
-    def stats(self, model: str | None, version: str | None, deadline: float) -> dict[str, Any]:
+    def stats(self, model: str | None, version: str | None,
+              deadline: float) -> ops.StatsAnswer:
         """The daemon's inference statistics (V2 statistics extension) of every loaded
         version, of ``model``'s, or of one version; ModelNotFound if none is loaded."""
-        args = {"model": model, "version": version} if model else {}
-        return self._call("stats", args, deadline)
+        return self._call(ops.Stats(model=model or None, version=version if model else None),
+                          deadline)
 
     def model_ready(self, model: str, version: str | None, deadline: float) -> bool:
         try:
@@ -267,19 +269,18 @@ class Core:
              deadline: float, ctx: RequestContext) -> InferResult:
         with self.tracing.child(ctx.span, "daemon infer", {"falcon.model": meta.name,
                                 "falcon.model.version": meta.version}, client=True) as span:
-            args = {"model": meta.name, "version": meta.version, "outputs": None,
-                    "trace": ctx.trace_id if span is None else traceparent_of(span),
-                    "inputs": [messages.encode_tensor(n, a) for n, a in inputs]}
-            result = self._call("infer", args, deadline)
+            op = ops.Infer(model=meta.name, version=meta.version, inputs=ops.Tensors.of(inputs),
+                           trace=ctx.trace_id if span is None else traceparent_of(span))
+            result = self._call(op, deadline)
             if span is not None:
                 for name in ("queue_us", "compute_us", "batch_rows"):
-                    span.set_attribute(f"falcon.daemon.{name}", int(result.get(name, 0)))
+                    span.set_attribute(f"falcon.daemon.{name}", getattr(result, name) or 0)
         try:
-            arrays = messages.decode_tensors(result.get("outputs"), "outputs")
+            arrays = result.outputs.arrays()
         except MessageError as exc:
             raise errors.Unavailable(f"malformed daemon answer: {exc}") from None
-        return InferResult(str(result.get("model")), str(result.get("version")), arrays,
-                           int(result.get("queue_us", 0)), int(result.get("compute_us", 0)))
+        return InferResult(result.model, result.version, arrays, result.queue_us,
+                           result.compute_us)
 
 
 def _rows(ctx: RequestContext, span: Any, inputs: list[tuple[str, np.ndarray]]) -> None:

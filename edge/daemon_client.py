@@ -13,15 +13,19 @@ Failure handling (the caller's deadline bounds everything):
   frame is never acted on);
 - the connection breaks with the request sent but unanswered -> retried once on
   a fresh connection if the broken one was made before this call (a daemon
-  restart leaves stale connections), time remains, and the op is in
-  :data:`IDEMPOTENT` (an inference is a pure function of its inputs, the others
-  only read). A management change (load, unload, split, rollback) is never sent
+  restart leaves stale connections), time remains, and the op is idempotent
+  (``IDEMPOTENT`` of its :mod:`wire.ops` class: an inference is a pure function
+  of its inputs, the others only read). A management change (load, unload, split, rollback) is never sent
   twice: the first may have been applied (a rollback re-sent goes back two
   steps), so it is :class:`~edge.errors.Unavailable` saying so. A request that
   broke a *fresh* connection is not retried (it may be what broke it);
 - no answer by the deadline -> :class:`~edge.errors.DeadlineExceeded` (504);
   the late answer, if it comes, is dropped;
-- the daemon answers with an error -> :class:`wire.messages.RemoteError`.
+- the daemon answers with an error -> :class:`wire.messages.RemoteError`;
+- the answer is malformed -> :class:`wire.messages.MessageError` naming the field.
+
+Usage: ``client.call(ops.Metadata(model="digits"), deadline)`` returns the op's
+answer class (:class:`wire.ops.MetadataAnswer`).
 
 The connection is made lazily and re-made after a fork (gunicorn workers).
 """
@@ -35,16 +39,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from edge.errors import DeadlineExceeded, Unavailable
-from wire import frames
-from wire.messages import RemoteError
+from wire import frames, ops
 
 log = logging.getLogger(__name__)
-
-# Ops that may be sent again when the first copy's fate is unknown.
-IDEMPOTENT = frozenset({"ping", "models", "metadata", "infer", "index", "stats"})
 
 
 class _Slot:
@@ -149,8 +149,10 @@ class DaemonClient:
         self._conn: _Connection | None = None
         self._pid = os.getpid()
 
-    def call(self, op: str, args: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """Run ``op`` on the daemon; ``deadline`` is an absolute ``clock()`` time."""
+    def call(self, op: ops.Op[ops.A], deadline: float) -> ops.A:
+        """Run ``op`` on the daemon and return its answer; ``deadline`` is an absolute
+        ``clock()`` time."""
+        name, idempotent = op.OP, op.IDEMPOTENT
         for attempt in (1, 2):
             conn = self._connection(deadline)
             reused = conn.used
@@ -158,24 +160,27 @@ class DaemonClient:
             if remaining <= 0:
                 raise DeadlineExceeded("deadline passed before the daemon was called")
             rid = next(self._ids)
-            req = {"id": rid, "op": op, "deadline_ms": max(1, int(remaining * 1000)), **args}
+            req = ops.Request(rid, op, deadline_ms=max(1, int(remaining * 1000)))
             try:
-                slot = conn.send(rid, frames.encode(frames.REQUEST, req))
+                slot = conn.send(rid, frames.encode(frames.REQUEST, req.to_wire()))
             except _ConnectionLost:
                 if attempt == 1:
                     continue
                 raise Unavailable("inference daemon connection lost") from None
             if not slot.wait(deadline - self.clock()):
                 conn.forget(rid)
-                raise DeadlineExceeded(f"no answer from the daemon within the deadline ({op})")
+                raise DeadlineExceeded(f"no answer from the daemon within the deadline ({name})")
             if slot.response is None:
-                if attempt == 1 and reused and op in IDEMPOTENT:  # stale (daemon restarted)
+                if attempt == 1 and reused and idempotent:  # stale (daemon restarted)
                     continue
-                if op not in IDEMPOTENT:
-                    raise Unavailable(f"inference daemon connection lost: {op!r} may or may not "
-                                      "have been applied; check before sending it again")
+                if not idempotent:
+                    raise Unavailable(f"inference daemon connection lost: {name!r} may or may "
+                                      "not have been applied; check before sending it again")
                 raise Unavailable("inference daemon connection lost")
-            return _unwrap(slot.response)
+            resp = ops.Response.from_wire(slot.response, type(op).ANSWER)
+            if resp.error is not None:
+                raise resp.error
+            return cast(ops.A, resp.answer)
         raise Unavailable("inference daemon connection lost")  # pragma: no cover
 
     def _connection(self, deadline: float) -> _Connection:
@@ -201,9 +206,3 @@ class DaemonClient:
                 self._conn.close()
                 self._conn = None
 
-
-def _unwrap(resp: dict[str, Any]) -> dict[str, Any]:
-    if resp.get("ok"):
-        result = resp.get("result")
-        return result if isinstance(result, dict) else {}
-    raise RemoteError.from_wire(resp.get("error"))

@@ -20,7 +20,7 @@ class ModelStats(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str | None = None,
                version: str | None = None) -> None:
-        doc = self.core.stats(model, version, self.deadline(req))
+        doc = self.core.stats(model, version, self.deadline(req)).to_wire()
         key = req.context.get("api_key")
         if key is not None:  # APPSEC: a key limited to some models sees only theirs
             doc["model_stats"] = [s for s in doc.get("model_stats", [])

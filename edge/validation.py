@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import InvalidInput, PayloadTooLarge
+from wire import ops
 
 
 @dataclass(frozen=True)
@@ -53,21 +54,23 @@ class ModelMeta:
     content_digest: str = ""  # the version's weights and graph (SHA-256): the cache key's
 
     @classmethod
-    def from_wire(cls, data: dict[str, Any], versions: tuple[str, ...]) -> ModelMeta:
+    def from_answer(cls, data: ops.MetadataAnswer, versions: tuple[str, ...]) -> ModelMeta:
+        """From the daemon's answer to the metadata op; ``versions``: the model's loaded
+        versions (from the models op)."""
         def tensors(items: list[dict[str, Any]]) -> tuple[TensorMeta, ...]:
             return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(t["shape"]),
                                     tuple(t.get("class_labels", ()))) for t in items)
-        cfg = data.get("config", {})
-        return cls(name=data["name"], version=str(data["version"]), versions=versions,
-                   inputs=tensors(data["inputs"]), outputs=tensors(data["outputs"]),
+        cfg = data.config
+        return cls(name=data.name, version=data.version, versions=versions,
+                   inputs=tensors(data.inputs), outputs=tensors(data.outputs),
                    max_batch_size=int(cfg.get("max_batch_size", 1)),
                    labels=tuple(cfg.get("labels", ())),
                    label_output=cfg.get("label_output", ""),
                    probabilities_output=cfg.get("probabilities_output", ""),
-                   platform=data.get("platform", "onnxruntime_onnx"),
+                   platform=data.platform,
                    cache_enabled=bool(cfg.get("cache", {}).get("enabled", False)),
                    cache_ttl_s=int(cfg.get("cache", {}).get("ttl_s", 300)),
-                   content_digest=str(data.get("content_digest", "")))
+                   content_digest=data.content_digest)
 
 
 def dtype_name(dtype: np.dtype) -> str:

@@ -41,13 +41,16 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from falconctl.commands import guarded
 from falconctl.keys import haproxy_command
 from falconctl.stack import parse_hosts, split_hostport
 from settings import ConfigError, Settings
+
+if TYPE_CHECKING:
+    from wire import ops
 
 STATES = ("ready", "drain", "maint")
 
@@ -169,29 +172,36 @@ class SocketDaemon:
         self.client = DaemonClient(path)
         self.timeout_s = timeout_s  # loading parses, publishes and warms a model
 
-    def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+    def _call(self, op: ops.Op[ops.A]) -> ops.A:
         import time
 
         from edge.errors import EdgeError
         from fleet.errors import DaemonRefused, DaemonUnavailable
-        from wire.messages import RemoteError
+        from wire.messages import MessageError, RemoteError
 
         try:
-            return self.client.call(op, args, time.monotonic() + self.timeout_s)
+            return self.client.call(op, time.monotonic() + self.timeout_s)
         except RemoteError as exc:
             raise DaemonRefused(str(exc)) from None
-        except EdgeError as exc:  # unavailable, deadline exceeded
+        except (EdgeError, MessageError) as exc:  # unavailable, deadline exceeded, malformed
             raise DaemonUnavailable(str(exc)) from None
 
     def models(self) -> dict[str, Any]:
         from fleet.plan import Actual
+        from wire import ops
 
-        return {m["name"]: Actual.from_json(m) for m in self._call("models", {})["models"]}
+        return {m.name: Actual.from_json(m.to_wire()) for m in self._call(ops.Models()).models}
 
     def apply(self, model: str, step: tuple[str, Any]) -> None:
+        from wire import ops
+
         op, arg = step
-        self._call(op, {"model": model, "split": arg} if op == "split"
-                   else {"model": model, "version": arg})
+        change: ops.Op[ops.Answer]
+        if op == "split":
+            change = ops.Split(model=model, split=arg)
+        else:
+            change = (ops.Load if op == "load" else ops.Unload)(model=model, version=arg)
+        self._call(change)
 
     def close(self) -> None:
         self.client.close()

@@ -55,8 +55,9 @@ def _audited(s: Settings, core: Any, args: argparse.Namespace, deadline: float) 
         return _dispatch(core, args, deadline)
     from edge.audit import RequestContext
     from edge.errors import EdgeError
+    from wire import ops
 
-    actor = core.client.call("ping", {}, deadline).get("peer", "unknown")
+    actor = core.client.call(ops.Ping(), deadline).peer or "unknown"
     auditor, streams = _auditor(s)
     ctx = RequestContext(uuid.uuid4().hex, "admin", api_key_id=f"falconctl:{actor}",
                          request_key=uuid.uuid4().hex)
@@ -117,17 +118,22 @@ def run(s: Settings, args: argparse.Namespace) -> int:
 
 
 def _dispatch(core: Any, args: argparse.Namespace, deadline: float) -> Any:
+    from wire import ops
+
     cmd = args.models_command
     if cmd == "list":
-        return core.models(deadline)
+        return [m.to_wire() for m in core.models(deadline)]
     if cmd == "status":
-        return core.manage("index", {}, deadline)["models"]
+        return [e.to_wire() for e in core.manage(ops.Index(), deadline).models]
+    change: ops.Op[ops.Answer]
     if cmd in ("load", "unload"):
-        return core.manage(cmd, {"model": args.name, "version": args.version}, deadline)
-    if cmd == "split":
-        return core.manage("split", {"model": args.name, "split": parse_split(args.weights)},
-                           deadline)
-    return core.manage("rollback", {"model": args.name}, deadline)
+        change = (ops.Load if cmd == "load" else ops.Unload)(model=args.name,
+                                                              version=args.version)
+    elif cmd == "split":
+        change = ops.Split(model=args.name, split=parse_split(args.weights))
+    else:
+        change = ops.Rollback(model=args.name)
+    return core.manage(change, deadline).to_wire()
 
 
 def add_subcommands(sub: Any) -> None:

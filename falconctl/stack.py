@@ -149,14 +149,18 @@ def http_status(host: str, port: int, path: str, timeout: float = 1.0) -> int | 
 
 
 def daemon_ready(path: str, timeout: float = 1.0) -> bool:
+    from wire import ops
+    from wire.messages import MessageError
+
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
-            sock.sendall(frames.encode(frames.REQUEST, {"id": 1, "op": "ping", "deadline_ms": 1000}))
+            sock.sendall(frames.encode(frames.REQUEST, ops.Request(1, ops.Ping(), 1000).to_wire()))
             _, resp = frames.read_frame(sock)
-        return bool(resp.get("ok") and resp["result"].get("ready"))
-    except (OSError, frames.WireError):
+        answer = ops.Response.from_wire(resp, ops.PingAnswer).answer
+        return isinstance(answer, ops.PingAnswer) and answer.ready
+    except (OSError, frames.WireError, MessageError):
         return False
 
 

@@ -14,9 +14,9 @@ ModelReady               predict    ``Core.model_ready``
 ModelMetadata            predict    ``Core.metadata``
 ModelInfer               predict    ``Core.infer`` (audited, face ``grpc``)
 ModelStatistics          predict    ``Core.stats``
-RepositoryIndex          admin      ``Core.manage("index")``
-RepositoryModelLoad      admin      ``Core.manage("load")`` (``parameters["version"]``)
-RepositoryModelUnload    admin      ``Core.manage("unload")``
+RepositoryIndex          admin      ``Core.manage(ops.Index())``
+RepositoryModelLoad      admin      ``Core.manage(ops.Load(...))`` (``parameters["version"]``)
+RepositoryModelUnload    admin      ``Core.manage(ops.Unload(...))``
 =======================  =========  ==================================================
 
 The other RPCs of the service (shared memory, trace and log settings, streaming,
@@ -53,6 +53,7 @@ from edge.grpcface.proto import grpc_service_pb2 as pb
 from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
 from edge.proxyauth import TRUSTED_HEADERS
 from edge.resources import REQUEST_ID_RE, TRACEPARENT_RE, model_metadata_body
+from wire import ops
 
 FACE = "grpc"
 SECRET_KEY = "x-falcon-proxy-secret"
@@ -221,7 +222,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body(call: Call, _: str | None) -> Any:
             stats = self.core.stats(request.name or None, request.version or None,
-                                    self._deadline(call))
+                                    self._deadline(call)).to_wire()
             if call.api_key is not None:  # APPSEC: a key limited to some models sees theirs
                 stats["model_stats"] = [m for m in stats.get("model_stats", [])
                                         if call.api_key.allows_model(str(m.get("name")))]
@@ -232,27 +233,28 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     # -- the model repository --------------------------------------------------------
     def RepositoryIndex(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body(call: Call, _: str | None) -> Any:
-            models = self.core.manage("index", {}, self._deadline(call))["models"]
+            index = self.core.manage(ops.Index(), self._deadline(call))
             resp = pb.RepositoryIndexResponse()
-            for m in models:
-                if not request.ready or m.get("state") == "READY":
-                    resp.models.add(name=str(m["name"]), version=str(m["version"]),
-                                    state=str(m.get("state", "")), reason=str(m.get("reason", "")))
+            for m in index.models:
+                if not request.ready or m.state == "READY":
+                    resp.models.add(name=m.name, version=m.version, state=m.state,
+                                    reason=m.reason)
             return resp
         return self._serve(context, "RepositoryIndex", ADMIN, None, body)
 
     def RepositoryModelLoad(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._manage(context, "load", request, pb.RepositoryModelLoadResponse())
+        return self._manage(context, ops.Load, request, pb.RepositoryModelLoadResponse())
 
     def RepositoryModelUnload(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return self._manage(context, "unload", request, pb.RepositoryModelUnloadResponse())
+        return self._manage(context, ops.Unload, request, pb.RepositoryModelUnloadResponse())
 
-    def _manage(self, context: grpc.ServicerContext, op: str, request: Any, done: Any) -> Any:
+    def _manage(self, context: grpc.ServicerContext, op: type[ops.Load | ops.Unload],
+                request: Any, done: Any) -> Any:
         def body(call: Call, _: str | None) -> Any:
-            args = {"model": request.model_name, "version": version_param(request.parameters)}
-            self.core.manage(op, args, self.core.clock() + LOAD_DEADLINE_S)
+            change = op(model=request.model_name, version=version_param(request.parameters))
+            self.core.manage(change, self.core.clock() + LOAD_DEADLINE_S)
             return done
-        return self._serve(context, f"Repository{op.title()}", ADMIN, None, body)
+        return self._serve(context, f"Repository{op.OP.title()}", ADMIN, None, body)
 
 
 def version_param(params: Any) -> str | None:

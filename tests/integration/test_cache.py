@@ -23,7 +23,7 @@ from audit.wal import START, StreamReader, list_streams
 from edge.audit import canonical, input_digest
 from edge.cache import cache_key, rendezvous
 from edge.daemon_client import DaemonClient
-from wire import messages
+from wire import messages, ops
 
 WIDTH = 16
 
@@ -127,7 +127,7 @@ def test_losing_one_server_of_a_pool_loses_only_its_keys_and_it_rejoins(make_sta
                 .astype(np.float32)]
         names = [m.addr for m in pool]
         content = DaemonClient(stack.settings.daemon_socket).call(
-            "metadata", {"model": "mlp", "version": "1"}, time.monotonic() + 5)["content_digest"]
+            ops.Metadata(model="mlp", version="1"), time.monotonic() + 5).content_digest
         home = [rendezvous(cache_key("mlp", content, input_digest(canonical([("input", r)])[0])),
                            names) for r in rows]
         victim = pool[0]

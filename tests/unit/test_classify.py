@@ -7,6 +7,7 @@ import numpy as np
 from edge.core import InferResult, classify
 from edge.resources import model_metadata_body
 from edge.validation import ModelMeta, TensorMeta
+from wire import ops
 
 
 def meta(*outputs: TensorMeta, labels: tuple[str, ...] = (), label_output: str = "",
@@ -80,7 +81,7 @@ def test_v2_metadata_says_the_class_labels_and_bytes_datatype() -> None:
 def test_model_meta_reads_class_labels_from_the_daemon_metadata() -> None:
     wire = {"name": "m", "version": "1", "inputs": [{"name": "X", "dtype": "|O", "shape": [-1, 1]}],
             "outputs": [{"name": "p", "dtype": "<f4", "shape": [-1, 2], "class_labels": [3, 7]}]}
-    m = ModelMeta.from_wire(wire, ("1",))
+    m = ModelMeta.from_answer(ops.MetadataAnswer.from_wire(wire), ("1",))
     assert m.inputs[0].dtype == np.dtype(object)
     assert m.outputs[0].class_labels == (3, 7)
 

@@ -214,11 +214,15 @@ class FleetStore:
             current = self._seed(cur, model, revision)
         if op == "load":
             return st.with_version(current, st.check_version(version), revision), None
-        if current is None:
+        if current is None and op == "rollback":
             from fleet.errors import NothingToRollBack
 
             raise NothingToRollBack(f"model {model!r} is not in the fleet's desired state "
                                     "(nothing to roll back)")
+        if current is None:
+            raise InvalidChange(f"model {model!r} is not in the fleet's desired state and no "
+                                "host reports running it: `falconctl hosts load MODEL VERSION` "
+                                "first", "model")
         if op == "unload":
             version = st.check_version(version)
             if version not in current.versions:

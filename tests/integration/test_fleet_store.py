@@ -109,6 +109,10 @@ def test_rollback_goes_back_one_split_write_and_to_revision_is_retry_safe(
         store.change("rollback", "m", WHO)
     with pytest.raises(InvalidChange, match="not in the fleet"):
         store.change("rollback", "other", WHO)
+    for op, args in (("split", {"split": {"1": 100}}), ("unload", {"version": "1"})):
+        with pytest.raises(InvalidChange, match="no host reports running it") as err:
+            store.change(op, "other", WHO, **args)  # type: ignore[arg-type]
+        assert err.value.field == "model"
 
 
 def test_concurrent_writers_are_serialized_and_a_precondition_loses_cleanly(

@@ -33,6 +33,7 @@ from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
 from edge.grpcface.service import InferenceService
 from service.sdnotify import notify, watchdog_interval
 from settings import ConfigError, Settings
+from telemetry import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,16 @@ def grpc_options(settings: Settings) -> list[tuple[str, Any]]:
             ("grpc.so_reuseport", 0)]  # a second process on the same bind fails loudly
 
 
-def build(settings: Settings, stopping: threading.Event) -> tuple[grpc.Server, int]:
-    """The server (not started) and the port it is bound to."""
+def build(settings: Settings, stopping: threading.Event,
+          tracing: Tracing | None = None) -> tuple[grpc.Server, int]:
+    """The server (not started) and the port it is bound to; ``tracing``: the
+    process's (the caller starts it), None: off."""
     try:
         secret = proxyauth.load_or_create(Path(settings.proxy_secret_file))
     except (OSError, proxyauth.ProxySecretError) as exc:
         raise ConfigError(f"edge.proxy_secret_file: {exc}") from None
-    service = InferenceService(make_core(settings), authorizer=auth.from_settings(settings),
+    service = InferenceService(make_core(settings, tracing),
+                               authorizer=auth.from_settings(settings),
                                proxy_secret=secret, host_id=settings.host_id,
                                max_elements=settings.edge.max_body_bytes,
                                ready=lambda: not stopping.is_set())
@@ -85,7 +89,9 @@ def _notify(state: str) -> None:
 
 def run(settings: Settings) -> int:
     stopping = threading.Event()
-    server, port = build(settings, stopping)
+    tracing = Tracing.from_settings(settings, "grpc")
+    server, port = build(settings, stopping, tracing)
+    tracing.start()  # its span exporter's thread (tracing.endpoint set)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     server.start()

@@ -28,6 +28,10 @@ only (with ``x-falcon-proxy-secret``, see :mod:`edge.proxyauth`) ``x-falcon-requ
 and ``x-request-start``. The client's gRPC deadline is the request's deadline
 (lowered to ``edge.deadline_ms`` at most). Answers carry ``x-request-id`` and
 ``traceparent`` in their trailing metadata. Errors: :mod:`edge.grpcface.status`.
+
+Tracing on (``tracing.endpoint``), a ``ModelInfer`` call is a SERVER span
+``inference.GRPCInferenceService/ModelInfer`` (``rpc.*`` attributes), child of the
+call's ``traceparent`` as REST's request span is, with the core's child spans.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from edge.grpcface.proto import grpc_service_pb2 as pb
 from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
 from edge.proxyauth import TRUSTED_HEADERS
 from edge.resources import REQUEST_ID_RE, TRACEPARENT_RE, model_metadata_body
+from telemetry import sampled_trace_id, trace_id_of, traceparent_of
 from wire import ops
 
 FACE = "grpc"
@@ -116,17 +121,23 @@ class Call:
         accepted = int(raw[2:]) / 1e6
         return accepted if abs(time.time() - accepted) < 86400.0 else None
 
-    def request_context(self, api_key_id: str | None) -> RequestContext:
+    def request_context(self, api_key_id: str | None, span: Any = None) -> RequestContext:
+        """``span``: the call's span (tracing on), whose trace id and traceparent it takes."""
         given = self.md.get("x-request-id", "")
         rid = given if REQUEST_ID_RE.match(given) else self.request_key
-        match = TRACEPARENT_RE.match(self.md.get("traceparent", ""))
-        trace = match.group(1) if match and match.group(1) != "0" * 32 else secrets.token_hex(16)
-        self.context.set_trailing_metadata((
-            ("x-request-id", rid), ("traceparent", f"00-{trace}-{secrets.token_hex(8)}-01")))
+        if span is not None:
+            trace, parent = trace_id_of(span), traceparent_of(span)
+        else:
+            match = TRACEPARENT_RE.match(self.md.get("traceparent", ""))
+            trace = match.group(1) if match and match.group(1) != "0" * 32 \
+                else secrets.token_hex(16)
+            parent = f"00-{trace}-{secrets.token_hex(8)}-01"
+        self.context.set_trailing_metadata((("x-request-id", rid), ("traceparent", parent)))
         routing = self.md.get("x-routing-key", "")
         return RequestContext(rid, FACE, trace_id=trace, accepted=self.accepted(),
                               request_key=self.request_key, api_key_id=api_key_id,
-                              routing_key=routing if REQUEST_ID_RE.match(routing) else None)
+                              routing_key=routing if REQUEST_ID_RE.match(routing) else None,
+                              span=span)
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -199,9 +210,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         started = time.perf_counter()
         labels = [request.model_name, request.model_version, "500", "false"]
+        span = self._span(context, "ModelInfer")
 
         def body(call: Call, key_id: str | None) -> Any:
-            ctx = call.request_context(key_id)
+            ctx = call.request_context(key_id, span)
             deadline = self._deadline(call)
             inputs, outputs = codec.decode_infer_request(request, self.max_elements)
             result = self.core.infer(ctx, request.model_name, request.model_version or None,
@@ -217,7 +229,34 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 labels[2] = HTTP_EQUIVALENT.get(code, "500")
             # the REST face's series, face="grpc": one dashboard and one set of alerts
             metrics.REQUESTS.labels(labels[0], labels[1], FACE, labels[2], labels[3]).inc()
-            metrics.LATENCY.labels(labels[0], FACE).observe(time.perf_counter() - started)
+            metrics.EXEMPLARS.observe(metrics.LATENCY, (labels[0], FACE),
+                                      time.perf_counter() - started, sampled_trace_id(span))
+            if span is not None:
+                self._end(span, code, labels)
+
+    def _span(self, context: grpc.ServicerContext, method: str) -> Any:
+        """The call's SERVER span, or None (tracing off)."""
+        if self.core.tracing.tracer is None:
+            return None
+        md = dict((k.lower(), v) for k, v in context.invocation_metadata() or ()
+                  if isinstance(v, str))
+        service = "inference.GRPCInferenceService"
+        return self.core.tracing.server_span(f"{service}/{method}", md.get("traceparent"), {
+            "rpc.system": "grpc", "rpc.service": service, "rpc.method": method,
+            "server.address": self.host_id, "network.peer.address": context.peer() or ""})
+
+    @staticmethod
+    def _end(span: Any, code: Any, labels: list[str]) -> None:
+        if span.is_recording():
+            span.set_attribute("rpc.grpc.status_code", (code or grpc.StatusCode.OK).value[0])
+            span.set_attribute("falcon.model", labels[0])
+            span.set_attribute("falcon.model.version", labels[1])
+            span.set_attribute("falcon.cached", labels[3] == "true")
+            if labels[2].startswith("5"):
+                from opentelemetry.trace import Status, StatusCode
+
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
 
     def ModelStatistics(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body(call: Call, _: str | None) -> Any:

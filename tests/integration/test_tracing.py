@@ -18,6 +18,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from falconctl.stack import free_port
 
+GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
+
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
 PREDICT = "/v1/models/digits/predict"
@@ -222,3 +224,32 @@ def test_a_collector_stopped_under_load_fails_no_request(make_stack):
             break
         time.sleep(0.2)
     assert failed > 0
+
+
+def test_a_grpc_call_through_haproxy_is_one_trace_with_the_daemons_spans(traced, receiver):
+    import tritonclient.grpc as tg
+    from test_grpc import wait_grpc_ready
+
+    traced.start_grpc()
+    wait_grpc_ready(traced.settings.grpc.public_bind)
+    trace_id, client_span, header = traceparent(sampled=True)
+    client = tg.InferenceServerClient(traced.settings.grpc.public_bind)
+    x = DIGITS["X"][:2].astype(np.float32)
+    inp = tg.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    client.infer("digits", [inp], headers={"traceparent": header})
+
+    def complete(spans: list[Span]) -> bool:
+        return {GRPC_INFER, "daemon infer", "daemon queue", "daemon batch"} <= {
+            s.name for s in spans if s.trace_id == trace_id}
+
+    spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
+    server = one(spans, name=GRPC_INFER)
+    assert server.service == "falcon-grpc" and server.kind == "SERVER"
+    assert server.parent_id == client_span
+    assert server.attributes["rpc.system"] == "grpc" and server.attributes["rpc.method"] \
+        == "ModelInfer" and server.attributes["rpc.grpc.status_code"] == 0
+    call = one(spans, name="daemon infer")
+    assert call.parent_id == server.span_id
+    assert one(spans, name="daemon queue").parent_id == call.span_id
+

@@ -9,12 +9,12 @@ it into the same class and answers with the op's answer class::
     ops.Response(req.id, answer=ops.MetadataAnswer(...)).to_wire()
     ops.Response.from_wire(payload, type(req.op).ANSWER)    # the edge again
 
-Every message is a frozen dataclass; :func:`_codec` is the one encoder and decoder
-of their fields, driven by each field's annotation, so a class is its schema. A
-decode checks every field's type and the required ones' presence and raises
-:class:`~wire.messages.MessageError` naming the field (``model``, ``models[2].split``);
-keys it does not know are ignored (a newer peer may send more). An op name not in
-:data:`OPS` is :class:`UnknownOp` (the daemon answers ``ProtocolError``).
+Every message is a frozen dataclass, encoded and decoded by :mod:`wire.codec`
+from its fields' annotations, so a class is its schema. A decode checks every
+field's type and the required ones' presence and raises
+:class:`~wire.messages.MessageError` naming the field (``model``,
+``result.models[2].split``). An op name not in :data:`OPS` is :class:`UnknownOp`
+(the daemon answers ``ProtocolError``).
 
 On the wire a request is one flat map, ``{"id", "op", "deadline_ms"?, ...its
 fields}``, and an answer is the ``result`` of ``{"id", "ok": true, "result"}``, or
@@ -49,197 +49,16 @@ stats       model?, version?                       model_stats (see daemon/stats
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
-import numpy as np
-
-from wire.messages import MessageError, RemoteError, decode_tensors, encode_tensor
+from wire.codec import Message, Tensors, check, kind_of, register_entries  # (ops.Tensors too)
+from wire.messages import MessageError, RemoteError
 
 
 class UnknownOp(MessageError):
     """The request's ``op`` is not one of :data:`OPS`."""
-
-
-class Tensors:
-    """Named tensors: built from arrays by the sender (:meth:`of`) or from their wire
-    maps by the receiver (:meth:`from_wire`); each form is made from the other once,
-    when asked. Equal when their wire maps are."""
-
-    __slots__ = ("_arrays", "_wire", "where")
-
-    def __init__(self, arrays: list[tuple[str, np.ndarray]] | None,
-                 wire: list[Any] | None, where: str) -> None:
-        self._arrays, self._wire, self.where = arrays, wire, where
-
-    @classmethod
-    def of(cls, arrays: list[tuple[str, np.ndarray]]) -> Tensors:
-        return cls(list(arrays), None, "tensors")
-
-    @classmethod
-    def from_wire(cls, obj: Any, where: str) -> Tensors:
-        if not isinstance(obj, list):
-            raise MessageError(f"expected a list of tensors, got {_kind(obj)}", where)
-        return cls(None, obj, where)
-
-    def arrays(self) -> list[tuple[str, np.ndarray]]:
-        """``(name, array)`` pairs; raises :class:`MessageError` naming the tensor
-        (``inputs[0].data``) if a wire map is malformed."""
-        if self._arrays is None:
-            self._arrays = decode_tensors(self._wire, self.where)
-        return self._arrays
-
-    def to_wire(self) -> list[dict[str, Any]]:
-        """The wire maps; raises :class:`MessageError` for a dtype that cannot travel."""
-        if self._wire is None:
-            self._wire = [encode_tensor(n, a) for n, a in self._arrays or ()]
-        return self._wire
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Tensors) and self.to_wire() == other.to_wire()
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        if self._arrays is None:
-            return f"Tensors(<{len(self._wire or ())} wire maps>)"
-        return f"Tensors({[(n, a.dtype.str, a.shape) for n, a in self._arrays]})"
-
-
-# -- the one encoder and decoder -------------------------------------------------------
-
-Decode = Callable[[Any, str], Any]
-Encode = Callable[[Any], Any]
-
-
-def _check(ok: Callable[[Any], bool], expected: str) -> Decode:
-    def decode(obj: Any, where: str) -> Any:
-        if not ok(obj):
-            raise MessageError(f"expected {expected}, got {_kind(obj)}", where)
-        return obj
-    return decode
-
-
-def _of(kind: type, expected: str, optional: bool = False) -> Decode:
-    """PERF: an exact-type check in one call (ops are decoded on every request)."""
-    def decode(obj: Any, where: str) -> Any:
-        if type(obj) is kind or (optional and obj is None):
-            return obj
-        raise MessageError(f"expected {expected}, got {_kind(obj)}", where)
-    return decode
-
-
-def _kind(obj: Any) -> str:
-    return "nil" if obj is None else type(obj).__name__
-
-
-def _is_int(obj: Any) -> bool:
-    return type(obj) is int
-
-
-def _optional(decode: Decode) -> Decode:
-    return lambda obj, where: None if obj is None else decode(obj, where)
-
-
-def _weights(obj: Any, where: str) -> dict[str, int]:
-    if not isinstance(obj, dict):
-        raise MessageError("expected a map of version -> weight, e.g. {\"1\": 90, \"2\": 10}, "
-                           f"got {_kind(obj)}", where)
-    for version, weight in obj.items():
-        if not isinstance(version, str) or not _is_int(weight):
-            raise MessageError(f"weight of version {version!r} must be an integer, "
-                               f"got {weight!r}", where)
-    return obj
-
-
-def _entries(cls: type[Message]) -> Decode:
-    def decode(obj: Any, where: str) -> list[Any]:
-        if not isinstance(obj, list):
-            raise MessageError(f"expected a list, got {_kind(obj)}", where)
-        return [cls.from_wire(e, f"{where}[{i}].") for i, e in enumerate(obj)]
-    return decode
-
-
-_STR_LIST = _check(lambda o: isinstance(o, list) and all(isinstance(s, str) for s in o),
-                   "a list of strings")
-_MAP = _check(lambda o: isinstance(o, dict), "a map")
-_MAPS = _check(lambda o: isinstance(o, list) and all(isinstance(m, dict) for m in o),
-               "a list of maps")
-_SAME: Encode = lambda value: value  # noqa: E731 (plain data travels as it is)
-
-# annotation -> (decode, encode); a message class may use these annotations only
-_CODECS: dict[str, tuple[Decode, Encode]] = {
-    "str": (_of(str, "a string"), _SAME),
-    "str | None": (_of(str, "a string", optional=True), _SAME),
-    "int": (_of(int, "an integer"), _SAME),
-    "int | None": (_of(int, "an integer", optional=True), _SAME),
-    "bool": (_of(bool, "a boolean"), _SAME),
-    "list[str]": (_STR_LIST, _SAME),
-    "list[str] | None": (_optional(_STR_LIST), _SAME),
-    "dict[str, int]": (_weights, _SAME),
-    "dict[str, Any]": (_MAP, _SAME),
-    "list[dict[str, Any]]": (_MAPS, _SAME),
-    "Tensors": (Tensors.from_wire, lambda value: value.to_wire()),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-    decode: Decode
-    encode: Encode
-    required: bool
-    omit_none: bool
-
-
-_FIELDS: dict[type, tuple[_Field, ...]] = {}
-
-
-def _codec(cls: type[Message]) -> tuple[_Field, ...]:
-    """``cls``'s fields with their coders, built once per class."""
-    spec = _FIELDS.get(cls)
-    if spec is None:
-        spec = _FIELDS[cls] = tuple(
-            _Field(f.name, *_CODECS[str(f.type)],
-                   required=f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING,
-                   omit_none=f.name in cls.OMIT_NONE)
-            for f in dataclasses.fields(cls))  # type: ignore[arg-type]
-    return spec
-
-
-class Message:
-    """A request op, an answer, or an entry of one: encoded and decoded by :func:`_codec`."""
-
-    __slots__ = ()
-    OMIT_NONE: ClassVar[tuple[str, ...]] = ()
-
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in _codec(type(self)):
-            value = getattr(self, f.name)
-            if value is None:
-                if not f.omit_none:
-                    out[f.name] = None
-            else:
-                out[f.name] = f.encode(value)
-        return out
-
-    @classmethod
-    def from_wire(cls, obj: Any, where: str = "") -> Self:
-        """``cls`` from its wire map; ``where`` prefixes the field names in errors."""
-        if not isinstance(obj, dict):
-            raise MessageError(f"expected a map, got {_kind(obj)}", where.rstrip(".") or None)
-        args: dict[str, Any] = {}
-        for f in _codec(cls):
-            if f.name in obj:
-                args[f.name] = f.decode(obj[f.name], where + f.name)
-            elif f.required:
-                raise MessageError("missing", where + f.name)
-        return cls(**args)
-
 
 class Answer(Message):
     __slots__ = ()
@@ -293,6 +112,9 @@ class ModelEntry(Message):
     split: dict[str, int] = field(default_factory=dict)
 
 
+register_entries(ModelEntry)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelsAnswer(Answer):
     models: list[ModelEntry]
@@ -334,6 +156,9 @@ class IndexEntry(Message):
     version: str
     state: str
     reason: str = ""
+
+
+register_entries(IndexEntry)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -452,11 +277,8 @@ class Stats(Op[StatsAnswer]):
     version: str | None = None
 
 
-_CODECS["list[ModelEntry]"] = (_entries(ModelEntry), lambda value: [e.to_wire() for e in value])
-_CODECS["list[IndexEntry]"] = (_entries(IndexEntry), lambda value: [e.to_wire() for e in value])
 ANSWERS = tuple(op.ANSWER for op in OPS.values())
-for _cls in (*OPS.values(), *ANSWERS, ModelEntry, IndexEntry):
-    _codec(_cls)  # NOTE: at import: a field whose annotation has no codec fails here
+check(*OPS.values(), *ANSWERS, ModelEntry, IndexEntry)
 
 
 # -- envelopes -------------------------------------------------------------------------
@@ -487,9 +309,9 @@ class Request:
         if cls is None:
             raise UnknownOp(f"unknown op {name!r} (known: {', '.join(OPS)})", "op")
         if not isinstance(rid, int) or isinstance(rid, bool):
-            raise MessageError(f"expected an integer, got {_kind(rid)}", "id")
-        if budget is not None and not _is_int(budget):
-            raise MessageError(f"expected an integer (milliseconds), got {_kind(budget)}",
+            raise MessageError(f"expected an integer, got {kind_of(rid)}", "id")
+        if budget is not None and (not isinstance(budget, int) or isinstance(budget, bool)):
+            raise MessageError(f"expected an integer (milliseconds), got {kind_of(budget)}",
                                "deadline_ms")
         return Request(rid, cls.from_wire(payload), budget)
 

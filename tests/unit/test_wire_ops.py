@@ -4,13 +4,14 @@ naming it (the daemon answers it as InvalidInput with that field)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from wire import frames, messages, ops
+from wire import codec, frames, messages, ops
 from wire.messages import MessageError, RemoteError
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "wire"
@@ -227,3 +228,12 @@ def test_an_error_answer_is_remote_error_data_with_its_field() -> None:
 def test_ops_say_whether_they_may_be_sent_twice() -> None:
     assert {n for n, cls in ops.OPS.items() if not cls.IDEMPOTENT} == {
         "load", "unload", "split", "rollback"}
+
+
+def test_a_field_whose_annotation_has_no_codec_fails_when_its_class_is_checked() -> None:
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class Odd(codec.Message):
+        when: float
+
+    with pytest.raises(KeyError, match="float"):
+        codec.check(Odd)

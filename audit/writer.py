@@ -6,23 +6,14 @@ nothing. What the sync policy decides is when the bytes reach the disk:
 
 - ``always``   — ``fdatasync`` inside every append, before it returns (under the write lock:
                  one fsync per record).
-- ``batch``    — group commit. Appenders write under the lock, then wait until one
-                 ``fdatasync`` covering their bytes has completed. The first waiter to find
-                 no fsync in flight becomes the leader: it fsyncs, outside the lock, for
-                 every byte written so far, while others keep writing; the rest wait, each
-                 on a lock of its own. One fsync serves many appends.
-                 PERF: the leader hands each waiter its outcome (durable, failed, or "you
-                 lead the next fsync": only the first of those written after the fsync
-                 began) and releases its lock; a released waiter returns without taking
-                 the writer's lock again. With a Condition and ``notify_all`` every waiter
-                 woke, queued for the writer's lock, and all but one went back to sleep:
-                 ``bench/wal_append.py --policies batch --threads 8,32`` measured 70-91 µs
-                 of CPU and 6.1-8.4 voluntary context switches per record that way, 64-73 µs
-                 and 4.6-6.3 now (README, "WAL append cost per record").
-                 ``before_sync`` (optional) runs in the leader just before it takes the
-                 bytes its fsync covers: under gevent, a yield, so that the greenlets
-                 made runnable with it (the other answers of one daemon batch) append
-                 first and share its fsync instead of each leading one.
+- ``batch``    — group commit (:class:`~audit.groupcommit.GroupCommit`, where the
+                 protocol is written down). Appenders write under the lock, then wait
+                 until one ``fdatasync`` covering their bytes has completed; the first to
+                 find none in flight leads one, outside the lock, for every byte written
+                 so far. One fsync serves many appends. ``before_sync`` (optional) runs in
+                 the leader just before it takes the bytes its fsync covers: under
+                 gevent, a yield, so that the greenlets made runnable with it (the other
+                 answers of one daemon batch) append first and share its fsync.
 - ``interval`` — append returns after the write; a background thread fdatasyncs every
                  ``interval_ms`` (a power loss may lose that long; a process crash loses
                  nothing).
@@ -55,6 +46,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from audit.groupcommit import GroupCommit
 from audit.reader import StreamReader, recover_locked
 from audit.segment import (
     HEADER,
@@ -102,13 +94,13 @@ class WalWriter:
         self.sync, self.interval_s = sync, interval_ms / 1000
         self.segment_bytes, self.min_free_bytes = segment_bytes, min_free_bytes
         self._fsync, self._clock = fsync, clock
-        self._before_sync = before_sync
-        self.failed: BaseException | None = None
         self._closed = False
         self._cond = threading.Condition(threading.Lock())
-        self._syncing = False          # an fsync runs outside the lock on self._fd
-        self._waiters: list[_Waiter] = []  # batch appenders waiting for that fsync
-        self._written = self._synced = 0  # bytes appended / made durable, all segments
+        # Tickets are bytes appended over all segments; a sync point is (fd, offset).
+        self._commit: GroupCommit[tuple[int, int]] = GroupCommit(
+            self._cond, point=lambda: (self._fd, self._offset),
+            sync=lambda point: self._fsync(point[0]), durable=self._durable,
+            stop=self._release, before_sync=before_sync, name=self.stream)
         self._acked = HEADER.size      # end of the last acknowledged record, this segment
         self._free, self._free_at = 0, -GUARD_INTERVAL_S
         self._fd = -1
@@ -131,6 +123,11 @@ class WalWriter:
             self._thread = threading.Thread(target=self._run_interval, daemon=True,
                                             name=f"wal-sync-{stream}")
             self._thread.start()
+
+    @property
+    def failed(self) -> BaseException | None:
+        """Why the writer stopped for good (a write or fsync error), or None."""
+        return self._commit.failed
 
     # --- the stream directory and its lock -----------------------------------------------
 
@@ -194,75 +191,24 @@ class WalWriter:
                     self._roll(len(frame))
                 _write_all(self._fd, frame)
             except OSError as exc:
-                raise self._fail(exc) from exc
+                raise self._commit.fail(exc) from exc
             self._offset += len(frame)
-            self._written += len(frame)
             self._free -= len(frame)
-            pos, ticket = Position(self._segment, self._offset), self._written
+            pos, ticket = Position(self._segment, self._offset), self._commit.appended(len(frame))
             if self.sync == "always":
-                self._sync_locked()
+                self._commit.sync_locked()
             if self.sync != "batch":
                 self._acked = self._offset
                 return pos
-        self._group_commit(ticket)
+        self._commit.wait(ticket)
         return pos
 
-    def _group_commit(self, ticket: int) -> None:
-        """Return once the bytes up to ``ticket`` are durable (batch policy); called
-        without the lock."""
-        while True:
-            waiter = _Waiter(ticket)
-            try:
-                with self._cond:
-                    while True:
-                        if self._synced >= ticket:
-                            return
-                        if self.failed is not None:
-                            raise WalFailed(f"WAL stream {self.stream!r} failed: {self.failed}")
-                        if self._syncing:
-                            break
-                        self._lead_sync()
-                    self._waiters.append(waiter)
-                waiter.lock.acquire()  # released by _wake with the outcome
-            except BaseException:  # (KeyboardInterrupt while queued: leave, pass on a lead)
-                with self._cond:
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-                    elif waiter.role == _LEAD and not self._syncing:
-                        self._wake()
-                raise
-            if waiter.role == _DONE:
-                return
-            if waiter.role == _FAILED:
-                raise WalFailed(f"WAL stream {self.stream!r} failed: {self.failed}")
-            # _LEAD: the fsync that ended did not cover these bytes; lead the next one
-
-    def _wake(self) -> None:
-        """Hand the waiters their outcome (with the lock held, no fsync in flight):
-        those whose bytes are durable are released, and if the writer failed every
-        other one too; otherwise the first of the rest is released to lead the next
-        fsync and the others keep waiting."""
-        if not self._waiters:
-            return
-        waiting: list[_Waiter] = []
-        for waiter in self._waiters:
-            if waiter.ticket <= self._synced:
-                waiter.role = _DONE
-            elif self.failed is not None:
-                waiter.role = _FAILED
-            else:
-                waiting.append(waiter)
-                continue
-            waiter.lock.release()
-        if waiting:
-            lead = waiting.pop(0)
-            lead.role = _LEAD
-            lead.lock.release()
-        self._waiters = waiting
+    def _durable(self, point: tuple[int, int]) -> None:
+        """A sync covered the current segment up to ``point``'s offset (lock held)."""
+        self._acked = max(self._acked, point[1])
 
     def _check_usable(self) -> None:
-        if self.failed is not None:
-            raise WalFailed(f"WAL stream {self.stream!r} failed earlier: {self.failed}")
+        self._commit.check()
         if self._closed:
             raise WalClosed(f"WAL stream {self.stream!r} is closed")
 
@@ -287,80 +233,28 @@ class WalWriter:
     def _roll(self, size: int) -> None:
         """fsync and close the full segment, open the next. Called with the lock held;
         first waits until no fsync is in flight on the old file."""
-        while self._syncing:
+        while self._commit.syncing:
             self._cond.wait()
             self._check_usable()
         if self._room(size):  # another appender rolled while this one waited
             return
-        if self._written > self._synced:
-            self._sync_locked()
+        if self._commit.written > self._commit.synced:
+            self._commit.sync_locked()
         os.close(self._fd)
         self._fd = -1
         self._fd = self._new_segment(self._segment + 1)
         self._segment += 1
         self._offset = self._acked = HEADER.size
 
-    def _sync_locked(self) -> None:
-        try:
-            self._fsync(self._fd)
-        except OSError as exc:
-            raise self._fail(exc) from exc
-        self._synced = self._written
-        self._wake()
-
-    def _lead_sync(self) -> None:
-        """fsync everything written so far, outside the lock; wake the waiters.
-        With ``before_sync``, the leader first calls it (without the lock) and then
-        takes what was written meanwhile into the same fsync."""
-        self._syncing = True
-        fd, target, offset = self._fd, self._written, self._offset
-        error: OSError | None = None
-        synced = False
-        self._cond.release()
-        try:
-            if self._before_sync is not None:
-                self._before_sync()
-                with self._cond:  # (no roll meanwhile: _roll waits while _syncing)
-                    fd, target, offset = self._fd, self._written, self._offset
-            self._fsync(fd)
-            synced = True
-        except OSError as exc:
-            error = exc
-        finally:  # also for what is not an OSError (KeyboardInterrupt...): nothing is durable
-            self._cond.acquire()
-            self._syncing = False
-            if synced:
-                self._synced = max(self._synced, target)
-                self._acked = max(self._acked, offset)
-            if self.failed is not None:  # an appender failed meanwhile; the fd is ours to close
-                self._release()
-            if error is None:  # (an OSError fails the writer below, which wakes them)
-                self._wake()   # uncovered waiters: the first leads the next fsync
-            self._cond.notify_all()  # _roll and close wait for the fsync to end
-        if error is not None:
-            raise self._fail(error) from error
-
-    def _fail(self, exc: BaseException) -> WalFailed:
-        """Enter the failed state for good (with the lock held); the error to raise."""
-        if self.failed is None:
-            self.failed = exc
-        if not self._syncing:
-            self._release()
-            self._wake()
-        self._cond.notify_all()
-        return WalFailed(f"WAL stream {self.stream!r} failed ({exc}); the writer has stopped")
-
     def _run_interval(self) -> None:
         while not self._stop.wait(self.interval_s):
             with self._cond:
                 if self.failed is not None or self._closed:
                     return
-                if self._syncing or self._synced >= self._written:
-                    continue
-                try:
-                    self._lead_sync()
-                except WalFailed:
-                    return
+            try:
+                self._commit.lead()  # (close waits for this thread before its last fsync)
+            except WalFailed:
+                return
 
     # --- closing --------------------------------------------------------------------------
 
@@ -375,10 +269,10 @@ class WalWriter:
         if self._thread is not None:
             self._thread.join()
         with self._cond:
-            while self._syncing:
+            while self._commit.syncing:
                 self._cond.wait()
             if self.failed is None and self._fd >= 0:
-                self._sync_locked()
+                self._commit.sync_locked()
                 self._cond.notify_all()
             self._release()
 
@@ -398,22 +292,6 @@ class WalWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-_DONE, _FAILED, _LEAD = "done", "failed", "lead"
-
-
-class _Waiter:
-    """A batch appender waiting for an fsync: its lock is held until :meth:`WalWriter._wake`
-    releases it with ``role`` set."""
-
-    __slots__ = ("lock", "role", "ticket")
-
-    def __init__(self, ticket: int) -> None:
-        self.ticket = ticket
-        self.role = ""
-        self.lock = threading.Lock()
-        self.lock.acquire()
 
 
 def _lock(path: Path) -> int:

@@ -196,7 +196,7 @@ def test_before_sync_lets_appenders_that_run_meanwhile_share_the_leaders_fsync(
                       for i in range(1, 6))
         for t in others:
             t.start()
-        while len(w._waiters) < 5:  # each wrote its record and waits for an fsync
+        while w._commit.waiting < 5:  # each wrote its record and waits for an fsync
             time.sleep(0.001)
 
     w = writer(tmp_path, sync="batch", fsync=fsync, before_sync=before_sync)

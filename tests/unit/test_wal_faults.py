@@ -173,7 +173,7 @@ def test_an_fsync_that_raises_something_else_makes_nothing_durable(tmp_path: Pat
     for t in others:
         t.start()
     deadline = time.monotonic() + 10
-    while len(w._waiters) < 2 and time.monotonic() < deadline:
+    while w._commit.waiting < 2 and time.monotonic() < deadline:
         time.sleep(0.001)
     held.set()
     for t in [a, *others]:

@@ -194,9 +194,8 @@ def _run(net: Network, pg: Any, dsn: str, hosts: dict[str, NetStack], front: Net
         retry = hosts_cmd(net, front, "rollback", "mlp", "--to-revision", "2")
         assert retry.returncode == 0 and "unchanged at revision 4" in retry.stdout, retry.stdout
         traffic = hosts_cmd(net, front, "traffic", "mlp")
-        assert traffic.stdout.count('{"1": 100, "2": 0}') + \
-            traffic.stdout.count('{"1": 100}') == 3, traffic.stdout
-        time.sleep(1.0)
+        assert traffic.stdout.count('{"1": 100}') == 3, traffic.stdout
+        time.sleep(2.0)  # every edge worker sees the split within edge.metadata_ttl_s
     finally:
         outcomes = load.stop()
 
@@ -204,7 +203,7 @@ def _run(net: Network, pg: Any, dsn: str, hosts: dict[str, NetStack], front: Net
         sorted({(o.status, o.started) for o in outcomes if o.status != 200})[:5]
     assert len(outcomes) > 200
     assert served_versions(load, split_at) >= {"1", "2"}
-    assert {o.doc["version"] for o in outcomes if o.started > rolled + 0.5} == {"1"}
+    assert {o.doc["version"] for o in outcomes if o.started > rolled + 1.0} == {"1"}
 
     # every change once in the audit events: the desired-state change with its actor,
     # and each host's applied change (host-c's load when it came back)

@@ -83,7 +83,6 @@ class Reconciler:
         self.on_pass = on_pass
         self.pause = pause
         self.last: Desired | None = None   # the last desired state read
-        self.pending: tuple[Any, ...] | None = None  # a report PostgreSQL did not take
         self.initial: dict[str, Actual] | None = None  # what ran before unreported steps
         self.outage_since: float | None = None
         self.last_error = ""
@@ -105,10 +104,12 @@ class Reconciler:
         ok = not error and actual is not None and all(
             converged(d, actual.get(m)) for m, d in desired.models.items())
         self._note_error(error)
-        self.pending = (self.host, desired.revision, ok, actual, error, self.interval_s,
-                        steps, set(desired.models), initial)
-        self._flush()
-        self.initial = None
+        event = self.store.report(self.host, desired.revision, ok, actual, error,
+                                  self.interval_s, steps, set(desired.models), initial)
+        self.initial = None  # reported: the next change is measured from this report
+        if event is not None:
+            log.info("recorded: revision %d on %s, %s -> %s", event["revision"], self.host,
+                     event["old"], event["new"])
         return ok
 
     def _converge(self, desired: Desired) -> tuple[dict[str, Actual] | None, list[Any], str]:
@@ -138,15 +139,6 @@ class Reconciler:
             except DaemonUnavailable as exc:
                 return None, done, f"daemon: {exc}"
         return actual, done, "; ".join(errors)
-
-    def _flush(self) -> None:
-        if self.pending is None:
-            return
-        event = self.store.report(*self.pending)
-        self.pending = None
-        if event is not None:
-            log.info("recorded: revision %d on %s, %s -> %s", event["revision"], self.host,
-                     event["old"], event["new"])
 
     def _note_error(self, error: str) -> None:
         if error and error != self.last_error:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -155,15 +154,9 @@ _CODECS: dict[str, tuple[Decode, Encode]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class _Field:
-    name: str
-    decode: Decode
-    encode: Encode
-    required: bool
-    omit_none: bool
-
-
+# one field's coders: (name, decode, encode or None for plain data, required, omit_none);
+# PERF: plain tuples, unpacked in the loops (ops are coded on every request)
+_Field = tuple[str, Decode, Encode | None, bool, bool]
 _FIELDS: dict[type, tuple[_Field, ...]] = {}
 
 
@@ -171,12 +164,13 @@ def _codec(cls: type[Message]) -> tuple[_Field, ...]:
     """``cls``'s fields with their coders, built once per class."""
     spec = _FIELDS.get(cls)
     if spec is None:
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        coders = [_CODECS[str(f.type)] for f in fields]
         spec = _FIELDS[cls] = tuple(
-            _Field(f.name, *_CODECS[str(f.type)],
-                   required=f.default is dataclasses.MISSING
-                   and f.default_factory is dataclasses.MISSING,
-                   omit_none=f.name in cls.OMIT_NONE)
-            for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+            (f.name, decode, None if encode is _SAME else encode,
+             f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+             f.name in cls.OMIT_NONE)
+            for f, (decode, encode) in zip(fields, coders, strict=True))
     return spec
 
 
@@ -188,13 +182,13 @@ class Message:
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in _codec(type(self)):
-            value = getattr(self, f.name)
+        for name, _, encode, _, omit_none in _codec(type(self)):
+            value = getattr(self, name)
             if value is None:
-                if not f.omit_none:
-                    out[f.name] = None
+                if not omit_none:
+                    out[name] = None
             else:
-                out[f.name] = f.encode(value)
+                out[name] = value if encode is None else encode(value)
         return out
 
     @classmethod
@@ -203,11 +197,11 @@ class Message:
         if not isinstance(obj, dict):
             raise MessageError(f"expected a map, got {kind_of(obj)}", where.rstrip(".") or None)
         args: dict[str, Any] = {}
-        for f in _codec(cls):
-            if f.name in obj:
-                args[f.name] = f.decode(obj[f.name], where + f.name)
-            elif f.required:
-                raise MessageError("missing", where + f.name)
+        for name, decode, _, required, _ in _codec(cls):
+            if name in obj:
+                args[name] = decode(obj[name], where + name if where else name)
+            elif required:
+                raise MessageError("missing", where + name)
         return cls(**args)
 
 

@@ -209,9 +209,12 @@ class SocketDaemon:
 
 def cmd_reconcile(s: Settings, args: argparse.Namespace) -> int:
     from falconctl.cli import _setup_logging
-    from fleet.reconciler import serve
+    from service.metrics import enable as enable_metrics
 
     _setup_logging("reconciler")
+    enable_metrics(s.paths.run_dir)  # before fleet.metrics declares them
+    from fleet.reconciler import serve
+
     if not s.fleet.dsn:  # falcon.target wants this unit on every host: not an error
         from service.sdnotify import notify
 

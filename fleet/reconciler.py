@@ -21,7 +21,9 @@ PostgreSQL down: nothing already running changes. The reconciler keeps
 converging the daemon to the last desired state it read (a daemon restarted
 meanwhile gets its split and versions back), logs the outage once, retries
 with back-off up to ``interval_s``, and logs the recovery; the report of
-what changed meanwhile is written once it is back.
+what changed meanwhile is written once it is back. Counted in
+``falcon_fleet_postgres_unavailable_total`` (fleet/metrics.py, merged into the
+host's scrape with the others).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from fleet import metrics
 from fleet.errors import DaemonRefused, DaemonUnavailable, FleetUnavailable
 from fleet.plan import Actual, Step, converged, plan
 from fleet.store import Desired
@@ -104,6 +107,10 @@ class Reconciler:
         ok = not error and actual is not None and all(
             converged(d, actual.get(m)) for m, d in desired.models.items())
         self._note_error(error)
+        metrics.REVISION.set(desired.revision)
+        metrics.CONVERGED.set(1 if ok else 0)
+        if not ok:
+            metrics.NOT_CONVERGED.inc()
         event = self.store.report(self.host, desired.revision, ok, actual, error,
                                   self.interval_s, steps, set(desired.models), initial)
         self.initial = None  # reported: the next change is measured from this report
@@ -133,6 +140,7 @@ class Reconciler:
                     return None, done, f"daemon: {exc}"
                 log.info("revision %d: %s %s %s", desired.revision, model, step[0], step[1])
                 done.append([model, step[0], step[1]])
+                metrics.STEPS.labels(step[0]).inc()
         if done:
             try:
                 actual = self.daemon.models()
@@ -182,12 +190,15 @@ class Reconciler:
                 return
 
     def _outage(self, exc: Exception) -> None:
+        metrics.POSTGRES_DOWN.inc()
+        metrics.POSTGRES_UP.set(0)
         if self.outage_since is None:
             self.outage_since = self.clock()
             log.warning("%s; this host keeps its last state and serves; retrying with "
                         "back-off up to %.0f s", exc, self.interval_s)
 
     def _recovered(self) -> None:
+        metrics.POSTGRES_UP.set(1)
         if self.outage_since is not None:
             log.info("PostgreSQL reachable again after %.1f s", self.clock() - self.outage_since)
             self.outage_since = None

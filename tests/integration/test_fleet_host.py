@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT
+from httpx_lite import request
 from modelfactory import write_mlp_model
 from pg_fixture import fresh_database
 
@@ -100,5 +101,10 @@ def test_one_host_converges_refuses_and_recovers(fleet_stack: Stack) -> None:
     assert all("by falconctl:" in line for line in history)
     log = (stack.log_dir / "reconciler.log").read_text()
     assert log.count("no version '3'") == 1, log  # logged once, retried every second
+    # the reconciler's metrics are in the host's one scrape (the edge's /metrics)
+    scrape = request(stack.settings.edge.bind, "GET", "/metrics").body.decode()
+    revision = [line for line in scrape.splitlines() if line.startswith("falcon_fleet_revision")]
+    assert revision and revision[0].endswith(" 4.0"), revision
+    assert 'falcon_fleet_steps_total{op="unload"}' in scrape
     unset = run(stack, "hosts", "status", FALCON_FLEET_DSN="")
     assert unset.returncode == 2 and "fleet.dsn is empty" in unset.stderr, unset.stderr

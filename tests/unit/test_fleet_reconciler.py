@@ -9,6 +9,7 @@ import threading
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from fleet.errors import DaemonRefused, DaemonUnavailable, FleetUnavailable
 from fleet.plan import Actual
@@ -137,8 +138,13 @@ def test_postgresql_down_holds_the_last_state_and_is_logged_once(
 
     rec = Reconciler("h", store, daemon, Quiet(), interval_s=1.0, clock=lambda: clock[0],
                      on_pass=tick, pause=pause)
+    outages = REGISTRY.get_sample_value("falcon_fleet_postgres_unavailable_total") or 0.0
     with caplog.at_level(logging.INFO, "fleet.reconciler"):
         rec.run(stop)
+    # every failed attempt counted (one a second here: the back-off stops at interval_s)
+    counted = REGISTRY.get_sample_value("falcon_fleet_postgres_unavailable_total") - outages
+    assert 30 <= counted <= 40, counted
+    assert REGISTRY.get_sample_value("falcon_fleet_postgres_up") == 1.0
     # version 9 (not desired) was unloaded from the last desired state read, with no database
     assert ("m", "unload", "9") in daemon.steps
     messages = [r.message for r in caplog.records]

@@ -5,7 +5,8 @@
 
 The frames are the contract between edge and daemon: tests/unit/test_wire.py checks
 that ``wire.frames.encode`` still produces these exact bytes and that the readers
-decode them. Regenerate only on a deliberate protocol change, and commit the result.
+decode them; tests/unit/test_wire_ops.py that each decodes into its ``wire.ops`` class
+and re-encodes to the same bytes. Regenerate only on a deliberate protocol change, and commit the result.
 
 - ``request_infer.frame``  REQUEST, op "infer", tensors x float32 [2, 3], mask bool [2]
 - ``response_ok.frame``    RESPONSE, ok, one float32 [2, 3] output

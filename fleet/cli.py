@@ -5,7 +5,7 @@ operator's side of the fleet state (falconctl/hosts.py wires the arguments).
     falconctl hosts split MODEL 1=90 2=10   every host routes so
     falconctl hosts rollback MODEL          the split before the last split write
     falconctl hosts rollback MODEL --to-revision N   the split as of revision N (retry-safe)
-    falconctl hosts unload MODEL VERSION    refused while the desired split gives it weight
+    falconctl hosts unload MODEL VERSION    refused while it has weight (desired, or on a live host)
     falconctl hosts status [--json]         desired vs actual per host
     falconctl hosts history [MODEL]         revisions: who, when, old -> new
 
@@ -212,7 +212,7 @@ def forget(store: FleetStore, s: Settings, args: argparse.Namespace) -> int:
 def add_arguments(hs: Any, wrap: Any) -> None:
     """The fleet subcommands of ``falconctl hosts`` (``wrap(func)`` -> a command)."""
     for name, doc in (("load", "every host loads and warms a version (no traffic yet)"),
-                      ("unload", "every host unloads a version (refused while it has weight)"),
+                      ("unload", "every host unloads a version (refused while it carries traffic)"),
                       ("split", "every host routes a model's traffic so, e.g. 1=90 2=10"),
                       ("rollback", "the model's split before its last split write")):
         c = hs.add_parser(name, help=doc)

@@ -23,8 +23,9 @@ class InvalidChange(FleetError):
 
 
 class CarriesTraffic(InvalidChange):
-    """An unload of a version that carries traffic in the desired split.
-    Likely cause: the split was not changed first; nothing was written."""
+    """An unload of a version that carries traffic: the desired split gives it
+    weight, or a live host has not converged away from it yet. Likely cause: the
+    split was not changed first, or was changed a moment ago; nothing was written."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, "version")

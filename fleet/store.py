@@ -43,7 +43,7 @@ from typing import Any
 import psycopg2
 
 from fleet import state as st
-from fleet.errors import FleetUnavailable, InvalidChange, StaleRevision
+from fleet.errors import CarriesTraffic, FleetUnavailable, InvalidChange, StaleRevision
 from fleet.plan import Actual
 from fleet.state import ModelState
 
@@ -227,7 +227,9 @@ class FleetStore:
             version = st.check_version(version)
             if version not in current.versions:
                 return current, None  # not desired already
-            return st.without_version(current, version, revision), None
+            new = st.without_version(current, version, revision)  # its desired weight
+            self._check_unrouted(cur, model, version)             # what hosts still run
+            return new, None
         if op == "split":
             return st.with_split(current, split, revision), None
         cur.execute("SELECT revision, new, origin FROM fleet.revisions WHERE model = %s "
@@ -236,6 +238,22 @@ class FleetStore:
                    for r, n, o in cur.fetchall()]
         target, restored = st.rollback_target(history, current, to_revision)
         return restored, target
+
+    def _check_unrouted(self, cur: Any, model: str, version: str) -> None:
+        """CarriesTraffic if a live host (heartbeat within three intervals) still
+        routes to ``version``: its split gives it weight, or it runs no split and
+        ``version`` is its highest (the daemon's default)."""
+        cur.execute("SELECT host, actual -> %s FROM fleet.hosts WHERE actual ? %s AND "
+                    "now() - heartbeat <= (3 * interval_s + 5) * interval '1 second' "
+                    "ORDER BY host", (model, model))
+        for host, doc in cur.fetchall():
+            actual = Actual.from_json(doc)
+            default = not actual.split and actual.versions and actual.versions[-1] == version
+            if actual.split.get(version, 0) > 0 or default:
+                raise CarriesTraffic(f"version {version} still carries traffic on {host} "
+                                     f"(its split {actual.split or 'none: the highest answers'}"
+                                     "): wait until the hosts converge (`falconctl hosts "
+                                     "status`), then unload")
 
     def _seed(self, cur: Any, model: str, revision: int) -> ModelState | None:
         """A model new to the fleet starts as the hosts report running it."""

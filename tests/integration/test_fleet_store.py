@@ -86,6 +86,12 @@ def test_unloading_a_version_that_carries_traffic_is_refused(store: FleetStore,
     assert err.value.field == "split"
     assert store.desired().revision == 3 and len(events(dsn)) == 3  # nothing written
     store.change("split", "m", WHO, split={"1": 100})
+    # a live host that has not converged yet still routes to 2: refused there too
+    store.report("host-a", 4, False, {"m": Actual(("1", "2"), {"1": 50, "2": 50})}, "", 1.0,
+                 [], {"m"})
+    with pytest.raises(CarriesTraffic, match="still carries traffic on host-a"):
+        store.change("unload", "m", WHO, version="2")
+    store.report("host-a", 4, True, {"m": Actual(("1", "2"), {"1": 100})}, "", 1.0, [], {"m"})
     done = store.change("unload", "m", WHO, version="2")
     assert done is not None and done.new == {"versions": ["1"], "split": {"1": 100}}
     assert store.change("unload", "m", WHO, version="2") is None  # already so

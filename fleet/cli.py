@@ -99,8 +99,8 @@ def change(store: FleetStore, s: Settings, args: argparse.Namespace) -> int:
         print(f"{args.model}: unchanged at revision {desired.revision}"
               + (f": {_state(state.to_json())}" if state else ""))
     else:
-        print(f"revision {done.revision}: {op} {args.model}: "
-              f"{_state(done.old) if done.old else '(new to the fleet)'} -> {_state(done.new)}")
+        old = ("(joins the fleet; the hosts ran) " if done.joins else "") + _state(done.old)
+        print(f"revision {done.revision}: {op} {args.model}: {old} -> {_state(done.new)}")
         if done.target is not None:
             print(f"  restored revision {done.target}'s split; to retry safely: "
                   f"falconctl hosts rollback {args.model} --to-revision {done.target}")

@@ -68,7 +68,8 @@ class Desired:
 
 @dataclass(frozen=True)
 class Change:
-    """One revision: ``old`` is None for a model new to the fleet."""
+    """One revision. For a model joining the fleet ``old`` is what the hosts
+    reported running (None when none did)."""
 
     revision: int
     at: float
@@ -78,6 +79,7 @@ class Change:
     old: dict[str, Any] | None
     new: dict[str, Any]
     target: int | None = None  # a rollback: the revision whose split it restored
+    joins: bool = False        # the model's first revision
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,15 @@ class FleetStore:
                                     "(`falconctl hosts status`)")
             revision = head + 1
             current = self._current(cur, model)
+            joins = current is None and op != "rollback"
+            if joins:  # a model new to the fleet starts as the hosts report running it
+                current = self._seed(cur, model, revision)
             new, target = self._apply(cur, op, model, current, revision, version, split,
                                       to_revision)
-            if current is not None and (new.versions, new.split) == (current.versions,
-                                                                     current.split):
+            if not joins and current is not None and (new.versions, new.split) == (
+                    current.versions, current.split):
                 return None
-            return self._write(cur, revision, actor, op, model, current, new, target)
+            return self._write(cur, revision, actor, op, model, current, new, target, joins)
 
     def _current(self, cur: Any, model: str) -> ModelState | None:
         cur.execute("SELECT versions, split, origin FROM fleet.desired WHERE model = %s",
@@ -210,8 +215,6 @@ class FleetStore:
     def _apply(self, cur: Any, op: str, model: str, current: ModelState | None, revision: int,
                version: str | None, split: dict[str, int] | None,
                to_revision: int | None) -> tuple[ModelState, int | None]:
-        if current is None and op != "rollback":
-            current = self._seed(cur, model, revision)
         if op == "load":
             return st.with_version(current, st.check_version(version), revision), None
         if current is None and op == "rollback":
@@ -262,7 +265,10 @@ class FleetStore:
         return st.seeded([a.versions for a in reports], [a.split for a in reports], revision)
 
     def _write(self, cur: Any, revision: int, actor: str, op: str, model: str,
-               old: ModelState | None, new: ModelState, target: int | None) -> Change:
+               old: ModelState | None, new: ModelState, target: int | None,
+               joins: bool) -> Change:
+        """``old``: the model's desired state, or what the hosts ran when it ``joins``
+        the fleet (None when no host ran it)."""
         old_doc = None if old is None else old.to_json()
         cur.execute("INSERT INTO fleet.revisions (revision, actor, op, model, old, new, origin) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING extract(epoch FROM at)",
@@ -278,12 +284,14 @@ class FleetStore:
         detail = {"revision": revision, "old": old_doc, "new": new.to_json()}
         if target is not None:
             detail["restored_revision"] = target
+        if joins:
+            detail["joins_fleet"] = True  # old: what the hosts reported running
         cur.execute("SELECT current_user")
         detail["db_user"] = cur.fetchone()[0]
         cur.execute(INSERT_EVENT, (f"fleet.{op}", actor, _json(detail), f"fleet-r{revision}",
                                    "fleet", model, ""))
         cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(revision)))
-        return Change(revision, at, actor, op, model, old_doc, new.to_json(), target)
+        return Change(revision, at, actor, op, model, old_doc, new.to_json(), target, joins)
 
     def report(self, host: str, seen: int, converged: bool, actual: dict[str, Actual] | None,
                error: str, interval_s: float, steps: list[Any], managed: set[str],

@@ -165,8 +165,10 @@ def test_a_model_new_to_the_fleet_starts_from_what_hosts_report(store: FleetStor
     store.report("host-a", 0, True, {"m": Actual(("1",), {})}, "", 1.0, [], set())
     store.report("host-b", 0, True, {"m": Actual(("1",), {})}, "", 1.0, [], set())
     done = store.change("load", "m", WHO, version="2")
-    assert done is not None and done.old is None
+    assert done is not None and done.old == {"versions": ["1"], "split": {"1": 100}}
     assert done.new == {"versions": ["1", "2"], "split": {"1": 100}}  # 2 gets no traffic
+    [(joins,)] = query(dsn, "SELECT detail->'joins_fleet' FROM audit.events")
+    assert joins is True
 
 
 def test_a_host_report_records_each_change_on_it_once(store: FleetStore, dsn: str) -> None:

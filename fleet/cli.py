@@ -68,12 +68,16 @@ def run(func: Any, s: Settings, args: argparse.Namespace) -> int:
     """``func(store, s, args)`` with the fleet's errors as one line and an exit status.
     ``args.expected``: the hosts that must report (``haproxy.hosts`` on the front);
     ``args.split``: a split's ``{version: weight}``."""
+    from audit.migrate import MigrationError
+
     try:
         store = open_store(s)
         try:
             return int(func(store, s, args))
         finally:
             store.close()
+    except MigrationError as exc:  # e.g. a released migration edited: say which
+        return _fail(args, exc, 1)
     except StaleRevision as exc:
         return _fail(args, exc, STALE_EXIT)
     except FleetUnavailable as exc:

@@ -46,9 +46,9 @@ system: deps venv
 bench: deps venv
 	@./ops/install-deps.sh wrk
 	$(PY) -m pip install --quiet -e '.[bench]'
-	$(PY) bench/compare.py
-	$(PY) bench/grpc_load.py
-	$(PY) bench/tracing_cost.py
+	$(PY) -m bench.compare
+	$(PY) -m bench.grpc_load
+	$(PY) -m bench.tracing_cost
 
 # Regenerate the gRPC face's modules from the vendored Triton protos (committed).
 protos: venv

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/audit_load.py [--duration 15] [--cases off interval batch always]
+    python -m bench.audit_load [--duration 15] [--cases off interval batch always]
         [--rounds 2] [--drain-timeout 60] [--wait-idle 20] [--out bench/out/audit_load.json]
 
 Run by hand (not a test): about 3 minutes on 2 cores, under 7 with every wait at its bound.
@@ -71,15 +71,13 @@ from typing import Any
 
 import psycopg2
 
+import shm
+from bench.procs import cleaned_up, descendants, host_busy_s, proc_stat, stop_on_sigterm
+from falconctl.stack import Stack
+from tests.pg_fixture import make_root
+from tests.stacks import stack_env as test_stack_env
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from procs import cleaned_up, descendants, host_busy_s, proc_stat, stop_on_sigterm  # noqa: E402
-
-import shm  # noqa: E402
-from falconctl.stack import Stack  # noqa: E402
-from tests.conftest import stack_env as test_stack_env  # noqa: E402
-from tests.pg_fixture import make_root  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "out" / "audit_load.json"
 LUA = "bench/wrk/post_digits.lua"
@@ -673,7 +671,7 @@ def pick(results: list[Result]) -> list[Result]:
 
 
 def report(results: list[Result], argv: list[str]) -> None:
-    cmd = " ".join([".venv/bin/python", "bench/audit_load.py", *argv])
+    cmd = " ".join([".venv/bin/python", "-m", "bench.audit_load", *argv])
     best = pick(results)
     rounds = max(r.round for r in results) + 1
     print(f"\n### Audit trail under load, produced by `{cmd}`\n")

@@ -1,6 +1,6 @@
 """CPU cost of the edge's audit path per digits request, piece by piece (no servers).
 
-    .venv/bin/python bench/audit_record.py
+    .venv/bin/python -m bench.audit_record
 
 canonical input bytes, their digest, the outputs document, the record's msgpack
 payload, a WAL append (``interval``: no fsync wait; ``batch``: one thread, so
@@ -18,14 +18,13 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+
+from audit.record import AuditRecord
+from audit.wal import WalWriter
+from edge.audit import Auditor, RequestContext, canonical, input_digest, outputs_doc
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from audit.record import AuditRecord  # noqa: E402
-from audit.wal import WalWriter  # noqa: E402
-from edge.audit import Auditor, RequestContext, canonical, input_digest, outputs_doc  # noqa: E402
 
 N = 20000
 

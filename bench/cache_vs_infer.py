@@ -1,6 +1,6 @@
 """When does the prediction cache pay? One edge-side call each way, side by side.
 
-    .venv/bin/python bench/cache_vs_infer.py [--n 2000]
+    .venv/bin/python -m bench.cache_vs_infer [--n 2000]
 
 Starts a daemon (the digits demo, and a ~25 MB MLP unless --no-mlp) and a
 memcached on free loopback ports, then times from one thread, as the edge does:
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -22,17 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.cache import PredictionCache, cache_key
+from edge.core import Core
+from edge.daemon_client import DaemonClient
+from falconctl.stack import Stack, free_port
+from tests.modelfactory import write_mlp_model
+from tests.stacks import make_repo, stack_env
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from conftest import make_repo, stack_env  # noqa: E402
-from modelfactory import write_mlp_model  # noqa: E402
-
-from edge.cache import PredictionCache, cache_key  # noqa: E402
-from edge.core import Core  # noqa: E402
-from edge.daemon_client import DaemonClient  # noqa: E402
-from falconctl.stack import Stack, free_port  # noqa: E402
 
 
 def timed(fn, n: int) -> tuple[float, float]:

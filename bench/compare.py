@@ -2,7 +2,7 @@
 
 Usage (``make bench`` runs it with the defaults)::
 
-    python bench/compare.py [--models digits heavy] [--connections 16 64] [--duration 10]
+    python -m bench.compare [--models digits heavy] [--connections 16 64] [--duration 10]
         [--warmup 3] [--workers 2] [--threads 32] [--fixed-seconds 10] [--rate MODEL=R ...]
         [--contenders platform seed seed-sync dirty floor] [--out bench/out/compare.json]
 
@@ -76,17 +76,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import shm
+from bench.goals import verdicts
+from bench.loadrun import Load, template, with_cpu
+from bench.procs import cleaned_up, descendants, pss_kb, stop_on_sigterm
+from falconctl.hosts import servers
+from falconctl.stack import Stack, free_port, http_status, split_hostport
+from tests.modelfactory import write_mlp_model
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from goals import verdicts  # noqa: E402
-from loadrun import Load, template, with_cpu  # noqa: E402
-from procs import cleaned_up, descendants, pss_kb, stop_on_sigterm  # noqa: E402
-
-import shm  # noqa: E402
-from falconctl.hosts import servers  # noqa: E402
-from falconctl.stack import Stack, free_port, http_status, split_hostport  # noqa: E402
-from tests.modelfactory import write_mlp_model  # noqa: E402
 
 PYTHON = sys.executable
 OUT = ROOT / "bench" / "out" / "compare.json"
@@ -539,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # one broken contender must not hide the others
                     failures[f"{contender}/{model}"] = str(exc)[-2000:]
                     log(f"  {contender}/{model} FAILED: {str(exc)[-500:]}")
-    cmd = " ".join(["python", "bench/compare.py", *argv])
+    cmd = " ".join(["python", "-m", "bench.compare", *argv])
     load_end = os.getloadavg()
     print(f"\n### Side by side, `{cmd}`, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} cores, {args.workers} workers, wrk -t2 {args.duration:g}s "

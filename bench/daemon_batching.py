@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/daemon_batching.py [--models digits heavy] [--delays 0 500 2000]
+    python -m bench.daemon_batching [--models digits heavy] [--delays 0 500 2000]
         [--concurrency 32 64] [--connections 4] [--seconds 4] [--warmup 0.5] [--rounds 2]
         [--threads 2] [--batches 1] [--heavy-repo DIR] [--out bench/out/daemon_batching.json]
 
@@ -57,13 +57,12 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import shm
+from falconctl.stack import Stack
+from tests.modelfactory import write_mlp_model
+from wire import frames, messages
 
-import shm  # noqa: E402
-from falconctl.stack import Stack  # noqa: E402
-from tests.modelfactory import write_mlp_model  # noqa: E402
-from wire import frames, messages  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 INPUT_DIM = {"digits": 64, "heavy": 1024}
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/gen_heavy_model.py --repo /tmp/models [--name heavy] [--version 1]
+    python -m bench.gen_heavy_model --repo /tmp/models [--name heavy] [--version 1]
         [--hidden 4352] [--layers 4] [--input 1024] [--classes 10] [--seed 0]
 
 Writes ``REPO/NAME/VERSION/model.onnx`` (outputs ``label`` int64 [N], ``probabilities``
@@ -18,9 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.modelfactory import write_mlp_model  # noqa: E402
+from tests.modelfactory import write_mlp_model
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

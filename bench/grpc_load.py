@@ -1,7 +1,7 @@
 """The platform's gRPC face against its REST face, through HAProxy, on the demo models and
 the bench's heavy one.
 
-    .venv/bin/python bench/grpc_load.py [--seconds 10] [--clients 8] [--rows 1]
+    .venv/bin/python -m bench.grpc_load [--seconds 10] [--clients 8] [--rows 1]
         [--models digits iris heavy]
 
 Starts one stack (daemon, edge, gRPC face, HAProxy; auth off, audit on) on free
@@ -27,11 +27,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
+from tests.stacks import StackFactory
 
-from conftest import StackFactory  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = {"digits": ("input", 64), "iris": ("input", 4), "heavy": ("input", 1024)}
 
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     for model in args.models:
         if model == "heavy":
-            from modelfactory import write_mlp_model
+            from tests.modelfactory import write_mlp_model
 
             write_mlp_model(repo, "heavy", input_dim=MODELS["heavy"][1], hidden=4352, layers=4,
                             classes=10, seed=0)  # compare.py's heavy model

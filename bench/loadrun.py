@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from openloop import DISTINCT_SCALE
-from procs import cpu_delta, groups, groups_cpu
+from bench.openloop import DISTINCT_SCALE
+from bench.procs import cpu_delta, groups, groups_cpu
 
 if TYPE_CHECKING:
     from falconctl.stack import Stack

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/memory.py [--workers 1 8] [--threads 4] [--requests 200]
+    python -m bench.memory [--workers 1 8] [--threads 4] [--requests 200]
         [--restarts 3] [--heavy-repo DIR] [--skip-restart] [--out bench/out/memory.json]
 
 Run by hand (not a test); about 35 s on 2 cores. It brings up the real stack
@@ -55,15 +55,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import shm
+from bench.procs import children, cleaned_up, rollup, stop_on_sigterm
+from falconctl.stack import Stack, split_hostport
+from tests.modelfactory import write_mlp_model
+from tests.stacks import stack_env as test_stack_env
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from procs import children, cleaned_up, rollup, stop_on_sigterm  # noqa: E402
-
-import shm  # noqa: E402
-from falconctl.stack import Stack, split_hostport  # noqa: E402
-from tests.conftest import stack_env as test_stack_env  # noqa: E402
-from tests.modelfactory import write_mlp_model  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "out" / "memory.json"
 PYTHON = sys.executable
@@ -608,7 +606,7 @@ def run(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any], argv: list[str]) -> None:
-    cmd = " ".join([".venv/bin/python", "bench/memory.py", *argv])
+    cmd = " ".join([".venv/bin/python", "-m", "bench.memory", *argv])
     cases = result["cases"]
     print(f"\n### Stack memory (PSS), produced by `{cmd}`\n")
     print(case_table(cases), "\n")

@@ -1,6 +1,6 @@
 """Throughput with one and with two serving hosts behind one HAProxy.
 
-    python bench/multihost.py [--duration 10] [--connections 32] [--repeat 2]
+    python -m bench.multihost [--duration 10] [--connections 32] [--repeat 2]
 
 Builds the multi-host harness of the tests (tests/multihost.py: three network
 namespaces on a private bridge; front = HAProxy + memcached + PostgreSQL,
@@ -22,14 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.loadrun import LUA, parse_wrk
+from falconctl.hosts import set_state
+from tests import multihost as mh
+from tests.netns import Network
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
-
-import multihost as mh  # noqa: E402
-from loadrun import LUA, parse_wrk  # noqa: E402
-from netns import Network  # noqa: E402
-
-from falconctl.hosts import set_state  # noqa: E402
 
 
 def wrk(net: Network, lua: Path, connections: int, seconds: float) -> dict:

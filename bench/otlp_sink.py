@@ -2,7 +2,7 @@
 
 Usage (``bench/tracing_cost.py`` starts it)::
 
-    python bench/otlp_sink.py PORT      # prints "listening on PORT", then serves
+    python -m bench.otlp_sink PORT      # prints "listening on PORT", then serves
     # POST /v1/traces -> 200 (an empty ExportTraceServiceResponse); SIGTERM -> prints
     # {"posts": N, "bytes": B} and exits
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/prepack.py [--heavy PATH/model.onnx] [--digits PATH/model.onnx]
+    python -m bench.prepack [--heavy PATH/model.onnx] [--digits PATH/model.onnx]
         [--budget 1.5] [--rounds 5] [--out bench/out/prepack.json]
 
 The daemon builds each session from a weight-stripped graph (initializers turned into
@@ -381,7 +381,6 @@ def _outputs_agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
 def ensure_heavy(path: Path | None, workdir: Path) -> Path:
     if path is not None:
         return path
-    sys.path.insert(0, str(REPO_ROOT))
     from tests.modelfactory import write_mlp_model
 
     print("generating heavy model (1024 -> 4x4352 -> 10) ...", flush=True)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/profile_path.py [--model digits] [--contenders platform floor]
+    python -m bench.profile_path [--model digits] [--contenders platform floor]
         [--connections 64] [--duration 10] [--no-py-spy] [--rate 250]
 
 Each contender comes up exactly as ``bench/compare.py`` brings it up (same HAProxy
@@ -40,11 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import compare  # noqa: E402
-from loadrun import Load, template  # noqa: E402
-from procs import children, cpu_delta, groups, groups_cpu, host_busy_s  # noqa: E402
+from bench import compare
+from bench.loadrun import Load, template
+from bench.procs import children, cpu_delta, groups, groups_cpu, host_busy_s
 
 OUT_DIR = compare.ROOT / "bench" / "out" / "profile"
 

@@ -2,7 +2,7 @@
 
 Usage (``make bench`` runs it with the defaults)::
 
-    python bench/tracing_cost.py [--rounds 3] [--connections 64] [--duration 10]
+    python -m bench.tracing_cost [--rounds 3] [--connections 64] [--duration 10]
         [--warmup 3] [--workers 2] [--threads 32] [--out bench/out/tracing.json]
 
 The platform as ``bench/compare.py`` runs it (daemon, gunicorn/Falcon edge, a memcached,
@@ -36,15 +36,14 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.compare import Bench, Run, bench_context, check, log, repos, settle, start
+from bench.loadrun import Load, template, with_cpu
+from bench.procs import cpu_s
+from falconctl.stack import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-
-from compare import Bench, Run, bench_context, check, log, repos, settle, start  # noqa: E402
-from loadrun import Load, template, with_cpu  # noqa: E402
-from procs import cpu_s  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
-
-from falconctl.stack import free_port  # noqa: E402
 
 PYTHON = sys.executable
 OUT = ROOT / "bench" / "out" / "tracing.json"

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/wal_append.py [--dir DIR] [--records 4000] [--size 500] [--rounds 3]
+    python -m bench.wal_append [--dir DIR] [--records 4000] [--size 500] [--rounds 3]
         [--threads 1,8] [--out bench/out/wal_append.json]
 
 For each policy (``always``, ``batch``, ``interval``) and each thread count, a fresh
@@ -36,10 +36,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from audit.wal import WalWriter  # noqa: E402
-from tests.seams import CountingFsync  # noqa: E402
+from audit.wal import WalWriter
+from tests.seams import CountingFsync
 
 POLICIES = ("always", "batch", "interval")
 

@@ -1,6 +1,6 @@
 """CPU cost of the typed edge <-> daemon protocol per digits infer, piece by piece (no servers).
 
-    .venv/bin/python bench/wire_ops.py
+    .venv/bin/python -m bench.wire_ops
 
 One infer round trip as the edge and the daemon code it (wire/ops.py, wire/codec.py):
 the edge builds and encodes the request, the daemon decodes it and its input tensor,

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 IRIS_NAMES = ("setosa", "versicolor", "virginica")
@@ -192,3 +193,30 @@ def xgboost_regressor(repo: Path, name: str = "xgb") -> Built:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def zipmap_labels(path: Path) -> dict[str, list[Any]]:
+    """Class labels of each graph output made by a ZipMap node, read from the file."""
+    graph = onnx.load(str(path)).graph
+    found = {}
+    for node in graph.node:
+        if node.op_type == "ZipMap":
+            attrs = {a.name: a for a in node.attribute}
+            found[node.output[0]] = (list(attrs["classlabels_int64s"].ints)
+                                     if "classlabels_int64s" in attrs else
+                                     [s.decode() for s in attrs["classlabels_strings"].strings])
+    return found
+
+
+def reference(b: Built) -> dict[str, np.ndarray]:
+    """In-process ONNX Runtime on the same rows; a ZipMap's dicts as [N, C] columns. One
+    intra-op thread: what every row gets alone (a tree ensemble's multi-threaded run of
+    ~50 rows or more sums in another order; see test_tree_ensembles_...)."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(b.path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    out = dict(zip(names, sess.run(names, b.feeds), strict=True))
+    for name, labels in zipmap_labels(b.path).items():
+        out[name] = np.array([[row[c] for c in labels] for row in out[name]], dtype=np.float32)
+    return out

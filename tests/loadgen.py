@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from httpx_lite import request
+
+from tests.httpx_lite import request
 
 
 @dataclass
@@ -60,7 +61,7 @@ class LoadGen:
         if self.netns is None:
             self._loop(seed)
             return
-        from netns import entered
+        from tests.netns import entered
 
         with entered(self.netns):
             self._loop(seed)

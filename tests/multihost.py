@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import psycopg2
-from conftest import make_repo, stack_env
-from httpx_lite import post_json
-from netns import NetStack, Network, entered
-from pg_fixture import make_root
 
 from audit.pg import EmbeddedPostgres
 from falconctl.keys import haproxy_command
+from tests.httpx_lite import post_json
+from tests.netns import NetStack, Network, entered
+from tests.pg_fixture import make_root
+from tests.stacks import make_repo, stack_env
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

@@ -2,7 +2,7 @@
 
 Use from ``tests/conftest.py``::
 
-    from pg_fixture import pg_cluster, pg_dsn  # noqa: E402,F401  (fixtures)
+    from tests.pg_fixture import pg_cluster, pg_dsn  # noqa: F401  (fixtures)
 
 - ``pg_cluster`` (session): an :class:`audit.pg.EmbeddedPostgres` on a free
   loopback port, in a directory of its own under the system temp dir. Stopped at

@@ -4,8 +4,8 @@ applied and then answered 503 (a client retrying a rollback went back two steps)
 
 from __future__ import annotations
 
-from httpx_lite import post_json, request
-from modelfactory import write_mlp_model
+from tests.httpx_lite import post_json, request
+from tests.modelfactory import write_mlp_model
 
 
 def traffic(addr: str) -> dict:

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pytest
-from httpx_lite import post_json
-from loadgen import LoadGen
-from pg_fixture import fresh_database, running_cluster
 
 from falconctl.stack import free_port
+from tests.httpx_lite import post_json
+from tests.loadgen import LoadGen
+from tests.pg_fixture import fresh_database, running_cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

@@ -7,22 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as triton
-from httpx_lite import post_json
 
-from audit.record import AuditRecord
-from audit.wal import START, StreamReader, list_streams
+from tests.httpx_lite import post_json
+from tests.stacks import wal_records
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
-
-
-def wal_records(stack) -> list[AuditRecord]:
-    wal_dir = Path(stack.settings.wal_dir)
-    out = []
-    for stream in list_streams(wal_dir):
-        reader = StreamReader(wal_dir, stream)
-        out += [AuditRecord.from_payload(p) for _, p in reader.read(START, max_records=100000)]
-    return out
 
 
 def test_each_response_has_exactly_one_record_with_what_the_client_got(make_stack):

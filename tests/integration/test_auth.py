@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import create_key, falconctl
-from httpx_lite import Answer, post_json, request
 from prometheus_client.multiprocess import MultiProcessCollector
-from test_audit_wal import wal_records
 
 from apikeys import parse
+from tests.httpx_lite import Answer, post_json, request
+from tests.stacks import create_key, falconctl, wal_records
 
 ROW = [0.0] * 64
 PREDICT = "/v1/models/digits/predict"

@@ -7,7 +7,8 @@ import struct
 
 import numpy as np
 import pytest
-from httpx_lite import post_json, request
+
+from tests.httpx_lite import post_json, request
 
 ROW = [0.0] * 64
 

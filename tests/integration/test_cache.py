@@ -12,10 +12,6 @@ from pathlib import Path
 import msgpack
 import numpy as np
 import onnxruntime as ort
-from conftest import Memcached
-from httpx_lite import post_json, request
-from loadgen import LoadGen
-from modelfactory import write_mlp_model
 from pymemcache.client.base import Client
 
 from audit.record import AuditRecord
@@ -23,6 +19,10 @@ from audit.wal import START, StreamReader, list_streams
 from edge.audit import canonical, input_digest
 from edge.cache import cache_key, rendezvous
 from edge.daemon_client import DaemonClient
+from tests.httpx_lite import post_json, request
+from tests.loadgen import LoadGen
+from tests.modelfactory import write_mlp_model
+from tests.stacks import Memcached
 from wire import messages, ops
 
 WIDTH = 16

@@ -12,19 +12,25 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
-import convertermodels as cm
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
-from conftest import ROOT, make_repo
-from httpx_lite import post_json, request
-from modelfactory import write_unservable_model
 from prometheus_client.parser import text_string_to_metric_families
-from test_batching import coalesced, infer, one_by_one, outputs_of, pipelined, spread
+
+from tests import convertermodels as cm
+from tests.convertermodels import reference, zipmap_labels
+from tests.httpx_lite import post_json, request
+from tests.modelfactory import write_unservable_model
+from tests.rawdaemon import (
+    coalesced,
+    infer,
+    one_by_one,
+    outputs_of,
+    pipelined,
+    spread,
+)
+from tests.stacks import ROOT, make_repo
 
 BUILDERS = {
     "rf_iris": cm.random_forest_iris,
@@ -58,33 +64,6 @@ def stack(module_stacks, built):
 @pytest.fixture(scope="module")
 def addr(stack) -> str:
     return stack.settings.haproxy.bind
-
-
-def zipmap_labels(path: Path) -> dict[str, list[Any]]:
-    """Class labels of each graph output made by a ZipMap node, read from the file."""
-    graph = onnx.load(str(path)).graph
-    found = {}
-    for node in graph.node:
-        if node.op_type == "ZipMap":
-            attrs = {a.name: a for a in node.attribute}
-            found[node.output[0]] = (list(attrs["classlabels_int64s"].ints)
-                                     if "classlabels_int64s" in attrs else
-                                     [s.decode() for s in attrs["classlabels_strings"].strings])
-    return found
-
-
-def reference(b: cm.Built) -> dict[str, np.ndarray]:
-    """In-process ONNX Runtime on the same rows; a ZipMap's dicts as [N, C] columns. One
-    intra-op thread: what every row gets alone (a tree ensemble's multi-threaded run of
-    ~50 rows or more sums in another order; see test_tree_ensembles_...)."""
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(b.path), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    out = dict(zip(names, sess.run(names, b.feeds), strict=True))
-    for name, labels in zipmap_labels(b.path).items():
-        out[name] = np.array([[row[c] for c in labels] for row in out[name]], dtype=np.float32)
-    return out
 
 
 def triton_inputs(b: cm.Built, binary: bool) -> list[triton.InferInput]:

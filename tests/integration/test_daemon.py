@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from modelfactory import write_mlp_model
 
 import shm
+from tests.modelfactory import write_mlp_model
 from wire import frames, messages
 
 

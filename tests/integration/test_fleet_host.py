@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT
-from httpx_lite import request
-from modelfactory import write_mlp_model
-from pg_fixture import fresh_database
 
 from falconctl.stack import Stack
+from tests.httpx_lite import request
+from tests.modelfactory import write_mlp_model
+from tests.pg_fixture import fresh_database
+from tests.stacks import ROOT
 
 
 def run(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def wait_for(check: Any, timeout: float, what: str) -> Any:
 
 @pytest.fixture
 def fleet_stack(make_stack: Any, pg_cluster: Any, tmp_path: Path) -> Stack:
-    from conftest import make_repo
+    from tests.stacks import make_repo
 
     repo = make_repo(tmp_path / "repo")
     for version in ("1", "2"):

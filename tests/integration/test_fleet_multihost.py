@@ -28,13 +28,13 @@ from typing import Any
 import numpy as np
 import psycopg2
 import pytest
-from conftest import ROOT, falconctl
-from loadgen import LoadGen
-from modelfactory import write_mlp_model
-from multihost import HAPROXY_PORT, front_postgres, front_stack, host_stack, wait_status
-from netns import NetStack, Network, entered
 
 import shm
+from tests.loadgen import LoadGen
+from tests.modelfactory import write_mlp_model
+from tests.multihost import HAPROXY_PORT, front_postgres, front_stack, host_stack, wait_status
+from tests.netns import NetStack, Network, entered
+from tests.stacks import ROOT, falconctl
 
 HOSTS = ("a", "b", "c")
 

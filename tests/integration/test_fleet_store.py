@@ -10,11 +10,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-from pg_fixture import fresh_database
 
 from fleet.errors import CarriesTraffic, FleetUnavailable, InvalidChange, StaleRevision
 from fleet.plan import Actual
 from fleet.store import FleetStore, Listener
+from tests.pg_fixture import fresh_database
 
 WHO = "falconctl:test (uid 0) on here"
 

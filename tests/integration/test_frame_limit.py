@@ -10,9 +10,10 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from conftest import make_repo
-from httpx_lite import post_json
-from modelfactory import write_mlp_model
+
+from tests.httpx_lite import post_json
+from tests.modelfactory import write_mlp_model
+from tests.stacks import make_repo
 
 DIGITS_ROW = {"instances": [[0.0] * 64]}
 CLASSES = 4000  # 16 kB of probabilities per row

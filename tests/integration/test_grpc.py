@@ -13,23 +13,22 @@ import threading
 import time
 from pathlib import Path
 
-import convertermodels as cm
 import grpc
 import numpy as np
 import psycopg2
 import pytest
 import tritonclient.grpc as tg
-from conftest import create_key, make_repo
-from httpx_lite import request
-from modelfactory import multi_io_expected, reference
-from test_audit_wal import wal_records
-from test_converters import reference as converter_reference
-from test_converters import zipmap_labels
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
 from falconctl.stack import free_port
+from tests import convertermodels as cm
+from tests.convertermodels import reference as converter_reference
+from tests.convertermodels import zipmap_labels
+from tests.httpx_lite import request
+from tests.modelfactory import multi_io_expected, reference
+from tests.stacks import create_key, make_repo, wal_records
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

@@ -16,9 +16,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from httpx_lite import request
 
 from falconctl.stack import split_hostport
+from tests.httpx_lite import request
 
 # Each of these reaches the edge's /metrics resource when sent to the edge.
 SPELLINGS = ["/metrics", "/metrics/", "//metrics", "/%6detrics", "/%6Detrics", "/metrics?x=1",

@@ -9,9 +9,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from conftest import make_repo, stack_env
-
 from apikeys import load_keys
+from tests.stacks import make_repo, stack_env
 
 
 def falconctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from httpx_lite import post_json, request
-from loadgen import LoadGen
-from modelfactory import write_mlp_model
 
 from audit.record import AuditRecord
 from audit.wal import START, StreamReader, list_streams
+from tests.httpx_lite import post_json, request
+from tests.loadgen import LoadGen
+from tests.modelfactory import write_mlp_model
 
 WIDTH = 16
 ROW = [[0.25] * WIDTH]

@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from httpx_lite import post_json, request
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.httpx_lite import post_json, request
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

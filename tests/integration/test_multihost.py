@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import falconctl
-from httpx_lite import post_json
-from loadgen import LoadGen, Outcome
-from multihost import (
+
+import shm
+from tests.httpx_lite import post_json
+from tests.loadgen import LoadGen, Outcome
+from tests.multihost import (
     DIGITS,
     EDGE_PORT,
     HAPROXY_PORT,
@@ -35,9 +36,8 @@ from multihost import (
     wait_rows,
     wait_status,
 )
-from netns import Network, entered
-
-import shm
+from tests.netns import Network, entered
+from tests.stacks import falconctl
 
 
 @pytest.fixture

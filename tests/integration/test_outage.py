@@ -7,7 +7,7 @@ import json
 import signal
 import time
 
-from httpx_lite import request
+from tests.httpx_lite import request
 
 ROW = json.dumps({"instances": [[0.0] * 64]})
 DEADLINE_MS = 1000

@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from loadgen import LoadGen, Outcome, open_loop
-from modelfactory import write_mlp_model
+
+from tests.loadgen import LoadGen, Outcome, open_loop
+from tests.modelfactory import write_mlp_model
 
 DEADLINE_S = 1.0
 # What the client measures beyond the server's deadline: its own thread pool and

@@ -14,17 +14,17 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 import pytest
-from pg_fixture import (
-    free_port,
-    fresh_database,
-    make_root,
-    running_cluster,
-)
 
 from audit import migrate
 from audit.pg import EmbeddedPostgres, PgStartError
 from audit.record import AuditRecord
 from audit.store import PgStore, StoreRejected, StoreUnavailable
+from tests.pg_fixture import (
+    free_port,
+    fresh_database,
+    make_root,
+    running_cluster,
+)
 
 DAY1 = datetime(2025, 3, 14, tzinfo=UTC).timestamp()
 DAY2 = DAY1 + 86_400

@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_repo
-from httpx_lite import post_json
-from modelfactory import write_mlp_model
-from otlp_receiver import OtlpReceiver
 
 from falconctl.stack import free_port
+from tests.httpx_lite import post_json
+from tests.modelfactory import write_mlp_model
+from tests.otlp_receiver import OtlpReceiver
+from tests.stacks import make_repo
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "ops" / "prometheus"

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from httpx_lite import post_json, request
+
+from tests.httpx_lite import post_json, request
 
 ROW = {"instances": [[0.0] * 64]}
 PREDICT = "/v1/models/digits/predict"

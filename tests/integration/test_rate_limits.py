@@ -11,12 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import create_key, falconctl
-from httpx_lite import Answer, post_json, request
 
 import settings
 from apikeys import parse
 from falconctl.stack import haproxy_env, haproxy_files, parse_hosts
+from tests.httpx_lite import Answer, post_json, request
+from tests.stacks import create_key, falconctl
 
 PREDICT = "/v1/models/digits/predict"
 PER_KEY = 20  # requests per 10 s window, for keys of the default class

@@ -10,12 +10,12 @@ import sys
 import time
 
 import psycopg2
-from conftest import make_repo, stack_env
 
 from audit.record import AuditRecord
 from audit.shipper import Shipper
 from audit.store import PgStore
 from audit.wal import WalWriter, list_streams
+from tests.stacks import make_repo, stack_env
 
 
 def record(n: int) -> bytes:

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_port
-from httpx_lite import post_json, request
-from loadgen import LoadGen
+
+from tests.httpx_lite import post_json, request
+from tests.loadgen import LoadGen
+from tests.stacks import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from httpx_lite import post_json, request
-from modelfactory import multi_io_expected, reference
+
+from tests.httpx_lite import post_json, request
+from tests.modelfactory import multi_io_expected, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

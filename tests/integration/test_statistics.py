@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.http as triton
-from conftest import create_key
-from httpx_lite import post_json, request
 from tritonclient.utils import InferenceServerException
+
+from tests.httpx_lite import post_json, request
+from tests.stacks import create_key
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

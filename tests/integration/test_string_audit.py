@@ -8,13 +8,13 @@ import json
 import time
 from pathlib import Path
 
-import convertermodels as cm
 import psycopg2
-from conftest import falconctl
-from httpx_lite import post_json
 
 from audit.record import decode_inputs
 from audit.wal import list_streams
+from tests import convertermodels as cm
+from tests.httpx_lite import post_json
+from tests.stacks import falconctl
 
 
 def rows_for(dsn: str, ids: set[str], timeout: float = 60.0) -> dict[str, tuple]:

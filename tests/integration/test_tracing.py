@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from httpx_lite import post_json, request
-from otlp_receiver import OtlpReceiver, Span
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from falconctl.stack import free_port
+from tests.httpx_lite import post_json, request
+from tests.otlp_receiver import OtlpReceiver, Span
 
 GRPC_INFER = "inference.GRPCInferenceService/ModelInfer"
 

@@ -10,8 +10,9 @@ import threading
 import time
 
 import numpy as np
-from httpx_lite import post_json
-from modelfactory import write_mlp_model
+
+from tests.httpx_lite import post_json
+from tests.modelfactory import write_mlp_model
 
 ROWS = 1000
 

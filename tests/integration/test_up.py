@@ -15,11 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import ROOT, stack_env
-from httpx_lite import request
-from pg_fixture import make_root
-
 import shm
+from tests.httpx_lite import request
+from tests.pg_fixture import make_root
+from tests.stacks import ROOT, descendants, stack_env, zombie
 
 
 def test_up_serves_the_printed_curl_line_and_stops_cleanly_on_ctrl_c():
@@ -69,7 +68,7 @@ def run_up(tmp_path: Path) -> None:
             example = json.loads((ROOT / "models" / model / "example.json").read_text())
             assert [p["label"] for p in ans.json()["predictions"]] == example["expected_labels"]
             request_ids.append(ans.json()["request_id"])
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         # daemon, gunicorn arbiter + workers, haproxy, shipper, memcached
         assert len(children) >= 6
         cache = re.search(r"prediction cache:  memcached (127\.0\.0\.1:\d+)", output)
@@ -88,7 +87,7 @@ def run_up(tmp_path: Path) -> None:
         rest = proc.stdout.read()
         assert "stopped:" in rest and "daemon exit 0" in rest and "shipper exit 0" in rest, rest
         assert "memcached exit 0" in rest, rest
-        assert [p for p in children if Path(f"/proc/{p}").exists() and not _zombie(p)] == []
+        assert [p for p in children if Path(f"/proc/{p}").exists() and not zombie(p)] == []
         assert shm.list_segments(env["FALCON_DAEMON_SHM_PREFIX"]) == []
         assert not (ROOT / "var" / "up.toml").exists()  # removed when `up` stops
     finally:
@@ -114,19 +113,3 @@ def _wait_for_audit_rows(env: dict[str, str], request_ids: list[str]) -> bool:
     return False
 
 
-def _descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*/children"):
-            kids = [int(x) for x in task.read_text().split()]
-            out += kids
-            todo += kids
-    return out
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return re.search(r"\) Z ", Path(f"/proc/{pid}/stat").read_text()) is not None
-    except OSError:
-        return False

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import psycopg2
-from conftest import ROOT, make_repo, stack_env
-from loadgen import LoadGen
-from pg_fixture import make_root
-from test_up import _descendants, _zombie
 
 import shm
+from tests.loadgen import LoadGen
+from tests.pg_fixture import make_root
+from tests.stacks import ROOT, make_repo, stack_env
+from tests.stacks import descendants as _descendants
+from tests.stacks import zombie as _zombie
 
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
 COMPONENTS = {  # name in up's messages -> how to tell its process among up's children

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from httpx_lite import post_json, request
 
 from audit.wal import list_streams
+from tests.httpx_lite import post_json, request
 
 ROW = {"instances": [[0.0] * 64]}
 

@@ -14,7 +14,6 @@ failed, and checks that nothing of ours is left in the host's /dev/shm.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -22,16 +21,14 @@ from pathlib import Path
 
 import pytest
 
+from audit.pg import EmbeddedPostgres
+from falconctl.stack import free_port
+from settings import Settings
+from tests.pg_fixture import fresh_database
+from tests.system.systemd_falcon import DROPINS, FALCONCTL, ROOT, VENV, Falcon, dump_toml
+from tests.system.systemd_sandbox import Sandbox, missing_prerequisites
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from pg_fixture import fresh_database  # noqa: E402
-from systemd_falcon import DROPINS, FALCONCTL, ROOT, VENV, Falcon, dump_toml  # noqa: E402
-from systemd_sandbox import Sandbox, missing_prerequisites  # noqa: E402
-
-from audit.pg import EmbeddedPostgres  # noqa: E402
-from falconctl.stack import free_port  # noqa: E402
-from settings import Settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

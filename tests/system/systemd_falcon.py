@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from systemd_sandbox import Sandbox
+from tests.system.systemd_sandbox import Sandbox
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

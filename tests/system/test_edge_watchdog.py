@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from systemd_falcon import FALCONCTL
 
 from falconctl.stack import free_port, http_status
+from tests.system.systemd_falcon import FALCONCTL
 
 
 class Notifications:

@@ -7,9 +7,8 @@ import subprocess
 import tomllib
 from pathlib import Path
 
-from systemd_falcon import FALCONCTL, ROOT
-
 from falconctl.install import TEMPLATES, protect_home, render
+from tests.system.systemd_falcon import FALCONCTL, ROOT
 
 
 def install(root: Path) -> list[str]:

@@ -8,10 +8,9 @@ from __future__ import annotations
 import re
 import signal
 
-from systemd_falcon import Falcon
-from systemd_sandbox import wait_until
-
 from fleet.store import FleetStore
+from tests.system.systemd_falcon import Falcon
+from tests.system.systemd_sandbox import wait_until
 
 UNIT = "falcon-reconciler.service"
 OK_THRESHOLD = 49  # exposure x 10, as tests/system/test_systemd_units.py

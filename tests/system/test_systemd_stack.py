@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 import pytest
-from httpx_lite import Answer, request
-from loadgen import LoadGen
-from systemd_falcon import FALCONCTL, UNITS, VENV, Falcon, dump_toml
-from systemd_sandbox import wait_until
+
+from tests.httpx_lite import Answer, request
+from tests.loadgen import LoadGen
+from tests.system.systemd_falcon import FALCONCTL, UNITS, VENV, Falcon, dump_toml
+from tests.system.systemd_sandbox import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")

@@ -7,10 +7,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from systemd_falcon import FALCONCTL, UNITS
-from systemd_sandbox import Sandbox
 
 from falconctl.install import TEMPLATES
+from tests.system.systemd_falcon import FALCONCTL, UNITS
+from tests.system.systemd_sandbox import Sandbox
 
 UNIT_DIR = "/etc/systemd/system"
 OK_THRESHOLD = 49  # exposure x 10: 1.0-4.9 is "OK", below 1.0 "SAFE"

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from seams import CountingFsync
 
 from audit.segment import HEADER, RECORD, decode_header, encode_header, encode_record
 from audit.wal import (
@@ -30,6 +29,7 @@ from audit.wal import (
     WalWriter,
     list_streams,
 )
+from tests.seams import CountingFsync
 
 
 def writer(tmp_path: Path, stream: str = "s1", **kw: object) -> WalWriter:

@@ -255,7 +255,6 @@ def test_the_guard_refuses_on_a_nearly_full_disk_and_resumes(tiny_fs: Path) -> N
 
 CHILD = r"""
 import sys
-sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from audit.wal import WalWriter
 

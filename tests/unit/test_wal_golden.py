@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
-import importlib.util
 import io
 import shutil
 import threading
@@ -26,20 +25,11 @@ from audit import walcli
 from audit.record import AuditRecord
 from audit.segment import LOCK_NAME, segment_name
 from audit.wal import START, Position, StreamReader, WalCorrupt, WalWriter
+from tests.data.wal import make_golden
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "wal"
 
 
-def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("make_wal_golden",
-                                                  GOLDEN_DIR / "make_golden.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_golden = _load_generator()
 OFFSETS = make_golden.record_offsets()  # where records 1..3 start in good.wal
 GOOD = (GOLDEN_DIR / "good.wal").read_bytes()
 

@@ -9,7 +9,6 @@ StreamReader; nothing inside the package is patched.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import socket
 import threading
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import msgpack
 import numpy as np
 import pytest
 
+from tests.data.wire import make_golden
 from wire import frames, messages
 from wire.messages import MessageError
 
@@ -27,15 +27,6 @@ GOLDEN_DIR = Path(__file__).resolve().parents[1] / "data" / "wire"
 TIMEOUT = 2.0  # seconds a reader may wait before the test calls it blocked
 
 
-def _load_generator() -> Any:
-    spec = importlib.util.spec_from_file_location("make_golden", GOLDEN_DIR / "make_golden.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_golden = _load_generator()
 WHOLE = sorted(make_golden.FRAMES)  # the golden files that hold one whole frame
 
 

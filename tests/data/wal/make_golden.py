@@ -1,7 +1,7 @@
 """Write the golden WAL segments next to this file.
 
-    python tests/data/wal/make_golden.py          # (re)write the *.wal files
-    python tests/data/wal/make_golden.py --check  # exit 1 if a file differs
+    python -m tests.data.wal.make_golden          # (re)write the *.wal files
+    python -m tests.data.wal.make_golden --check  # exit 1 if a file differs
 
 Each file is segment 0 of stream ``golden``, written by the real ``WalWriter`` with a
 fixed clock, so tests/unit/test_wal_golden.py can check that the writer still produces
@@ -20,15 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from audit.record import AuditRecord
+from audit.segment import HEADER, RECORD, segment_name
+from audit.writer import WalWriter
+from tests.data.golden_files import write_or_check
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[2]))  # the checkout, whatever the editable install maps
-sys.path.insert(0, str(HERE.parent))      # tests/data: golden_files
-
-from golden_files import write_or_check  # noqa: E402
-
-from audit.record import AuditRecord  # noqa: E402
-from audit.segment import HEADER, RECORD, segment_name  # noqa: E402
-from audit.writer import WalWriter  # noqa: E402
 
 STREAM = "golden"
 CREATED = 1_700_000_000.0  # the fixed clock: 2023-11-14T22:13:20Z

@@ -1,7 +1,7 @@
 """Write the golden wire frames next to this file.
 
-    python tests/data/wire/make_golden.py          # (re)write the *.frame files
-    python tests/data/wire/make_golden.py --check  # exit 1 if a file differs
+    python -m tests.data.wire.make_golden          # (re)write the *.frame files
+    python -m tests.data.wire.make_golden --check  # exit 1 if a file differs
 
 The frames are the contract between edge and daemon: tests/unit/test_wire.py checks
 that ``wire.frames.encode`` still produces these exact bytes and that the readers
@@ -24,11 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from tests.data.golden_files import write_or_check
 from wire import frames, messages
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # tests/data: golden_files
-from golden_files import write_or_check  # noqa: E402
 
 X = np.array([[0.0, 0.5, -1.5], [2.0, 1024.0, -0.25]], dtype=np.float32)
 MASK = np.array([True, False])

@@ -51,11 +51,9 @@ import csv
 import io
 import json
 import os
-import re
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,6 +70,7 @@ from typing import Any
 import psycopg2
 
 import shm
+from bench import loadrun
 from bench.procs import cleaned_up, descendants, host_busy_s, proc_stat, stop_on_sigterm
 from falconctl.stack import Stack
 from tests.pg_fixture import make_root
@@ -93,7 +92,6 @@ STABLE_S = 2.0
 COUNT_SQL = (
     "SELECT count(*), extract(epoch FROM clock_timestamp() - max(ts)) FROM audit.predictions"
 )
-UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
 # ---------------------------------------------------------------- wrk
@@ -114,49 +112,11 @@ class Wrk:
         return self.requests - self.non2xx
 
 
-def _ms(text: str, pct: str) -> float:
-    m = re.search(rf"^\s*{pct}%\s+([0-9.]+)(us|ms|s|m)\s*$", text, re.M)
-    if not m:
-        raise ValueError(f"no {pct}% line in wrk output:\n{text}")
-    return float(m.group(1)) * UNIT_MS[m.group(2)]
-
-
-def parse_wrk(text: str) -> Wrk:
-    done = re.search(r"(\d+) requests in ([0-9.]+)(ms|s|m)", text)
-    rps = re.search(r"Requests/sec:\s+([0-9.]+)", text)
-    if not done or not rps:
-        raise ValueError(f"unexpected wrk output:\n{text}")
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
-    errs = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    names = ("connect", "read", "write", "timeout")
-    return Wrk(
-        requests=int(done.group(1)),
-        seconds=float(done.group(2)) * UNIT_MS[done.group(3)] / 1000.0,
-        rps=float(rps.group(1)),
-        p50_ms=_ms(text, "50"),
-        p99_ms=_ms(text, "99"),
-        non2xx=int(non2xx.group(1)) if non2xx else 0,
-        socket_errors=dict(zip(names, map(int, errs.groups()), strict=True)) if errs else {},
-    )
-
-
 def run_wrk(url: str, duration: int) -> tuple[Wrk, str]:
-    argv = [
-        "wrk",
-        "-t2",
-        f"-c{CONNECTIONS}",
-        f"-d{duration}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        LUA,
-        url,
-    ]
-    res = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=duration + 60)
-    if res.returncode != 0:
-        raise RuntimeError(f"wrk exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
-    return parse_wrk(res.stdout), res.stdout
+    doc, report = loadrun.run_wrk(url, LUA, CONNECTIONS, duration, cwd=ROOT)
+    return Wrk(requests=doc["requests"], seconds=doc["seconds"], rps=doc["rps"],
+               p50_ms=doc["p50_ms"], p99_ms=doc["p99_ms"], non2xx=doc["non2xx"],
+               socket_errors=doc["socket_error_kinds"]), report
 
 
 def haproxy_counts(stats_bind: str) -> dict[str, int]:

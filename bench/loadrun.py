@@ -22,7 +22,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,22 +75,40 @@ def _ms(text: str) -> float:
 
 
 def parse_wrk(out: str) -> dict[str, Any]:
+    """wrk's ``--latency`` report as numbers: rps, p50/p99 in ms, requests (answered, any
+    status), the run's seconds, non-2xx answers, socket errors (total and by kind)."""
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    reqs = re.search(r"(\d+) requests in", out)
+    reqs = re.search(r"(\d+) requests in ([0-9.]+(?:us|ms|s|m))", out)
     rps = re.search(r"Requests/sec:\s+([0-9.]+)", out)
     if not (lat and reqs and rps):
         raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    kinds = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()),
+                     strict=True)) if sock else {}
     return {
         "rps": float(rps[1]),
         "p50_ms": _ms(lat["50"]),
         "p99_ms": _ms(lat["99"]),
         "requests": int(reqs[1]),
         "answered": int(reqs[1]),
+        "seconds": _ms(reqs[2]) / 1000.0,
         "non2xx": int(non2xx[1]) if non2xx else 0,
-        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+        "socket_errors": sum(kinds.values()),
+        "socket_error_kinds": kinds,
     }
+
+
+def run_wrk(url: str, script: Path | str, connections: int, seconds: float,
+            wrap: Sequence[str] = (), cwd: Path | None = None) -> tuple[dict[str, Any], str]:
+    """One closed-loop wrk run (2 threads, 10 s timeout, latency percentiles) with a Lua
+    ``script``, optionally wrapped (e.g. ``ip netns exec NAME``); its numbers and report."""
+    argv = [*wrap, "wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s",
+            "--timeout", "10s", "--latency", "-s", str(script), url]
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, cwd=cwd)
+    if res.returncode != 0:
+        raise RuntimeError(f"wrk exited {res.returncode}:\n{res.stdout}\n{res.stderr}")
+    return parse_wrk(res.stdout), res.stdout
 
 
 @dataclass
@@ -119,11 +137,7 @@ class Load:
         return path
 
     def wrk(self, url: str, connections: int, seconds: float) -> dict[str, Any]:
-        argv = ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s",
-                "--timeout", "10s", "--latency", "-s", str(self.wrk_script()), url]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
-                             check=True)
-        return parse_wrk(res.stdout)
+        return run_wrk(url, self.wrk_script(), connections, seconds)[0]
 
     def openloop(self, url: str, rate: float, seconds: float) -> dict[str, Any]:
         """A fixed offered rate, latency from each request's due time (bench/openloop.py)."""

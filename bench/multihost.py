@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from bench.loadrun import LUA, parse_wrk
+from bench.loadrun import LUA, run_wrk
 from falconctl.hosts import set_state
 from tests import multihost as mh
 from tests.netns import Network
@@ -32,10 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def wrk(net: Network, lua: Path, connections: int, seconds: float) -> dict:
     url = f"http://{net.addr('front')}:{mh.HAPROXY_PORT}/v1/models/digits/predict"
-    argv = [*net.wrap("front"), "wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s",
-            "--timeout", "10s", "--latency", "-s", str(lua), url]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return parse_wrk(out.stdout)
+    return run_wrk(url, lua, connections, seconds, wrap=net.wrap("front"))[0]
 
 
 def main(argv: list[str]) -> int:

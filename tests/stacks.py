@@ -25,7 +25,7 @@ from falconctl.stack import Stack, free_port
 from tests.modelfactory import write_multi_io_model
 
 __all__ = ["ROOT", "Memcached", "StackFactory", "create_key", "falconctl", "free_port",
-           "make_repo", "stack_env", "wal_records", "descendants", "zombie"]
+           "make_repo", "stack_env", "wal_records", "descendants", "zombie", "wait_grpc_ready"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -157,3 +157,20 @@ def zombie(pid: int) -> bool:
         return re.search(r"\) Z ", Path(f"/proc/{pid}/stat").read_text()) is not None
     except OSError:
         return False
+
+
+def wait_grpc_ready(target: str, timeout: float = 30.0) -> None:
+    """Until HAProxy's health check has found the gRPC process up."""
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    client = tg.InferenceServerClient(target)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if client.is_server_ready():
+                return
+        except InferenceServerException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"no gRPC answer through HAProxy at {target}")

@@ -28,7 +28,7 @@ from tests.convertermodels import reference as converter_reference
 from tests.convertermodels import zipmap_labels
 from tests.httpx_lite import request
 from tests.modelfactory import multi_io_expected, reference
-from tests.stacks import create_key, make_repo, wal_records
+from tests.stacks import create_key, make_repo, wait_grpc_ready, wal_records
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")
@@ -43,20 +43,6 @@ def served(module_stacks, tmp_path_factory):
     stack.start_grpc()
     wait_grpc_ready(stack.settings.grpc.public_bind)
     return stack, topics, forest
-
-
-def wait_grpc_ready(target: str, timeout: float = 30.0) -> None:
-    """Until HAProxy's health check has found the gRPC process up."""
-    client = tg.InferenceServerClient(target)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if client.is_server_ready():
-                return
-        except InferenceServerException:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"no gRPC answer through HAProxy at {target}")
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,8 @@ def test_a_collector_stopped_under_load_fails_no_request(make_stack):
 
 def test_a_grpc_call_through_haproxy_is_one_trace_with_the_daemons_spans(traced, receiver):
     import tritonclient.grpc as tg
-    from test_grpc import wait_grpc_ready
+
+    from tests.stacks import wait_grpc_ready
 
     traced.start_grpc()
     wait_grpc_ready(traced.settings.grpc.public_bind)

@@ -431,11 +431,11 @@ class Batcher:
             if isinstance(outcome, Answer):
                 runs.setdefault(outcome.started, []).append((req, outcome))
         model, _, version = self.name.partition("/")
+        epoch = self.tracing.epoch_ns(self.clock)  # one reading: the spans' times agree
         for started, served in runs.items():
             answer = served[0][1]
-            ns = [(req.trace, self.tracing.epoch_ns(req.enqueued, self.clock),
-                   self.tracing.epoch_ns(started, self.clock)) for req, _ in served]
-            start_ns = self.tracing.epoch_ns(started, self.clock)
+            start_ns = epoch(started)
+            ns = [(req.trace, epoch(req.enqueued), start_ns) for req, _ in served]
             self.tracing.record_run(
                 "daemon batch", ns, start_ns, start_ns + int(answer.compute_s * 1e9),
                 {"falcon.model": model, "falcon.model.version": version,

@@ -212,9 +212,11 @@ class Tracing:
         span.end(end_time=run_end_ns)
 
     @staticmethod
-    def epoch_ns(t: float, clock: Callable[[], float] = time.monotonic) -> int:
-        """``t``, a reading of ``clock``, as Unix nanoseconds (what spans carry)."""
-        return time.time_ns() - int((clock() - t) * 1e9)
+    def epoch_ns(clock: Callable[[], float] = time.monotonic) -> Callable[[float], int]:
+        """A conversion of readings of ``clock`` (seconds) to Unix nanoseconds (what
+        spans carry), from one reading of both clocks now."""
+        offset = time.time_ns() - int(clock() * 1e9)
+        return lambda t: int(t * 1e9) + offset
 
     # -- parents --------------------------------------------------------------------
     @staticmethod

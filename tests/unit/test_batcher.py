@@ -675,3 +675,42 @@ def test_batching_must_be_a_table(tmp_path: Path):
     path.write_text("batching = true\n")
     with pytest.raises(RepositoryError, match="batching must be a table"):
         parse_config(path)
+
+
+def test_a_run_traces_each_sampled_requests_queue_wait_and_one_batch_span_linking_all():
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from telemetry import Tracing
+    from telemetry.w3c import TraceParent
+
+    async def go() -> None:
+        exporter = InMemorySpanExporter()
+        tracing = Tracing(exporter=exporter, sample_ratio=0.0)
+        tracing.start()
+        h = Harness(policy(rows=3, delay=INF))
+        h.batcher.tracing = tracing
+        parents = [TraceParent(f"{i + 1:032x}", f"{i + 1:016x}", sampled=i != 1)
+                   for i in range(3)]  # the second was not sampled by its edge
+        tasks = []
+        for i, parent in enumerate(parents):
+            tasks.append(asyncio.create_task(h.batcher.infer(
+                {"x": rows(1, i)}, ["y", "s"], h.time.now + 10, parent)))
+            await settle()
+            h.time.now += 0.002  # each waits a little less
+        await h.release()
+        assert [t.result().batch_rows for t in tasks] == [3, 3, 3]
+        tracing.flush()
+        spans = exporter.get_finished_spans()
+        queue = [s for s in spans if s.name == "daemon queue"]
+        assert sorted(s.parent.span_id for s in queue) == [1, 3]  # sampled ones only
+        (batch,) = [s for s in spans if s.name == "daemon batch"]
+        assert batch.parent.span_id == 1 and batch.context.trace_id == 1
+        assert [ln.context.span_id for ln in batch.links] == [1, 2, 3]
+        assert batch.attributes["falcon.batch.rows"] == 3
+        assert batch.attributes["falcon.batch.requests"] == 3
+        assert batch.attributes["falcon.model"] == "fake"
+        assert all(q.end_time == batch.start_time for q in queue)
+        waits_ms = sorted(round((q.end_time - q.start_time) / 1e6, 3) for q in queue)
+        assert waits_ms == [2.0, 6.0]  # queued at 0 and 4 ms, the run started at 6 ms
+        tracing.shutdown()
+    run(go)

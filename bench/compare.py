@@ -119,6 +119,8 @@ class Run:
     late_sends: int = 0  # requests the open-loop generator sent > 5 ms late
     cpu_s: dict[str, float] = field(default_factory=dict)  # group -> user + system s
     settled_s: float = 0.0  # waited before the run for HAProxy to see the servers UP
+    seconds: float = 0.0  # the load run's length as wrk reports it (bench/loadrun.py)
+    socket_error_kinds: dict[str, int] = field(default_factory=dict)  # connect, read, ...
 
     @property
     def errors(self) -> int:

@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[mode].append(run_mode(mode, bench, repo, body, load, sink, args))
         finally:
             received = sink.stop()
-    cmd = " ".join(["python", "bench/tracing_cost.py", *argv])
+    cmd = " ".join(["python", "-m", "bench.tracing_cost", *argv])
     load_end = os.getloadavg()
     print(f"\n### Tracing cost, `{cmd}`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
           f"{args.workers} workers, digits, wrk -t2 -c{args.connections} {args.duration:g}s, "

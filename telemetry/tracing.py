@@ -13,8 +13,9 @@ Usage (edge)::
 Usage (daemon)::
 
     tracing = Tracing.from_settings(settings, "daemon"); tracing.start()
-    tracing.record_run(model, version, [(parent, enqueued_ns, started_ns), ...],
-                       run_start_ns, run_end_ns, rows=12)
+    epoch = tracing.epoch_ns(clock)      # clock readings -> Unix ns, one reading
+    tracing.record_run("daemon batch", [(parent, epoch(enqueued), epoch(started)), ...],
+                       epoch(started), epoch(started + compute_s), {"falcon.batch.rows": 12})
 
 Off (``tracing.endpoint`` empty, the default) nothing is imported from the SDK and
 :attr:`Tracing.tracer` stays None: :meth:`server_span` answers None and
@@ -53,10 +54,6 @@ MAX_EXPORT_BATCH = 512
 _NULL: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 
 RunRequest = tuple[w3c.TraceParent | None, int, int]  # (parent, enqueued_ns, started_ns)
-
-
-def span_context(span: Any) -> Any:
-    return span.get_span_context()
 
 
 def trace_id_of(span: Any) -> str:

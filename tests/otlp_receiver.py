@@ -45,6 +45,7 @@ class Span:
     attributes: dict[str, Any] = field(default_factory=dict)
     links: list[tuple[str, str]] = field(default_factory=list)  # (trace id, span id)
     status_code: int = 0
+    resource: dict[str, Any] = field(default_factory=dict)
 
 
 def _value(v: Any) -> Any:
@@ -67,7 +68,7 @@ def decode(body: bytes) -> list[Span]:
                     start_ns=s.start_time_unix_nano, end_ns=s.end_time_unix_nano,
                     attributes={a.key: _value(a.value) for a in s.attributes},
                     links=[(ln.trace_id.hex(), ln.span_id.hex()) for ln in s.links],
-                    status_code=s.status.code))
+                    status_code=s.status.code, resource=res))
     return spans
 
 

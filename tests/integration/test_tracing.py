@@ -84,6 +84,11 @@ def test_a_sampled_request_is_one_trace_of_edge_and_daemon_spans(traced, receive
     spans = [s for s in receiver.wait_for(complete) if s.trace_id == trace_id]
     server = one(spans, kind="SERVER")
     assert server.service == "falcon-edge" and server.parent_id == client_span
+    # exported by a worker, whose exporter started after the fork (not the arbiter's)
+    pid = int(str(server.resource["service.instance.id"]).rpartition("-")[2])
+    assert pid != traced.procs["edge"].popen.pid
+    ppid = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1]
+    assert int(ppid) == traced.procs["edge"].popen.pid  # a worker of this edge's arbiter
     assert server.span_id == echoed.group(2)  # the echoed traceparent names the request span
     attrs = server.attributes
     assert attrs["http.request.method"] == "POST"

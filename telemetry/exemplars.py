@@ -120,12 +120,14 @@ def _alive(pid: int) -> bool:
 
 def read(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...], str], Exemplar]:
     """The newest exemplar per (metric, labels, le) of every live process's file;
-    files of dead processes are removed."""
+    the files of dead processes (and their half-written ``.tmp``) are removed."""
     found: dict[tuple[str, tuple[tuple[str, str], ...], str], Exemplar] = {}
-    for path in directory.glob(f"{PREFIX}*.json"):
+    for path in directory.glob(f"{PREFIX}*"):
         pid = path.stem[len(PREFIX):]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not _alive(int(pid)):  # (a .tmp too: a write cut short)
             path.unlink(missing_ok=True)
+            continue
+        if path.suffix != ".json":
             continue
         try:
             entries = json.loads(path.read_text())

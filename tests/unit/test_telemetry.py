@@ -180,12 +180,14 @@ def test_exemplars_of_other_processes_reach_the_merged_scrape(tmp_path: Path):
     book.observe(there, ("m",), 0.05, "f" * 32)  # a second within write_every_s waits
     dead = tmp_path / "exemplars_999999999.json"
     dead.write_text(json.dumps([["lat_seconds", {"model": "m"}, "0.1", "e" * 32, 0.05, 1.0]]))
+    torn = tmp_path / "exemplars_999999999.tmp"
+    torn.write_text('[["lat_seconds", {"mo')
     merged = CollectorRegistry()
     merged.register(WithExemplars(scraped, tmp_path))
     text = generate_latest(merged).decode()
     assert f'lat_seconds_bucket{{le="0.01",model="m"}} 1.0 # {{trace_id="{TID}"}} 0.005 ' in text
     assert "f" * 32 not in text and "e" * 32 not in text
-    assert not dead.exists()
+    assert not dead.exists() and not torn.exists()
     book.write()  # shared now
     assert "f" * 32 in generate_latest(merged).decode()
     assert sorted(os.listdir(tmp_path)) == [f"exemplars_{os.getpid()}.json"]

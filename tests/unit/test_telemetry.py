@@ -199,3 +199,21 @@ def test_without_a_trace_id_an_observation_has_no_exemplar(tmp_path: Path):
     Exemplars(tmp_path).observe(h, ("m",), 0.005, None)
     assert "trace_id" not in generate_latest(registry).decode()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_tracing_keys_are_checked_and_name_themselves(tmp_path: Path):
+    from settings import ConfigError, load
+
+    cfg = tmp_path / "falcon.toml"
+    cfg.write_text("")
+    s = load(cfg, env={"FALCON_TRACING_ENDPOINT": "http://collector:4318/v1/traces",
+                       "FALCON_TRACING_SAMPLE_RATIO": "0.25"})
+    t = Tracing.from_settings(s, "daemon")
+    assert (t.enabled, t.service, t.sample_ratio, t.export_timeout_s) == \
+        (True, "falcon-daemon", 0.25, 2.0)
+    assert not Tracing.from_settings(load(cfg, env={}), "edge").enabled  # off by default
+    for env, key in (({"FALCON_TRACING_ENDPOINT": "collector:4318"}, "tracing.endpoint"),
+                     ({"FALCON_TRACING_SAMPLE_RATIO": "1.5"}, "tracing.sample_ratio"),
+                     ({"FALCON_TRACING_MAX_QUEUE_SPANS": "0"}, "tracing.max_queue_spans")):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load(cfg, env=env)

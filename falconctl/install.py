@@ -15,6 +15,11 @@ Under ``ROOT`` (default ``/``) it writes:
   or ``ProtectHome=tmpfs`` plus ``BindReadOnlyPaths=`` when the interpreter, the
   venv or the checkout live under ``/home``, ``/root`` or ``/run/user`` -- a
   pyenv Python in ``/root/.pyenv``, say -- so that hardening does not hide them);
+- ``etc/systemd/system/falcon-daemon.service.d/tracing.conf``: ``IPAddressAllow=``
+  of the trace collector's addresses when ``tracing.endpoint`` (the installed
+  ``falcon.toml`` and ``falcon.env``) names a host off this one, resolved now;
+  removed when tracing is off or on loopback (``falconctl/tracing_dropin.py``:
+  re-run the install after changing the endpoint);
 - ``etc/falcon/haproxy.cfg``: the project's ``ops/haproxy/haproxy.cfg``,
   rewritten on every run too (it must match the environment ``falconctl`` gives
   HAProxy, which changes with the code; a customised copy goes elsewhere, named
@@ -69,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import settings as settings_mod
+from falconctl.tracing_dropin import DropinError, install_dropin
 from service.durable import write_atomically
 from settings import ConfigError, Settings
 
@@ -313,6 +319,10 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
                      mode=0o600)
     write_generated(etc / "haproxy.cfg", HAPROXY_HEADER.format(src=prefix / "ops/haproxy/haproxy.cfg")
                     + (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)
+    try:  # the daemon's way to a collector off this host (falconctl/tracing_dropin.py)
+        install_dropin(etc, unit_dir, report.add)
+    except DropinError as exc:
+        raise InstallError(str(exc)) from None
     state = root / STATE_DIR.lstrip("/")
     copied = install_models(prefix / "models", state / "models", report)
     if not real_root:
@@ -326,7 +336,8 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
         chown_tree(state)
         report.add(f"{state} owned by {USER}:{USER}", "changed")
     ensure_state(state, report)
-    units_changed = any(line.startswith(("created", "updated")) and str(unit_dir) in line
+    units_changed = any(line.startswith(("created", "updated", "removed"))
+                        and str(unit_dir) in line
                         for line in report.lines)
     if units_changed:
         daemon_reload(report)

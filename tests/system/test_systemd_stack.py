@@ -17,6 +17,7 @@ import pytest
 
 from tests.httpx_lite import Answer, request
 from tests.loadgen import LoadGen
+from tests.otlp_receiver import OtlpReceiver, Span
 from tests.system.systemd_falcon import FALCONCTL, UNITS, VENV, Falcon, dump_toml
 from tests.system.systemd_sandbox import wait_until
 
@@ -290,6 +291,68 @@ def test_haproxy_over_a_hosts_list_under_systemd(falcon: Falcon):
         box.write(conf, original)
         box.systemctl("restart", "falcon-haproxy.service")
     serves_again(falcon, "back on backend 'edges'")
+
+
+def one(spans: list[Span], **want: str) -> Span:
+    found = [s for s in spans if all(getattr(s, k) == v for k, v in want.items())]
+    assert len(found) == 1, (want, [(s.service, s.name, s.parent_id) for s in spans])
+    return found[0]
+
+
+def test_the_daemons_spans_reach_a_collector_on_loopback(falcon: Falcon):
+    """Issue 18 item 1 as installed: the daemon's unit reaches loopback only
+    (IPAddressAllow=localhost), where a host's collector agent listens, so a request
+    through HAProxy is one trace holding the daemon's queue and batch spans under the
+    edge's daemon call. A collector on another host is `falconctl install`'s
+    drop-in (falconctl/tracing_dropin.py): written, seen by systemd, removed again."""
+    started(falcon)
+    box, conf = falcon.box, "/etc/falcon/falcon.toml"
+    original = box.read(conf)
+    config = tomllib.loads(original)
+    units = ("falcon-daemon.service", "falcon-edge.service")
+    dropin = "/etc/systemd/system/falcon-daemon.service.d/tracing.conf"
+    try:
+        with OtlpReceiver() as rx:  # on the host's 127.0.0.1: the sandbox shares its network
+            config["tracing"] = {"endpoint": rx.url, "sample_ratio": 1.0}
+            box.write(conf, dump_toml(config))
+            box.systemctl("restart", *units, timeout=150)
+            serves_again(falcon, "with tracing on")
+            ans = predict(falcon.haproxy, rid="sysd-traced")
+            assert ans.status == 200, ans.body
+            trace_id = ans.headers["traceparent"].split("-")[1]
+            wanted = {"daemon infer", "daemon queue", "daemon batch"}
+            try:
+                spans = rx.wait_for(lambda spans: wanted <= {s.name for s in spans
+                                                             if s.trace_id == trace_id})
+            except AssertionError as exc:
+                pytest.fail(f"{exc}\n{box.journal('falcon-daemon.service')}")
+        spans = [s for s in spans if s.trace_id == trace_id]
+        server = one(spans, kind="SERVER")
+        assert server.service.endswith("-edge") and server.attributes["falcon.request_id"] == \
+            "sysd-traced"
+        call = one(spans, name="daemon infer")
+        assert call.parent_id == server.span_id and call.service.endswith("-edge")
+        for name in ("daemon queue", "daemon batch"):
+            span = one(spans, name=name)
+            assert span.service.endswith("-daemon") and span.parent_id == call.span_id, span
+
+        # a collector off this host (TEST-NET-1): the install allows exactly its address
+        config["tracing"] = {"endpoint": "http://192.0.2.10:4318/v1/traces"}
+        box.write(conf, dump_toml(config))
+        report = box.run([FALCONCTL, "install"], timeout=120).stdout
+        assert f"created    {dropin}" in report and "systemctl daemon-reload" in report, report
+        allowed = box.show("falcon-daemon.service", "IPAddressAllow").split()
+        assert "192.0.2.10/32" in allowed and "127.0.0.0/8" in allowed, allowed
+        done = box.run(["systemd-analyze", "verify", "/etc/systemd/system/falcon-daemon.service"],
+                       check=False, timeout=120)
+        assert (done.returncode, done.stdout + done.stderr) == (0, "")
+    finally:
+        box.write(conf, original)
+        report = box.run([FALCONCTL, "install"], timeout=120).stdout
+        box.systemctl("restart", *units, timeout=150)
+    assert f"removed    {dropin}" in report, report  # tracing off again: no drop-in left
+    assert "192.0.2.10/32" not in box.show("falcon-daemon.service", "IPAddressAllow")
+    serves_again(falcon, "with tracing off again")
 
 
 def test_stop_leaves_no_process_and_no_segment(falcon: Falcon):

@@ -1,10 +1,15 @@
-"""falconctl.install.fresh_env: HAProxy's environment file never feeds itself."""
+"""falconctl.install.fresh_env: HAProxy's environment file never feeds itself; and
+falconctl.tracing_dropin: the daemon's drop-in for a trace collector off this host."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
+
 from falconctl.install import fresh_env, haproxy_env_text, main
+from falconctl.tracing_dropin import DROPIN, DropinError, dropin_text, install_dropin
 from settings import load
 
 
@@ -34,3 +39,83 @@ def test_a_changed_toml_reaches_the_rewritten_file(tmp_path: Path, monkeypatch) 
     monkeypatch.setenv("FALCON_CONFIG", str(toml))
     assert main(["haproxy-env", str(out)]) == 0
     assert 'FALCON_HAPROXY_BIND="127.0.0.1:9999"' in out.read_text()
+
+
+def fake_dns(table: dict[str, list[str]]):
+    asked: list[tuple[str, int]] = []
+
+    def resolver(host: str, port: int) -> list[str]:
+        asked.append((host, port))
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return table[host]
+    return resolver, asked
+
+
+def test_no_dropin_when_tracing_is_off_or_the_collector_is_on_loopback():
+    resolver, asked = fake_dns({"localhost": ["127.0.0.1", "::1"],
+                                "otel-agent": ["127.0.1.1"]})  # Debian's own hostname entry
+    for endpoint in ("", "http://127.0.0.1:4318/v1/traces", "http://[::1]:4318/v1/traces",
+                     "http://localhost:4318/v1/traces", "http://otel-agent:4318/v1/traces"):
+        assert dropin_text(endpoint, resolver) is None, endpoint
+    assert asked == [("localhost", 4318), ("otel-agent", 4318)]  # literals are not looked up
+
+
+def test_a_remote_collector_is_allowed_by_exactly_its_addresses():
+    resolver, asked = fake_dns({"otel.example": ["2001:db8::7", "10.0.0.9", "10.0.0.5",
+                                                 "10.0.0.9", "fe80::1%eth0", "127.0.0.1"]})
+    text = dropin_text("https://otel.example/v1/traces", resolver)
+    assert asked == [("otel.example", 443)]
+    assert text is not None and text.endswith(
+        "\n[Service]\nIPAddressAllow=10.0.0.5 10.0.0.9 2001:db8::7 fe80::1\n")
+    comment = " ".join(ln.lstrip("# ") for ln in text.splitlines() if ln.startswith("#"))
+    assert "Re-run `falconctl install` after changing tracing.endpoint" in comment
+    assert "(https://otel.example/v1/traces)" in text
+    body = [ln for ln in text.splitlines() if not ln.startswith("#")]
+    assert body == ["[Service]", "IPAddressAllow=10.0.0.5 10.0.0.9 2001:db8::7 fe80::1"]
+    literal = dropin_text("http://192.0.2.10:4318/v1/traces", resolver)
+    assert literal is not None and literal.endswith("\nIPAddressAllow=192.0.2.10\n")
+
+
+def test_a_name_that_does_not_resolve_is_an_error_naming_the_key():
+    resolver, _ = fake_dns({})
+    with pytest.raises(DropinError, match=r"tracing\.endpoint .*cannot resolve 'nowhere\.invalid'"):
+        dropin_text("http://nowhere.invalid:4318/v1/traces", resolver)
+    with pytest.raises(DropinError, match=r"(?i)tracing\.endpoint .*port"):
+        dropin_text("http://otel:99999/v1/traces", resolver)
+
+
+def test_install_writes_refreshes_and_removes_the_dropin(tmp_path: Path):
+    etc, units = tmp_path / "etc/falcon", tmp_path / "etc/systemd/system"
+    etc.mkdir(parents=True)
+    resolver, _ = fake_dns({"otel.example": ["10.0.0.5"], "otel2.example": ["10.0.0.6"]})
+
+    def install(toml: str, env: str = "") -> list[tuple[str, str]]:
+        (etc / "falcon.toml").write_text(toml)
+        (etc / "falcon.env").write_text(env)
+        lines: list[tuple[str, str]] = []
+        install_dropin(etc, units, lambda what, status: lines.append((status, what)),
+                       resolver)
+        return lines
+
+    path = units / DROPIN
+    remote = '[tracing]\nendpoint = "http://otel.example:4318/v1/traces"\n'
+    assert install(remote) == [("created", str(path))]
+    assert path.read_text().endswith("IPAddressAllow=10.0.0.5\n")
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert install(remote) == [("unchanged", str(path))]
+    # falcon.env overrides falcon.toml, as in the units
+    assert install(remote, 'FALCON_TRACING_ENDPOINT="http://otel2.example:4318/v1/traces"\n') \
+        == [("updated", str(path))]
+    assert path.read_text().endswith("IPAddressAllow=10.0.0.6\n")
+    (units / "falcon-daemon.service.d/mine.conf").write_text("[Service]\n")  # the operator's
+    assert install('[tracing]\nendpoint = "http://127.0.0.1:4318/v1/traces"\n')[0][0] == \
+        "removed"
+    assert not path.exists() and (units / "falcon-daemon.service.d/mine.conf").exists()
+    assert install("")[0][0] == "skipped"
+    (units / "falcon-daemon.service.d/mine.conf").unlink()
+    install(remote)
+    assert install("# tracing off\n")[0][0] == "removed"
+    assert not path.parent.exists()  # its directory too, once empty
+    with pytest.raises(DropinError, match="tracing.sample_ratio"):
+        install('[tracing]\nsample_ratio = 2\n')

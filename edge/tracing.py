@@ -25,6 +25,25 @@ import falcon
 from telemetry import Tracing
 
 
+def attributes(req: falcon.Request, route: str) -> dict[str, Any]:
+    """The request span's HTTP semantic-convention attributes (made for a sampled
+    request only: ``Tracing.server_span`` calls this after its decision)."""
+    host, _, port = (req.get_header("Host") or "").rpartition(":")
+    out: dict[str, Any] = {
+        "http.request.method": req.method, "http.route": route, "url.path": req.path,
+        "url.scheme": req.scheme, "network.protocol.version": req.env.get(
+            "SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1",
+        "server.address": host or req.env.get("SERVER_NAME", ""),
+        "client.address": req.access_route[0] if req.access_route else "",
+    }
+    if port.isdigit():
+        out["server.port"] = int(port)
+    agent = req.get_header("User-Agent")
+    if agent:
+        out["user_agent.original"] = agent
+    return out
+
+
 class TraceMiddleware:
     def __init__(self, tracing: Tracing) -> None:
         self.tracing = tracing
@@ -34,21 +53,9 @@ class TraceMiddleware:
         if resource is None or not getattr(resource, "traced", True):
             return
         route = req.uri_template or req.path
-        host, _, port = (req.get_header("Host") or "").rpartition(":")
-        attributes: dict[str, Any] = {
-            "http.request.method": req.method, "http.route": route, "url.path": req.path,
-            "url.scheme": req.scheme, "network.protocol.version": req.env.get(
-                "SERVER_PROTOCOL", "HTTP/1.1").partition("/")[2] or "1.1",
-            "server.address": host or req.env.get("SERVER_NAME", ""),
-            "client.address": req.access_route[0] if req.access_route else "",
-        }
-        if port.isdigit():
-            attributes["server.port"] = int(port)
-        agent = req.get_header("User-Agent")
-        if agent:
-            attributes["user_agent.original"] = agent
         req.context.span = self.tracing.server_span(f"{req.method} {route}",
-                                                    req.get_header("traceparent"), attributes)
+                                                    req.get_header("traceparent"),
+                                                    lambda: attributes(req, route))
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
                          req_succeeded: bool) -> None:
@@ -57,17 +64,18 @@ class TraceMiddleware:
             return
         if span.is_recording():
             status = resp.status_code
-            span.set_attribute("http.response.status_code", status)
+            done: dict[str, Any] = {"http.response.status_code": status}
             for name, key in (("falcon.model", "model"), ("falcon.model.version", "version"),
                               ("falcon.request_id", "request_id"), ("falcon.face", "face")):
                 value = req.context.get(key)
                 if value:
-                    span.set_attribute(name, str(value))
+                    done[name] = str(value)
             if req.context.get("model"):
-                span.set_attribute("falcon.cached", bool(req.context.get("cached")))
+                done["falcon.cached"] = bool(req.context.get("cached"))
             if status >= 500:
                 from opentelemetry.trace import Status, StatusCode
 
-                span.set_attribute("error.type", str(status))
+                done["error.type"] = str(status)
                 span.set_status(Status(StatusCode.ERROR))
+            span.set_attributes(done)  # (one lock and one pass, not one per attribute)
         span.end()

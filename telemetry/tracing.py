@@ -40,12 +40,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from telemetry import w3c
+from telemetry.sampling import RatioSampler
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +59,48 @@ _NULL: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
 RunRequest = tuple[w3c.TraceParent | None, int, int]  # (parent, enqueued_ns, started_ns)
 
 
+class UnsampledSpan:
+    """What :meth:`Tracing.server_span` answers for a request its sampling leaves out:
+    the trace id (the parent's, or the new root's that the decision was made on) and a
+    span id of its own, in hex, for the echoed ``traceparent`` and the audit record.
+    The span API's calls a request span gets are no-ops; nothing reaches the SDK."""
+
+    __slots__ = ("trace_id", "span_id", "header")
+
+    def __init__(self, trace_id: str) -> None:
+        self.trace_id = trace_id
+        self.span_id = format(random.getrandbits(64) or 1, "016x")
+        self.header = w3c.format_traceparent(trace_id, self.span_id, False)
+
+    def is_recording(self) -> bool:
+        return False
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def set_status(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def end(self, end_time: int | None = None) -> None:
+        pass
+
+    def get_span_context(self) -> Any:
+        """The OpenTelemetry ``SpanContext`` (not sampled) of these ids."""
+        from opentelemetry.trace import SpanContext
+
+        return SpanContext(int(self.trace_id, 16), int(self.span_id, 16), is_remote=False)
+
+
 def trace_id_of(span: Any) -> str:
+    if type(span) is UnsampledSpan:
+        return span.trace_id
     return format(span.get_span_context().trace_id, "032x")
 
 
 def traceparent_of(span: Any) -> str:
     """The W3C ``traceparent`` naming ``span`` as the parent (sampled flag as decided)."""
+    if type(span) is UnsampledSpan:
+        return span.header
     ctx = span.get_span_context()
     return w3c.format_traceparent(format(ctx.trace_id, "032x"), format(ctx.span_id, "016x"),
                                   bool(ctx.trace_flags & 1))
@@ -70,10 +109,31 @@ def traceparent_of(span: Any) -> str:
 def sampled_trace_id(span: Any) -> str | None:
     """``span``'s trace id if it is sampled (its trace is exported), else None: what an
     exemplar may point at."""
-    if span is None:
+    if span is None or type(span) is UnsampledSpan:
         return None
     ctx = span.get_span_context()
     return format(ctx.trace_id, "032x") if ctx.trace_flags & 1 else None
+
+
+class _DecidedIds:
+    """The SDK's random ids, except that the trace id of a root span
+    :meth:`Tracing.server_span` decided to sample is the one it decided on (set just
+    before the SDK asks, per thread or greenlet)."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+        self._random = RandomIdGenerator()
+        self.generate_span_id = self._random.generate_span_id
+        self.is_trace_id_random = self._random.is_trace_id_random
+        self.preset = threading.local()
+
+    def generate_trace_id(self) -> int:
+        trace_id = getattr(self.preset, "trace_id", 0)
+        if trace_id:
+            self.preset.trace_id = 0
+            return int(trace_id)
+        return int(self._random.generate_trace_id())
 
 
 class Tracing:
@@ -94,6 +154,9 @@ class Tracing:
         self.tracer: Any = None  # set by start(): an SDK Tracer
         self._provider: Any = None
         self._pid: int | None = None
+        self._sampler = RatioSampler(sample_ratio)
+        self._ids: _DecidedIds | None = None
+        self._api: Any = None  # opentelemetry.trace, once started
 
     @classmethod
     def from_settings(cls, settings: Any, component: str) -> Tracing:
@@ -111,6 +174,7 @@ class Tracing:
         any fork); idempotent per process; nothing when tracing is off."""
         if not self.enabled or self._pid == os.getpid():
             return
+        from opentelemetry import trace as api
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -121,14 +185,17 @@ class Tracing:
         resource = Resource.create({"service.name": self.service,
                                     "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
                                     "host.name": socket.gethostname()})
-        provider = TracerProvider(resource=resource,
+        self._ids = _DecidedIds()
+        # NOTE: server_span decides first with RatioSampler (telemetry/sampling.py), the
+        # same rule: this sampler sees only spans already decided on and agrees.
+        provider = TracerProvider(resource=resource, id_generator=self._ids,  # type: ignore[arg-type]
                                   sampler=ParentBased(TraceIdRatioBased(self.sample_ratio)))
         provider.add_span_processor(CountingBatchSpanProcessor(
             CountingExporter(exporter), max_queue_size=self.max_queue_spans,
             schedule_delay_millis=SCHEDULE_DELAY_MS,
             max_export_batch_size=min(MAX_EXPORT_BATCH, self.max_queue_spans),
             export_timeout_millis=self.export_timeout_s * 1000))
-        self._provider, self._pid = provider, os.getpid()
+        self._provider, self._pid, self._api = provider, os.getpid(), api
         self.tracer = provider.get_tracer("falcon")
         log.info("tracing on: %s to %s, sampling %.3g of new traces", self.service,
                  self.endpoint or type(exporter).__name__, self.sample_ratio)
@@ -144,17 +211,35 @@ class Tracing:
 
     # -- the edge -------------------------------------------------------------------
     def server_span(self, name: str, traceparent: str | None,
-                    attributes: dict[str, Any] | None = None) -> Any:
+                    attributes: dict[str, Any] | Callable[[], dict[str, Any]] | None = None
+                    ) -> Any:
         """A SERVER span for one request, child of a valid incoming ``traceparent``
         (sampled or not, as it says), else the root of a new trace (sampled at the
         ratio); None when tracing is off or not started in this process. Its
-        context always has a trace id, sampled or not."""
+        context always has a trace id, sampled or not. ``attributes``: a dict, or a
+        function making it, called only for a sampled request.
+
+        The decision comes first (:class:`~telemetry.sampling.RatioSampler`, the SDK's
+        ``ParentBased(TraceIdRatioBased)`` rule on the same trace id): a request left
+        out gets an :class:`UnsampledSpan` without a call into the SDK."""
         if self.tracer is None:
             return None
-        from opentelemetry.trace import SpanKind
-
-        return self.tracer.start_span(name, context=self._parent(w3c.parse(traceparent)),
-                                      kind=SpanKind.SERVER, attributes=attributes)
+        parent = w3c.parse(traceparent)
+        if parent is not None:
+            if not parent.sampled:
+                return UnsampledSpan(parent.trace_id)
+            context = self._parent(parent)
+        else:
+            trace_id = random.getrandbits(128) or 1  # the SDK's RandomIdGenerator's way
+            if not self._sampler.root_sampled(trace_id):
+                return UnsampledSpan(format(trace_id, "032x"))
+            assert self._ids is not None
+            self._ids.preset.trace_id = trace_id  # the root's id: the one decided on
+            context = self._parent(None)
+        if callable(attributes):
+            attributes = attributes()
+        return self.tracer.start_span(name, context=context, kind=self._api.SpanKind.SERVER,
+                                      attributes=attributes)
 
     def child(self, parent: Any, name: str, attributes: dict[str, Any] | None = None,
               client: bool = False) -> contextlib.AbstractContextManager[Any]:
@@ -168,12 +253,10 @@ class Tracing:
     @contextlib.contextmanager
     def _child(self, parent: Any, name: str, attributes: dict[str, Any] | None,
                client: bool) -> Iterator[Any]:
-        from opentelemetry import trace
-        from opentelemetry.trace import SpanKind
-
-        span = self.tracer.start_span(name, context=trace.set_span_in_context(parent),
-                                      kind=SpanKind.CLIENT if client else SpanKind.INTERNAL,
-                                      attributes=attributes)
+        api = self._api
+        span = self.tracer.start_span(name, context=api.set_span_in_context(parent),
+                                      kind=api.SpanKind.CLIENT if client else
+                                      api.SpanKind.INTERNAL, attributes=attributes)
         try:
             yield span
         except BaseException as exc:

@@ -81,3 +81,22 @@ def test_unsampled_the_echo_says_so_and_nothing_is_exported():
     tracing.flush()
     assert exporter.get_finished_spans() == ()
     tracing.shutdown()
+
+
+def test_an_unsampled_request_builds_no_attributes_and_echoes_its_new_trace(monkeypatch):
+    import edge.tracing
+
+    built: list[str] = []
+    real = edge.tracing.attributes
+    monkeypatch.setattr(edge.tracing, "attributes",
+                        lambda req, route: built.append(route) or real(req, route))
+    client, tracing, exporter = app(0.0)
+    res = client.simulate_get("/things/x")
+    echoed = res.headers["traceparent"]
+    assert echoed.startswith(f"00-{res.json['trace']}-") and echoed.endswith("-00")
+    assert built == []
+    client.simulate_get("/things/x", headers={"traceparent": f"00-{TID}-{SID}-01"})
+    assert built == ["/things/{name}"]  # a sampled one has them
+    tracing.flush()
+    assert len(exporter.get_finished_spans()) == 1
+    tracing.shutdown()

@@ -18,6 +18,8 @@ from prometheus_client.openmetrics.exposition import generate_latest
 from telemetry import Tracing, sampled_trace_id, trace_id_of, traceparent_of, w3c
 from telemetry.exemplars import Exemplars, WithExemplars
 from telemetry.export import CountingBatchSpanProcessor, CountingExporter
+from telemetry.sampling import RatioSampler
+from telemetry.tracing import UnsampledSpan
 
 TID, SID = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
 
@@ -90,6 +92,88 @@ def test_an_unsampled_parent_or_a_zero_ratio_records_nothing_but_keeps_the_trace
     assert exporter.get_finished_spans() == () and exporter0.get_finished_spans() == ()
     t.shutdown()
     t0.shutdown()
+
+
+def sdk_decides(ratio: float, parent: w3c.TraceParent | None, trace_id: int) -> bool:
+    """What the SDK's ParentBased(TraceIdRatioBased(ratio)) decides for that parent/trace id."""
+    from opentelemetry import trace
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    context = Context()
+    if parent is not None and parent.span_id is not None:
+        remote = trace.SpanContext(int(parent.trace_id, 16), int(parent.span_id, 16),
+                                   is_remote=True,
+                                   trace_flags=trace.TraceFlags(1 if parent.sampled else 0))
+        context = trace.set_span_in_context(trace.NonRecordingSpan(remote), context)
+    result = ParentBased(TraceIdRatioBased(ratio)).should_sample(context, trace_id, "x")
+    return bool(result.decision.is_sampled())
+
+
+def test_the_sampling_shortcut_decides_exactly_as_the_sdks_parent_based_ratio_sampler():
+    import random
+
+    rng = random.Random(18)
+    bound_10 = round(0.1 * 2 ** 64)
+    edges = [1, bound_10 - 1, bound_10, bound_10 + 1, 2 ** 64 - 1, 2 ** 64, 2 ** 128 - 1,
+             (7 << 64) | (bound_10 - 1), (7 << 64) | bound_10]
+    ids = edges + [rng.getrandbits(128) or 1 for _ in range(3000)]
+    for ratio in (0.0, 0.1, 1.0):
+        ours = RatioSampler(ratio)
+        seen = set()
+        for trace_id in ids:
+            hex_id = format(trace_id, "032x")
+            for parent in (None, w3c.TraceParent(hex_id, SID, True),
+                           w3c.TraceParent(hex_id, SID, False), w3c.TraceParent(hex_id, None, False)):
+                decided = ours.sampled(parent, trace_id)
+                assert decided == sdk_decides(ratio, parent, trace_id), (ratio, parent, trace_id)
+                seen.add((parent is None, decided))
+        # roots both ways at 10 %, parents both ways at every ratio: each branch compared
+        assert {(False, True), (False, False)} <= seen
+        assert (ratio == 0.1) <= ({(True, True), (True, False)} <= seen)
+        assert ours.root_sampled(bound_10 - 1) == (ratio > 0.0)
+        assert ours.root_sampled(bound_10) == (ratio == 1.0)
+    with pytest.raises(ValueError, match="sample ratio"):
+        RatioSampler(1.5)
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.1, 1.0])
+def test_server_span_samples_roots_on_their_trace_id_and_skips_the_sdk_otherwise(ratio):
+    """A sampled root's exported trace id is the one the decision was made on; an
+    unsampled request gets an UnsampledSpan (no SDK span) and exports nothing."""
+    t, exporter = tracing(ratio)
+    ours = RatioSampler(ratio)
+    made = [t.server_span("GET /x", None, lambda: {"http.route": "/x"}) for _ in range(400)]
+    sampled = {trace_id_of(s) for s in made if s.is_recording()}
+    for span in made:
+        tid = int(trace_id_of(span), 16)
+        assert ours.root_sampled(tid) == span.is_recording() == (sampled_trace_id(span) is not None)
+        assert isinstance(span, UnsampledSpan) != span.is_recording()
+        span.end()
+    t.flush()
+    exported = {format(s.context.trace_id, "032x") for s in exporter.get_finished_spans()}
+    assert exported == sampled
+    assert all(s.attributes["http.route"] == "/x" for s in exporter.get_finished_spans())
+    if ratio == 1.0:
+        assert len(exported) == 400
+    if ratio == 0.0:
+        assert exported == set()
+    if ratio == 0.1:
+        assert 10 <= len(exported) <= 90  # binomial(400, 0.1): 40 +- 6 sd
+    t.shutdown()
+
+
+def test_an_unsampled_span_echoes_its_trace_and_makes_no_attributes():
+    t, exporter = tracing(1.0)
+    called = []
+    span = t.server_span("GET /x", f"00-{TID}-{SID}-00", lambda: called.append(1) or {})
+    assert isinstance(span, UnsampledSpan) and called == []
+    tp = w3c.parse(traceparent_of(span))
+    assert tp is not None and (tp.trace_id, tp.sampled) == (TID, False) and tp.span_id != SID
+    ctx = span.get_span_context()
+    assert (format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")) == (TID, tp.span_id)
+    assert not ctx.trace_flags.sampled
+    t.shutdown()
 
 
 def test_a_run_is_queue_spans_and_one_batch_span_linking_every_request():

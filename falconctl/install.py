@@ -74,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import settings as settings_mod
-from falconctl.tracing_dropin import DropinError, install_dropin
+from falconctl.tracing_dropin import DROPIN, DropinError, install_dropin
 from service.durable import write_atomically
 from settings import ConfigError, Settings
 
@@ -104,6 +104,7 @@ class InstallError(RuntimeError):
 @dataclass
 class Report:
     lines: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # steps that failed; the rest went on
 
     def add(self, what: str, status: str) -> None:
         self.lines.append(f"{status:<10} {what}")
@@ -321,8 +322,9 @@ def install(root: Path, prefix: Path, venv: Path, haproxy: str) -> Report:
                     + (prefix / "ops/haproxy/haproxy.cfg").read_text(), report)
     try:  # the daemon's way to a collector off this host (falconctl/tracing_dropin.py)
         install_dropin(etc, unit_dir, report.add)
-    except DropinError as exc:
-        raise InstallError(str(exc)) from None
+    except DropinError as exc:  # the other steps still run (daemon-reload included)
+        report.add(f"{unit_dir / DROPIN} (left as it was: {exc})", "failed")
+        report.errors.append(str(exc))
     state = root / STATE_DIR.lstrip("/")
     copied = install_models(prefix / "models", state / "models", report)
     if not real_root:
@@ -367,7 +369,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"falconctl install: {exc}", file=sys.stderr)
         return 1
     print("\n".join(report.lines))
-    return 0
+    for error in report.errors:
+        print(f"falconctl install: {error}", file=sys.stderr)
+    return 1 if report.errors else 0
 
 
 # -- ExecStartPre of falcon-haproxy.service ---------------------------------------

@@ -64,3 +64,30 @@ def test_render_refuses_unfilled_placeholders():
         assert "@OTHER@" in str(exc)
     else:
         raise AssertionError("an unfilled placeholder went through")
+
+
+def test_the_daemons_tracing_dropin_follows_the_installed_endpoint(tmp_path: Path):
+    """A collector off the host: its address allowed in a drop-in; a configuration
+    the drop-in cannot be made from fails the command naming the key, after every
+    other step ran; tracing off again: the drop-in is removed."""
+    install(tmp_path)
+    toml, units = tmp_path / "etc/falcon/falcon.toml", tmp_path / "etc/systemd/system"
+    dropin = units / "falcon-daemon.service.d/tracing.conf"
+    sample = toml.read_text()
+    toml.write_text(sample + '\n[tracing]\nendpoint = "http://192.0.2.10:4318/v1/traces"\n')
+    assert f"created    {dropin}" in install(tmp_path)
+    assert dropin.read_text().endswith("\n[Service]\nIPAddressAllow=192.0.2.10\n")
+
+    toml.write_text(sample + '\n[tracing]\nendpoint = "http://192.0.2.10:4318/v1/traces"\n'
+                    'sample_ratio = 2\n')
+    done = subprocess.run([FALCONCTL, "install", "--root", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and "tracing.sample_ratio" in done.stderr, done
+    assert f"failed     {dropin}" in done.stdout and dropin.exists()
+    assert any(ln.startswith("skipped") and "user falcon" in ln  # the steps after it ran
+               for ln in done.stdout.splitlines()), done.stdout
+
+    toml.write_text(sample)
+    assert f"removed    {dropin} (tracing off or on loopback)" in install(tmp_path)
+    assert not dropin.parent.exists()

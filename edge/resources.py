@@ -23,9 +23,10 @@ from edge import v2codec
 from edge.audit import RequestContext
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.drain import draining
-from edge.errors import InvalidInput, PayloadTooLarge
+from edge.errors import InvalidInput, ModelNotFound, PayloadTooLarge
 from edge.validation import ModelMeta, TensorMeta
 from telemetry import trace_id_of, traceparent_of
+from wire import ops
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -222,11 +223,22 @@ class ModelMetadata(Resource):
 
 
 class ModelReady(Resource):
+    """200 ``{"ready": true}`` when the model (version) is loaded; 400 ``{"ready":
+    false}`` when it is in the repository but not loaded (the Open Inference Protocol:
+    "a 4xx status code indicating false"; ``tritonclient``'s ``is_model_ready`` reads
+    any non-200 as false); 404 when the repository has no such model or version."""
+
     scope = PREDICT
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str,
                version: str | None = None) -> None:
-        ready = self.core.model_ready(model, version, self.deadline(req))
+        deadline = self.deadline(req)
+        ready = self.core.model_ready(model, version, deadline)
+        if not ready:  # known but not loaded, or unknown: only the repository index tells
+            index = self.core.manage(ops.Index(), deadline).models
+            if not any(e.name == model and version in (None, e.version) for e in index):
+                what = f"version {version!r} of model {model!r}" if version else f"model {model!r}"
+                raise ModelNotFound(f"{what} is not in the repository")
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_400
         send_json(resp, {"name": model, "ready": ready})
 

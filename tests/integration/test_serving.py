@@ -7,6 +7,7 @@ and the same rows: the platform must not change an answer.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,36 @@ def test_metadata_openapi_and_health(addr):
     assert request(addr, "GET", "/v2/health/live").status == 200
     assert request(addr, "GET", "/v2/health/ready").status == 200
     assert request(addr, "GET", "/v2/models/digits/versions/1/ready").status == 200
-    assert request(addr, "GET", "/v2/models/digits/versions/9/ready").status == 400
+    assert request(addr, "GET", "/v2/models/digits/versions/9/ready").status == 404
     spec = request(addr, "GET", "/openapi.json").json()
     assert "/v1/models/{model}/predict" in spec["paths"]
     assert "/v2/models/{model}/infer" in spec["paths"]
     index = request(addr, "POST", "/v2/repository/index").json()
     assert {"name": "digits", "version": "1", "state": "READY", "reason": ""} in index
+
+
+def test_model_ready_is_404_for_unknown_and_400_for_known_but_not_loaded(make_stack):
+    """DESIGN: an unknown model or version is 404 on every route; the Open Inference
+    Protocol's ready answer for a known one that is not loaded is a 4xx with
+    {"ready": false} (400, as Triton), and tritonclient reads both as not ready."""
+    addr = make_stack().settings.haproxy.bind
+    client = triton.InferenceServerClient(addr)
+    assert request(addr, "GET", "/v2/models/multi/ready").json() == {"name": "multi", "ready": True}
+    assert client.is_model_ready("multi") and client.is_model_ready("multi", "1")
+    for path in ("/v2/models/nope/ready", "/v2/models/nope/versions/1/ready",
+                 "/v2/models/multi/versions/9/ready"):
+        ans = request(addr, "GET", path)
+        assert ans.status == 404 and "not in the repository" in ans.json()["error"], path
+    assert not client.is_model_ready("nope") and not client.is_model_ready("multi", "9")
+    assert request(addr, "POST", "/v2/repository/models/multi/unload").status == 200
+    time.sleep(1.0)  # every edge worker's cached metadata expires (edge.metadata_ttl_s: 0.5 here)
+    for path in ("/v2/models/multi/ready", "/v2/models/multi/versions/1/ready"):
+        ans = request(addr, "GET", path)
+        assert ans.status == 400 and ans.json() == {"name": "multi", "ready": False}, path
+    assert not client.is_model_ready("multi") and not client.is_model_ready("multi", "1")
+    assert request(addr, "POST", "/v2/repository/models/multi/load").status == 200
+    time.sleep(1.0)
+    assert client.is_model_ready("multi") and client.is_model_ready("multi", "1")
 
 
 def test_request_id_is_taken_from_the_client_when_well_formed(addr):

@@ -10,6 +10,8 @@ Usage (what :meth:`telemetry.tracing.Tracing.start` does)::
   queue and one export thread; ending a span appends it and returns), counting the
   spans its full queue drops (``falcon_trace_spans_dropped_total{reason="queue_full"}``;
   the SDK only logs them).
+- :class:`HashedResource`: the process's resource with its hash computed once (the
+  OTLP encoder groups a batch's spans by resource, hashing it per span).
 - :class:`CountingExporter` wraps the OTLP/HTTP exporter and counts the spans of
   every batch it failed to deliver (``reason="export_failed"``: the collector down,
   slow past the timeout, or refusing) and those it delivered
@@ -21,10 +23,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from telemetry.metrics import SPANS_DROPPED, SPANS_EXPORTED
+
+
+class HashedResource(Resource):
+    """``resource`` (immutable) whose hash is computed once: ``Resource.__hash__`` dumps
+    its attributes to JSON on every call, and the OTLP encoder calls it per span."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 def otlp_exporter(endpoint: str, timeout_s: float) -> SpanExporter:

@@ -44,7 +44,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from telemetry import w3c
@@ -115,6 +115,25 @@ def sampled_trace_id(span: Any) -> str | None:
     return format(ctx.trace_id, "032x") if ctx.trace_flags & 1 else None
 
 
+class _Child:
+    """A started child span as a context manager: ended on exit, an exception's type
+    recorded as ``error.type`` (a class: cheaper per span than a generator's)."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def __enter__(self) -> Any:
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if kind is not None:
+            self.span.set_attribute("error.type", kind.__name__)
+        self.span.end()
+
+
 class _DecidedIds:
     """The SDK's random ids, except that the trace id of a root span
     :meth:`Tracing.server_span` decided to sample is the one it decided on (set just
@@ -179,12 +198,20 @@ class Tracing:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-        from telemetry.export import CountingBatchSpanProcessor, CountingExporter, otlp_exporter
+        from telemetry import sdk_locks
+        from telemetry.export import (
+            CountingBatchSpanProcessor,
+            CountingExporter,
+            HashedResource,
+            otlp_exporter,
+        )
 
         exporter = self._exporter or otlp_exporter(self.endpoint, self.export_timeout_s)
-        resource = Resource.create({"service.name": self.service,
-                                    "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
-                                    "host.name": socket.gethostname()})
+        resource = HashedResource(Resource.create({
+            "service.name": self.service,
+            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
+            "host.name": socket.gethostname()}))
+        sdk_locks.use_native_locks()  # a gevent worker: C locks for the spans' own
         self._ids = _DecidedIds()
         # NOTE: server_span decides first with RatioSampler (telemetry/sampling.py), the
         # same rule: this sampler sees only spans already decided on and agrees.
@@ -248,22 +275,11 @@ class Tracing:
         or not recording (tracing off, request not sampled)."""
         if parent is None or self.tracer is None or not parent.is_recording():
             return _NULL
-        return self._child(parent, name, attributes, client)
-
-    @contextlib.contextmanager
-    def _child(self, parent: Any, name: str, attributes: dict[str, Any] | None,
-               client: bool) -> Iterator[Any]:
         api = self._api
-        span = self.tracer.start_span(name, context=api.set_span_in_context(parent),
-                                      kind=api.SpanKind.CLIENT if client else
-                                      api.SpanKind.INTERNAL, attributes=attributes)
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__name__)
-            raise
-        finally:
-            span.end()
+        return _Child(self.tracer.start_span(
+            name, context=api.set_span_in_context(parent),
+            kind=api.SpanKind.CLIENT if client else api.SpanKind.INTERNAL,
+            attributes=attributes))
 
     # -- the daemon -----------------------------------------------------------------
     def record_run(self, name: str, requests: Sequence[RunRequest], run_start_ns: int,

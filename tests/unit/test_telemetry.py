@@ -301,3 +301,52 @@ def test_the_tracing_keys_are_checked_and_name_themselves(tmp_path: Path):
                      ({"FALCON_TRACING_MAX_QUEUE_SPANS": "0"}, "tracing.max_queue_spans")):
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load(cfg, env=env)
+
+
+GEVENT_SPANS = r"""
+from gevent import monkey; monkey.patch_all()
+import threading
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from telemetry import Tracing
+exporter = InMemorySpanExporter()
+t = Tracing(exporter=exporter, sample_ratio=1.0); t.start()
+span = t.server_span("GET /x", None, {"a": 1})
+with t.child(span, "validate") as child:
+    child.set_attribute("falcon.rows", 2)
+native = type(monkey.get_original("_thread", "allocate_lock")())
+assert type(threading.Lock()) is not native  # gevent's, everywhere else
+assert type(span._lock) is native and type(child._attributes._lock) is native
+span.end(); t.flush()
+names = sorted(s.name for s in exporter.get_finished_spans())
+assert names == ["GET /x", "validate"], names
+print("ok")
+"""
+
+
+def test_in_a_gevent_process_the_sdks_span_locks_are_c_locks_and_spans_export():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", GEVENT_SPANS], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_without_gevent_the_sdk_locks_are_left_alone():
+    from telemetry import sdk_locks
+
+    assert sdk_locks.use_native_locks() is False
+    import opentelemetry.sdk.trace
+
+    assert opentelemetry.sdk.trace.threading is threading
+
+
+def test_the_resource_hash_is_computed_once_and_agrees_with_the_sdks():
+    from opentelemetry.sdk.resources import Resource
+
+    from telemetry.export import HashedResource
+
+    plain = Resource.create({"service.name": "falcon-edge", "host.name": "h"})
+    hashed = HashedResource(plain)
+    assert hashed == plain and hash(hashed) == hash(plain)
+    assert {hashed: 1}[plain] == 1

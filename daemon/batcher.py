@@ -176,7 +176,7 @@ def batch_policy(config: ModelConfig, inputs: Sequence[_Spec], outputs: Sequence
                  model: str = "") -> BatchPolicy:
     """The effective policy of a version from its config's ``[batching]``."""
     cfg = config.batching
-    rows = cfg.max_batch_size or config.max_batch_size
+    rows = cfg.max_run_rows or config.max_request_rows
     why = unbatchable(inputs, outputs)
     if cfg.enabled and why:
         log.warning("model %s: [batching] enabled = true ignored: %s; running unbatched",

@@ -206,7 +206,7 @@ def warmup_rows(lv: LoadedVersion) -> list[int]:
     if not all(s.shape and s.shape[0] < 0 for s in lv.inputs):
         return [0]  # 0: every dimension as the model fixes it (dynamic ones: 1)
     config = lv.entry.config
-    batch = config.batching.max_batch_size or config.max_batch_size
+    batch = config.batching.max_run_rows or config.max_request_rows
     return sorted({1, max(1, batch)})
 
 

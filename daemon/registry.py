@@ -159,7 +159,7 @@ def check_feeds(lv: LoadedVersion, feeds: list[tuple[str, np.ndarray]],
                                f"(inputs: {', '.join(specs)})")
         if name in got:
             raise InvalidFeeds(f"input {name!r}", "given twice")
-        _check_tensor(spec, arr, lv.entry.config.max_batch_size)
+        _check_tensor(spec, arr, lv.entry.config.max_request_rows)
         got[name] = arr
     missing = [n for n in specs if n not in got]
     if missing:
@@ -186,5 +186,5 @@ def _check_tensor(spec: TensorSpec, arr: np.ndarray, max_batch: int) -> None:
             raise InvalidFeeds(f"input {spec.name!r}", f"dimension {i} is {got}, model expects {want}")
     if spec.shape and spec.shape[0] < 0 and arr.shape[0] > max_batch:
         raise InvalidFeeds(f"input {spec.name!r}", f"batch of {arr.shape[0]} rows exceeds "
-                           f"max_batch_size {max_batch}")
+                           f"max_request_rows {max_batch}")
 

@@ -63,9 +63,9 @@ class BatchingConfig:
         "dimension of every input and output is dynamic (a batch dimension), off otherwise; "
         "true on a model without a batch dimension is logged and ignored. Batching assumes "
         "rows are independent: false for a model whose output for one row depends on others.")
-    max_batch_size: int | None = key(
-        None, "Rows per run (default: the model's max_batch_size); a single request with "
-        "more rows runs alone.", min=1, max=1 << 20)
+    max_run_rows: int | None = key(
+        None, "Rows per run of the model (default: the model's max_request_rows); a single "
+        "request with more rows runs alone.", min=1, max=1 << 20, formerly="max_batch_size")
     max_queue_delay_us: int = key(
         DEFAULT_QUEUE_DELAY_US, "How long the first request of a batch waits for others; a "
         "batch also runs as soon as it is full. 0: no waiting, batches form from the requests "
@@ -104,9 +104,10 @@ class ModelConfig:
     --describe`` lists every key); tables this file does not declare are kept in
     ``extra`` for other tools."""
 
-    max_batch_size: int = key(256, "Rows one request may carry (413 beyond); the edge's "
-                                   "edge.max_batch_rows bounds it too. Not the rows of a run: "
-                                   "that is batching.max_batch_size.", min=1, max=1 << 20)
+    max_request_rows: int = key(256, "Rows one request may carry (413 beyond); the edge's "
+                                     "edge.max_request_rows bounds it too. Not the rows of a "
+                                     "run: that is batching.max_run_rows.", min=1, max=1 << 20,
+                                formerly="max_batch_size")
     prepack: bool = key(False, "Let ONNX Runtime prepack the weights: faster MatMul, but a "
                                "private copy of them in the daemon beside the shared segment.")
     intra_op_threads: int = key(0, "ONNX Runtime intra-op threads for this model (0: the "
@@ -124,7 +125,8 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"max_batch_size": self.max_batch_size, "labels": list(self.labels),
+        # NOTE: "max_batch_size" on the wire and in V2 metadata: Triton's name for it.
+        return {"max_batch_size": self.max_request_rows, "labels": list(self.labels),
                 "label_output": self.label_output,
                 "probabilities_output": self.probabilities_output,
                 "description": self.description, "prepack": self.prepack,

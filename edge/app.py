@@ -137,7 +137,7 @@ def make_core(settings: Settings, tracing: Tracing | None = None) -> Core:
                       reset_timeout=settings.edge.breaker_reset_s, count=(Unavailable,))
     return Core(client, auditor=make_auditor(settings), cache=make_cache(settings),
                 breaker=breaker, deadline_ms=settings.edge.deadline_ms,
-                max_rows=settings.edge.max_batch_rows,
+                max_rows=settings.edge.max_request_rows,
                 metadata_ttl_s=settings.edge.metadata_ttl_s, tracing=tracing)
 
 

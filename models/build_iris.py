@@ -127,7 +127,7 @@ def config_text(accuracy: float, rows: int, sha256: str) -> str:
 # No labels / label_output / probabilities_output: the class labels are the ZipMap's,
 # and /v1 finds the label and probability outputs itself.
 description = "{DESCRIPTION}"
-max_batch_size = 256          # largest batch (rows) one request may carry
+max_request_rows = 256        # rows one request may carry (413 beyond)
 prepack = false               # ONNX Runtime weight prepacking (private packed copy of weights)
 
 [cache]

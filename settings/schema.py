@@ -9,6 +9,7 @@ naming the key (and the environment variable or file it came from).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import re
@@ -21,6 +22,7 @@ from typing import Any
 
 DEFAULT_CONFIG_PATH = Path("/etc/falcon/falcon.toml")
 ENV_PREFIX = "FALCON_"
+log = logging.getLogger("falcon.settings")
 
 
 class ConfigError(ValueError):
@@ -29,11 +31,32 @@ class ConfigError(ValueError):
 
 
 def key(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
-        choices: tuple[str, ...] | None = None, pattern: str | None = None) -> Any:
+        choices: tuple[str, ...] | None = None, pattern: str | None = None,
+        formerly: str | None = None) -> Any:
     """Declare one setting: its default, a description and optional bounds
-    (``pattern``: a regular expression a non-empty string must match whole)."""
+    (``pattern``: a regular expression a non-empty string must match whole).
+    ``formerly``: the key's old name, still accepted (file and environment) with a
+    deprecation warning naming the new one; both at once is an error."""
     return field(default=default, metadata={"doc": doc, "min": min, "max": max,
-                                            "choices": choices, "pattern": pattern})
+                                            "choices": choices, "pattern": pattern,
+                                            "formerly": formerly})
+
+
+def deprecated(where: str, old: str, new: str) -> None:
+    """Warn, once per process and place, that ``old`` is read as ``new``."""
+    if (where, old) in _WARNED:
+        return
+    _WARNED.add((where, old))
+    log.warning("%s: '%s' is deprecated, read as '%s': rename it", where, old, new)
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def doc_of(f: Any) -> str:
+    """A declared key's description, its old name included."""
+    old = f.metadata.get("formerly")
+    return f.metadata["doc"] + (f" (Formerly '{old}': still read, with a warning.)" if old else "")
 
 
 @dataclass(frozen=True)
@@ -80,9 +103,9 @@ class EdgeSettings:
                                  "'X-Request-Timeout-Ms' header.", min=10, max=600000)
     max_body_bytes: int = key(16 << 20, "Largest request body accepted (413 beyond).",
                               min=1024, max=1 << 30)
-    max_batch_rows: int = key(1024, "Upper bound on rows per request for every model "
-                                    "(a model's max_batch_size can only lower it).",
-                              min=1, max=1 << 20)
+    max_request_rows: int = key(1024, "Upper bound on rows per request for every model "
+                                      "(a model's max_request_rows can only lower it).",
+                                min=1, max=1 << 20, formerly="max_batch_rows")
     metadata_ttl_s: float = key(2.0, "How long a worker caches model metadata.", min=0, max=3600)
     graceful_timeout_s: int = key(30, "gunicorn graceful timeout on stop/reload.", min=1, max=3600)
     drain_s: float = key(2.5, "On SIGTERM, how long the edge reports not-ready (so HAProxy's "
@@ -308,7 +331,7 @@ def _declared() -> list[Setting]:
     out = []
     for section, cls in _sections().items():
         for f in dataclasses.fields(cls):
-            out.append(Setting(section, f.name, _type_of(cls, f), f.default, f.metadata["doc"]))
+            out.append(Setting(section, f.name, _type_of(cls, f), f.default, doc_of(f)))
     return out
 
 
@@ -378,10 +401,37 @@ def _reject_unknown(data: Mapping[str, Any], source: str) -> None:
                               f"(known: {', '.join(sections)})")
         if not isinstance(body, dict):
             raise ConfigError(f"{source}: [{section}] must be a table")
-        known = {f.name for f in dataclasses.fields(sections[section])}
+        fields = dataclasses.fields(sections[section])
+        known = {f.name for f in fields} | {f.metadata["formerly"] for f in fields
+                                            if f.metadata.get("formerly")}
         for name in body:
             if name not in known:
                 raise ConfigError(f"{source}: unknown key {section}.{name}")
+
+
+def _renamed(body: Mapping[str, Any], env: Mapping[str, str], section: str, f: Any,
+             source: str) -> Mapping[str, Any]:
+    """``body`` with a key given under its old name (``key(formerly=)``) under the new
+    one; both at once is a ConfigError."""
+    old = f.metadata.get("formerly")
+    if not old or old not in body:
+        return body
+    if f.name in body:
+        raise ConfigError(f"{source}: {section}.{old} and {section}.{f.name} are the same key "
+                          f"(the first is its old name): keep {section}.{f.name}")
+    deprecated(source, f"{section}.{old}", f"{section}.{f.name}")
+    return {**body, f.name: body[old]}
+
+
+def _old_env(env: Mapping[str, str], section: str, f: Any) -> str:
+    """The environment variable of the key's old name, if set (and deprecated)."""
+    old = f.metadata.get("formerly")
+    name = f"{ENV_PREFIX}{section.upper()}_{old.upper()}" if old else ""
+    if not name or name not in env:
+        return ""
+    new = f"{ENV_PREFIX}{section.upper()}_{f.name.upper()}"
+    deprecated("environment", f"${name}", f"${new}")
+    return name
 
 
 def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -399,12 +449,14 @@ def load(path: Path | str | None = None, env: Mapping[str, str] | None = None) -
         for f in dataclasses.fields(cls):
             s = Setting(section, f.name, _type_of(cls, f), f.default, f.metadata["doc"])
             value, where = f.default, f"{section}.{f.name}"
-            if f.name in data.get(section, {}):
+            given = _renamed(data.get(section, {}), env, section, f, source)
+            if f.name in given:
                 where = f"{source}: {section}.{f.name}"
-                value = _convert(data[section][f.name], s.type, where)
-            if s.env in env:
-                where = f"{section}.{f.name} (from ${s.env})"
-                value = _convert(env[s.env], s.type, where, from_env=True)
+                value = _convert(given[f.name], s.type, where)
+            env_name = s.env if s.env in env else _old_env(env, section, f)
+            if env_name:
+                where = f"{section}.{f.name} (from ${env_name})"
+                value = _convert(env[env_name], s.type, where, from_env=True)
             _check_bounds(value, f.metadata, where)
             values[f.name] = value
         sections[section] = cls(**values)

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from settings.schema import ConfigError
+from settings.schema import ConfigError, deprecated, doc_of
 
 T = TypeVar("T")
 
@@ -54,6 +54,7 @@ def parse_table(cls: type[T], data: Any, where: str, prefix: str = "",
     fields = {f.name: f for f in dataclasses.fields(cls)  # type: ignore[arg-type]
               if "doc" in f.metadata}
     values: dict[str, Any] = {}
+    data = _renamed(data, fields, where, prefix)
     for name, value in data.items():
         f = fields.get(name)
         if f is None:
@@ -82,8 +83,24 @@ def describe(cls: type, prefix: str = "") -> list[TableKey]:
             out += describe(typ, f"{prefix}{f.name}.")  # type: ignore[arg-type]
         else:
             default = f.default if f.default is not dataclasses.MISSING else None
-            out.append(TableKey(prefix + f.name, _type_name(typ), default, f.metadata["doc"]))
+            out.append(TableKey(prefix + f.name, _type_name(typ), default, doc_of(f)))
     return out
+
+
+def _renamed(data: Mapping[str, Any], fields: Mapping[str, Any], where: str,
+             prefix: str) -> Mapping[str, Any]:
+    """``data`` with keys given under their old names (``key(formerly=)``) renamed;
+    old and new name both given is a ConfigError."""
+    for name, f in fields.items():
+        old = f.metadata.get("formerly")
+        if not old or old not in data:
+            continue
+        if name in data:
+            raise ConfigError(f"{where}: {prefix}{old} and {prefix}{name} are the same key (the "
+                              f"first is its old name): keep {prefix}{name}")
+        deprecated(where, prefix + old, prefix + name)
+        data = {(name if k == old else k): v for k, v in data.items()}
+    return data
 
 
 def _plain(typ: Any) -> Any:

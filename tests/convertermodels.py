@@ -60,7 +60,7 @@ def _write(repo: Path, name: str, model: onnx.ModelProto, config: str = "") -> P
     path.write_bytes(model.SerializeToString())
     (Path(repo) / name / "config.toml").write_text(
         f'description = "{name}: converter output built by tests/convertermodels.py"\n'
-        f"max_batch_size = 64\n{config}", encoding="utf-8")
+        f"max_request_rows = 64\n{config}", encoding="utf-8")
     return path
 
 

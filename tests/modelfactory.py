@@ -44,7 +44,7 @@ def write_config(
     lines = [
         "# Per-model configuration. Read by the inference daemon at load time.",
         f"description = {json.dumps(description)}",
-        f"max_batch_size = {max_batch_size}",
+        f"max_request_rows = {max_batch_size}",
         f"prepack = {'true' if prepack else 'false'}",
     ]
     if labels is not None:

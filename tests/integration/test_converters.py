@@ -251,7 +251,7 @@ def test_versions_are_warmed_up_before_they_serve_and_the_time_is_exported(stack
 
 
 def test_tree_ensembles_answer_a_row_alike_alone_and_in_a_big_run(addr, built):
-    """One request of 64 rows (the models' max_batch_size), then some of them alone: the
+    """One request of 64 rows (the models' max_request_rows), then some of them alone: the
     same bits (the daemon runs tree ensembles on one intra-op thread under [batching]
     exact; with two, a run of 64 rows changed 88 of 192 probabilities here)."""
     b = built["lgbm"]

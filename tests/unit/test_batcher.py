@@ -611,7 +611,7 @@ DYNAMIC_IN, DYNAMIC_OUT = [Spec("x", (-1, 3))], [Spec("y", (-1, 3)), Spec("s", (
 
 
 def test_policy_defaults_follow_the_model():
-    p = batch_policy(ModelConfig(max_batch_size=32), DYNAMIC_IN, DYNAMIC_OUT)
+    p = batch_policy(ModelConfig(max_request_rows=32), DYNAMIC_IN, DYNAMIC_OUT)
     assert (p.enabled, p.max_batch_rows, p.max_queue_rows, p.max_running) == (True, 32, 256, 1)
     assert p.max_queue_delay_s == BatchingConfig().max_queue_delay_us / 1e6
     assert p.to_wire()["max_queue_delay_us"] == BatchingConfig().max_queue_delay_us
@@ -635,7 +635,7 @@ def test_a_model_without_a_batch_dimension_is_not_batched(inputs, outputs, culpr
 
 def test_policy_from_a_config_file(tmp_path: Path):
     path = tmp_path / "config.toml"
-    path.write_text("max_batch_size = 64\n[batching]\nenabled = true\nmax_batch_size = 16\n"
+    path.write_text("max_request_rows = 64\n[batching]\nenabled = true\nmax_run_rows = 16\n"
                     "max_queue_delay_us = 2000\nmax_queue_rows = 40\nmax_concurrent_batches = 3\n"
                     "exact = false\n")
     cfg = parse_config(path)
@@ -654,8 +654,8 @@ def test_policy_from_a_config_file(tmp_path: Path):
 @pytest.mark.parametrize("section, message", [
     ("max_delay_us = 5", "unknown key 'batching.max_delay_us'"),
     ("enabled = 1", "batching.enabled must be bool"),
-    ("max_batch_size = true", "batching.max_batch_size must be int"),
-    ("max_batch_size = 0", "batching.max_batch_size must be between 1"),
+    ("max_run_rows = true", "batching.max_run_rows must be int"),
+    ("max_run_rows = 0", "batching.max_run_rows must be between 1"),
     ("max_queue_delay_us = -1", "batching.max_queue_delay_us must be between 0"),
     ("max_queue_delay_us = 2.5", "batching.max_queue_delay_us must be int"),
     ("max_queue_rows = 0", "batching.max_queue_rows must be between 1"),

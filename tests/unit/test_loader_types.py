@@ -43,8 +43,8 @@ def test_unsupported_types_say_what_to_do() -> None:
 
 
 def version(*inputs: TensorSpec, max_batch: int = 8, batch_rows: int | None = None) -> Any:
-    config = ModelConfig(max_batch_size=max_batch,
-                         batching=BatchingConfig(max_batch_size=batch_rows))
+    config = ModelConfig(max_request_rows=max_batch,
+                         batching=BatchingConfig(max_run_rows=batch_rows))
     return SimpleNamespace(inputs=list(inputs), entry=SimpleNamespace(config=config))
 
 

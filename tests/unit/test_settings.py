@@ -14,6 +14,7 @@ import pytest
 
 from falconctl.cli import main
 from settings import SETTINGS, ConfigError, Settings, load
+from settings.schema import doc_of
 
 
 @pytest.fixture(autouse=True)
@@ -327,7 +328,7 @@ def test_falconctl_config_describe_lists_every_key_with_its_variable(
         value = getattr(getattr(defaults, section), name)
         assert type(value).__name__ in head
         field = next(f for f in dataclasses.fields(getattr(defaults, section)) if f.name == name)
-        assert doc.strip() == field.metadata["doc"]
+        assert doc.strip() == doc_of(field)  # its description, and its old name if renamed
 
 
 def test_toml_values_are_typed_not_parsed(toml) -> None:

@@ -19,7 +19,7 @@ from edge.validation import (
     instances_to_inputs,
 )
 
-MAX_ROWS = 1024  # the edge's own limit (edge.max_batch_rows default)
+MAX_ROWS = 1024  # the edge's own limit (edge.max_request_rows default)
 
 
 def model(name: str, *inputs: tuple[str, str, tuple[int, ...]],

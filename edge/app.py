@@ -38,8 +38,11 @@ ROUTES: list[tuple[str, type[resources.Resource]]] = [
 ]
 
 
-# Routes that never need a key (resources.Resource subclasses declare their `scope`).
-OPEN_RESOURCES = (openapi.OpenAPI, metrics.Metrics)
+# Routes of the app's own, outside the resource tables, that never need a key
+# (resources.Resource subclasses declare their `scope`).
+SERVICE_ROUTES: list[tuple[str, type]] = [("/openapi.json", openapi.OpenAPI),
+                                          ("/metrics", metrics.Metrics)]
+OPEN_RESOURCES = tuple(cls for _, cls in SERVICE_ROUTES)
 
 
 def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None = None,
@@ -58,7 +61,7 @@ def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None 
     routes = ROUTES + admin.ROUTES + stats.ROUTES
     for path, cls in routes:
         app.add_route(path, cls(core, max_body, host_id))
-    app.add_route("/openapi.json", openapi.OpenAPI(routes))
+    app.add_route("/openapi.json", openapi.OpenAPI(routes + SERVICE_ROUTES))
     app.add_route("/metrics", metrics.Metrics())
     return app
 

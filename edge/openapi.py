@@ -1,4 +1,12 @@
-"""``GET /openapi.json``: the OpenAPI 3.0 description of both HTTP faces."""
+"""``GET /openapi.json``: the OpenAPI 3.0 description of both HTTP faces.
+
+``OpenAPI(routes)`` in ``edge.app.create_app``, with the app's route tables: :func:`spec`
+refuses (at start) a route it does not describe, a description without a route, and a
+route whose methods differ from its resource's responders. Every operation lists every
+status it can answer: its own (the edge's, mapped by ``edge/http_errors.py``), those of a
+route that needs an API key (401, 403, 429) and those of HAProxy in front (:data:`FRONT`).
+tests/unit/test_openapi.py checks the document against Falcon's router;
+tests/integration/test_openapi_fuzz.py runs schemathesis against a real stack."""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ from typing import Any
 
 import falcon
 import orjson
+from falcon.routing import map_http_methods
 
 from edge.core import SERVER_NAME, SERVER_VERSION
 
@@ -26,28 +35,48 @@ def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-ERRORS = {400: "Bad input; the message names the field",
+# What each status means, wherever it comes from: the edge (edge/http_errors.py's table)
+# or HAProxy in front of it (ops/haproxy/haproxy.cfg answers 408, 413, 429, 502, 503 and 504
+# itself, in the same {"error": ...} shape).
+ERRORS = {400: "Bad input; the message names the field (a malformed X-Request-Timeout-Ms "
+               "header included)",
           401: "No API key, or not a valid one (Authorization: Bearer <key>, or X-API-Key)",
-          403: "The API key lacks the route's scope, or a proxy header came from elsewhere "
+          403: "The API key lacks the route's scope or the model, or a proxy header "
+               "(X-Falcon-Request-Key, X-Request-Start, X-Forwarded-For) came from elsewhere "
                "than HAProxy",
-          404: "Unknown model or version", 413: "Body, batch or tensor too large",
-          429: "Rate limited (per API key and per client address, by HAProxy; Retry-After set)",
-          503: "Daemon unavailable or overloaded (Retry-After set)", 504: "Deadline exceeded"}
+          404: "Unknown model or version", 408: "The request did not arrive in time (HAProxy)",
+          413: "Body, batch or tensor too large (the edge; HAProxy for any body over its limit)",
+          429: "Rate limited (per client address, and per API key, by HAProxy; Retry-After set)",
+          502: "The edge failed (HAProxy; Retry-After set)",
+          503: "Daemon unavailable or overloaded, or no edge available (Retry-After set)",
+          504: "Deadline exceeded (the edge's, or HAProxy's server timeout)"}
+# What every operation can answer whatever it is: the proxy-header check (403, edge/proxyauth.py)
+# and HAProxy's own refusals.
+FRONT = (403, 408, 413, 429, 502, 503, 504)
+# What a route that calls the daemon adds: the X-Request-Timeout-Ms header (400), the
+# daemon down or full (503), its deadline (504).
+DAEMON = (400, 503, 504)
+# What a route that needs an API key adds.
+SECURED = (401, 403, 429)
 
 
 def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): {"description": ERRORS[c], "content": _json(_ref("Error"))} for c in codes}
+    return {str(c): {"description": ERRORS[c], "content": _json(_ref("Error"))}
+            for c in sorted(set(codes))}
 
 
-def _secured(item: dict[str, Any], scope: str | None) -> dict[str, Any]:
-    """A path item's operations with what a route that needs an API key ``scope``
-    answers too (401, 403, 429) and its security requirement; unchanged when open."""
-    if scope is None:
-        return item
-    return {method: {**op, "security": [{"apiKey": []}, {"bearer": []}],
-                     "description": f"API key scope: {scope}.",
-                     "responses": {**op["responses"], **_errors(401, 403, 429)}}
-            for method, op in item.items()}
+def _complete(item: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """A path item's operations with what every operation answers (:data:`FRONT`) and,
+    for a route that needs an API key ``scope``, its security requirement and statuses."""
+    codes = FRONT + (SECURED if scope is not None else ())
+    out = {}
+    for method, op in item.items():
+        op = {**op, "responses": {**_errors(*codes), **op["responses"]}}
+        if scope is not None:
+            op["security"] = [{"apiKey": []}, {"bearer": []}]
+            op["description"] = f"API key scope: {scope}."
+        out[method] = op
+    return out
 
 
 MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -109,45 +138,78 @@ SCHEMAS: dict[str, Any] = {
                       "description": "As the model gives it"},
             "probabilities": {"type": "object", "additionalProperties": {"type": "number"},
                               "description": "Keyed by class label"}}}}}},
+    "ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
+        "name": {"type": "string"}, "ready": {"type": "boolean"}}},
+    "RepositoryRequest": {"type": "object", "properties": {"parameters": {
+        "type": "object", "properties": {"version": {"oneOf": [
+            {"type": "string"}, {"type": "integer"}]}}}},
+        "description": "No body, or no parameters.version: every version of the model"},
+    "SplitRequest": {"type": "object", "required": ["split"], "properties": {"split": {
+        "type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+        "description": "Version -> weight, e.g. {\"1\": 90, \"2\": 10}"}}},
 }
 
 
-def _get(summary: str, schema: str | None, params: list[dict[str, Any]], *codes: int) -> dict[str, Any]:
-    ok: dict[str, Any] = {"description": "OK"}
-    if schema:
-        ok["content"] = _json(_ref(schema))
-    return {"get": {"summary": summary, "parameters": params, "responses": {"200": ok, **_errors(*codes)}}}
+def _op(summary: str, params: list[dict[str, Any]], codes: tuple[int, ...], ok: Any = None,
+        body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One operation: 200 with ``ok`` (a schema name, a content map, or None) and the
+    statuses ``codes``; ``body``: its request body."""
+    answer: dict[str, Any] = {"description": "OK"}
+    if isinstance(ok, str):
+        answer["content"] = _json(_ref(ok))
+    elif ok is not None:
+        answer["content"] = ok
+    op: dict[str, Any] = {"summary": summary, "parameters": params,
+                          "responses": {"200": answer, **_errors(*codes)}}
+    if body is not None:
+        op["requestBody"] = body
+    return op
 
 
-def _admin(method: str, summary: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {method: {"summary": f"{summary} (API key scope: admin)", "parameters": params or [],
-                     "responses": {"200": {"description": "OK"}, **_errors(400, 404, 503)}}}
+def _daemon(summary: str, params: list[dict[str, Any]], *codes: int, ok: Any = None,
+            body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An operation that calls the daemon (:data:`DAEMON`, and its deadline header)."""
+    return _op(summary, params + [TIMEOUT], DAEMON + codes, ok, body)
+
+
+def _ready(params: list[dict[str, Any]]) -> dict[str, Any]:
+    op = _daemon("Model readiness: 200 when loaded, 400 {\"ready\": false} when in the "
+                 "repository but not loaded, 404 when not in the repository",
+                 params, 404, ok="ModelReady")
+    op["responses"]["400"] = {"description": "Not ready (or a malformed X-Request-Timeout-Ms)",
+                              "content": _json({"anyOf": [_ref("ModelReady"), _ref("Error")]})}
+    return op
+
+
+def _body(schema: str, required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": _json(_ref(schema))}
 
 
 def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"post": {
-        "summary": "Run inference (JSON, or the binary tensor data extension with the "
+    return _daemon("Run inference (JSON, or the binary tensor data extension with the "
                    "Inference-Header-Content-Length header)",
-        "parameters": params + [TIMEOUT, REQUEST_ID],
-        "requestBody": {"required": True, "content": {
-            **_json(_ref("InferRequest")),
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-        "responses": {"200": {"description": "Outputs", "content": _json(_ref("InferResponse"))},
-                      **_errors(400, 404, 413, 503, 504)}}}
+                   params + [REQUEST_ID], 404, 413, ok="InferResponse",
+                   body={"required": True, "content": {
+                       **_json(_ref("InferRequest")),
+                       "application/octet-stream": {"schema": {"type": "string",
+                                                               "format": "binary"}}}})
 
 
 def _predict(params: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"post": {
-        "summary": "Classify rows: a label and class probabilities per row",
-        "parameters": params + [TIMEOUT, REQUEST_ID],
-        "requestBody": {"required": True, "content": _json(_ref("PredictRequest"))},
-        "responses": {"200": {"description": "Predictions", "content": _json(_ref("PredictResponse"))},
-                      **_errors(400, 404, 413, 503, 504)}}}
+    return _daemon("Classify rows: a label and class probabilities per row",
+                   params + [REQUEST_ID], 404, 413, ok="PredictResponse",
+                   body=_body("PredictRequest"))
+
+
+def _load(what: str) -> dict[str, Any]:
+    return _daemon(f"{what} a model's versions (all, or the body's parameters.version)",
+                   [MODEL], 404, 413, body=_body("RepositoryRequest", required=False))
 
 
 def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
     """The document for ``routes`` (the app's route table: path and resource class,
-    whose ``scope`` says which API key it needs). Every route must be described here,
+    whose ``scope`` says which API key it needs and whose ``on_<method>`` responders
+    say its methods). Every route must be described here with exactly its methods,
     and nothing else is: ValueError names the difference. Without routes, every
     described path, as open routes."""
     described = _paths()
@@ -157,9 +219,14 @@ def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
         if missing or extra:
             raise ValueError(f"OpenAPI: routes not described: {missing}; "
                              f"described but not routed: {extra}")
-        paths = {p: _secured(described[p], getattr(cls, "scope", None)) for p, cls in routes}
+        for path, cls in routes:
+            methods = {m.lower() for m in map_http_methods(cls)}
+            if methods != described[path].keys():
+                raise ValueError(f"OpenAPI: {path} answers {sorted(methods)}, "
+                                 f"described: {sorted(described[path])}")
+        paths = {p: _complete(described[p], getattr(cls, "scope", None)) for p, cls in routes}
     else:
-        paths = described
+        paths = {p: _complete(item, None) for p, item in described.items()}
     return {"openapi": "3.0.3",
             "info": {"title": SERVER_NAME, "version": SERVER_VERSION,
                      "description": "Open Inference Protocol (KServe V2) and a simple JSON face."},
@@ -170,35 +237,46 @@ def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
 
 
 def _paths() -> dict[str, Any]:
+    mv = [MODEL, VERSION]
     return {
-        "/v2/health/live": _get("Liveness", None, []),
-        "/v2/health/ready": _get("Readiness (503 when the daemon is unavailable)", None, [], 503),
-        "/v2": _get("Server metadata", None, []),
-        "/v2/models/{model}": _get("Model metadata", "ModelMetadata", [MODEL], 404, 503),
-        "/v2/models/{model}/versions/{version}": _get("Model version metadata", "ModelMetadata",
-                                                      [MODEL, VERSION], 404, 503),
-        "/v2/models/{model}/ready": _get("Model readiness (400 when not ready)", None, [MODEL], 400),
-        "/v2/models/{model}/versions/{version}/ready": _get("Model version readiness", None,
-                                                            [MODEL, VERSION], 400),
-        "/v2/models/stats": _get("Inference statistics of every loaded version (Triton's "
-                                 "statistics extension)", None, []),
-        "/v2/models/{model}/stats": _get("A model's inference statistics", None, [MODEL], 404),
-        "/v2/models/{model}/versions/{version}/stats": _get("A version's inference statistics",
-                                                            None, [MODEL, VERSION], 404),
-        "/v2/models/{model}/infer": _infer([MODEL]),
-        "/v2/models/{model}/versions/{version}/infer": _infer([MODEL, VERSION]),
-        "/v2/repository/index": _admin("post", "Every version in the repository and its state"),
-        "/v2/repository/models/{model}/load": _admin("post", "Load a model's versions (body: "
-                                                     "{\"parameters\": {\"version\": \"2\"}})", [MODEL]),
-        "/v2/repository/models/{model}/unload": _admin("post", "Unload a model's versions "
-                                                       "(or one, as for load)", [MODEL]),
-        "/v1/models/{model}/traffic": {**_admin("get", "Versions and traffic split", [MODEL]),
-                                       **_admin("put", "Set the split: {\"split\": "
-                                                "{\"1\": 90, \"2\": 10}}", [MODEL])},
-        "/v1/models/{model}/rollback": _admin("post", "Back to the previous split", [MODEL]),
-        "/v1/models/{model}/predict": _predict([MODEL]),
-        "/v1/models/{model}/versions/{version}/predict": _predict([MODEL, VERSION]),
+        "/v2/health/live": {"get": _op("Liveness", [], ())},
+        "/v2/health/ready": {"get": _op("Readiness: 503 when the daemon is unavailable or "
+                                        "serves no model, or this edge is stopping", [], (503,))},
+        "/v2": {"get": _op("Server metadata", [], ())},
+        "/v2/models/{model}": {"get": _daemon("Model metadata", [MODEL], 404, ok="ModelMetadata")},
+        "/v2/models/{model}/versions/{version}": {
+            "get": _daemon("Model version metadata", mv, 404, ok="ModelMetadata")},
+        "/v2/models/{model}/ready": {"get": _ready([MODEL])},
+        "/v2/models/{model}/versions/{version}/ready": {"get": _ready(mv)},
+        "/v2/models/stats": {"get": _daemon("Inference statistics of every loaded version "
+                                            "(Triton's statistics extension; 404: none)", [], 404)},
+        "/v2/models/{model}/stats": {"get": _daemon("A model's inference statistics",
+                                                    [MODEL], 404)},
+        "/v2/models/{model}/versions/{version}/stats": {
+            "get": _daemon("A version's inference statistics", mv, 404)},
+        "/v2/models/{model}/infer": {"post": _infer([MODEL])},
+        "/v2/models/{model}/versions/{version}/infer": {"post": _infer(mv)},
+        "/v2/repository/index": {"post": _daemon("Every version in the repository and its state",
+                                                 [])},
+        "/v2/repository/models/{model}/load": {"post": _load("Load")},
+        "/v2/repository/models/{model}/unload": {"post": _load("Unload")},
+        "/v1/models/{model}/traffic": {
+            "get": _daemon("Versions and traffic split", [MODEL], 404),
+            "put": _daemon("Set the split", [MODEL], 404, 413, body=_body("SplitRequest"))},
+        "/v1/models/{model}/rollback": {"post": _daemon("Back to the previous split", [MODEL], 404)},
+        "/v1/models/{model}/predict": {"post": _predict([MODEL])},
+        "/v1/models/{model}/versions/{version}/predict": {"post": _predict(mv)},
+        "/openapi.json": {"get": _op("This document", [], (), ok=_json({"type": "object"}))},
+        "/metrics": {"get": _metrics()},
     }
+
+
+def _metrics() -> dict[str, Any]:
+    op = _op("Prometheus metrics (on the edge itself: HAProxy answers 404)", [], (),
+             ok={"text/plain": {"schema": {"type": "string"}}})
+    op["responses"]["404"] = {"description": "Through HAProxy: Prometheus scrapes the edge",
+                              "content": _json(_ref("Error"))}
+    return op
 
 
 class OpenAPI:

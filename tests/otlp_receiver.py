@@ -3,6 +3,7 @@
 Usage::
 
     with OtlpReceiver() as rx:            # listens on a free loopback port
+    # OtlpReceiver(host="192.0.2.2"): on another of this host's addresses
         env = {"FALCON_TRACING_ENDPOINT": rx.url}
         ...
         spans = rx.wait_for(lambda spans: len(spans) >= 5)
@@ -73,7 +74,7 @@ def decode(body: bytes) -> list[Span]:
 
 
 class OtlpReceiver:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.spans: list[Span] = []
         self.posts = 0
         self._lock = threading.Lock()
@@ -98,10 +99,10 @@ class OtlpReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1/traces"
+        self.url = f"http://{host}:{self.port}/v1/traces"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -7,6 +7,7 @@ tests run in order and each first makes sure the target is started.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import tomllib
 from pathlib import Path
@@ -355,6 +356,72 @@ def test_the_daemons_spans_reach_a_collector_on_loopback(falcon: Falcon):
         box.systemctl("restart", *units, timeout=150)
     assert f"removed    {dropin}" in report, report  # tracing off again: no drop-in left
     assert "192.0.2.10/32" not in box.show("falcon-daemon.service", "IPAddressAllow")
+    serves_again(falcon, "with tracing off again")
+
+
+def host_address() -> str:
+    """One of this host's IPv4 addresses off loopback (the sandbox shares its network)."""
+    try:
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"],
+                             capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    addresses = [line.split()[3].partition("/")[0] for line in out.splitlines()]
+    if not addresses:
+        pytest.skip("no IPv4 address off loopback on this host to play a remote collector")
+    return addresses[0]
+
+
+def traced_request(falcon: Falcon, rx: OtlpReceiver, rid: str) -> tuple[str, list[Span]]:
+    """A prediction through HAProxy; its trace id and its spans once the edge's are in."""
+    ans = predict(falcon.haproxy, rid=rid)
+    assert ans.status == 200, ans.body
+    trace_id = ans.headers["traceparent"].split("-")[1]
+    spans = rx.wait_for(lambda spans: any(s.trace_id == trace_id and s.name == "daemon infer"
+                                          for s in spans))
+    return trace_id, spans
+
+
+def test_a_collector_off_the_host_is_reached_through_the_installs_dropin(falcon: Falcon):
+    """The daemon's unit blocks a collector on a non-loopback address (the edge's spans
+    arrive, the daemon's never do) until `falconctl install` allows that address in
+    falcon-daemon.service.d/tracing.conf; then the daemon's spans are in the trace."""
+    started(falcon)
+    box, conf = falcon.box, "/etc/falcon/falcon.toml"
+    original = box.read(conf)
+    config = tomllib.loads(original)
+    units = ("falcon-daemon.service", "falcon-edge.service")
+    try:
+        with OtlpReceiver(host=host_address()) as rx:
+            config["tracing"] = {"endpoint": rx.url, "sample_ratio": 1.0}
+            box.write(conf, dump_toml(config))
+            box.systemctl("restart", *units, timeout=150)
+            serves_again(falcon, "with tracing to a remote collector")
+            blocked, _ = traced_request(falcon, rx, "sysd-remote-blocked")
+            time.sleep(1.5)  # the daemon exports every 0.5 s; nothing of it gets through
+            assert not [s for s in rx.snapshot()
+                        if s.trace_id == blocked and s.service.endswith("-daemon")]
+
+            report = box.run([FALCONCTL, "install"], timeout=120).stdout
+            assert "created    /etc/systemd/system/falcon-daemon.service.d/tracing.conf" \
+                in report, report
+            box.systemctl("restart", "falcon-daemon.service", timeout=150)
+            serves_again(falcon, "after the drop-in")
+            trace_id, _ = traced_request(falcon, rx, "sysd-remote-allowed")
+            try:
+                spans = rx.wait_for(lambda spans: {"daemon queue", "daemon batch"} <= {
+                    s.name for s in spans if s.trace_id == trace_id})
+            except AssertionError as exc:
+                pytest.fail(f"{exc}\n{box.journal('falcon-daemon.service')}")
+        spans = [s for s in spans if s.trace_id == trace_id]
+        call = one(spans, name="daemon infer")
+        for name in ("daemon queue", "daemon batch"):
+            span = one(spans, name=name)
+            assert span.service.endswith("-daemon") and span.parent_id == call.span_id, span
+    finally:
+        box.write(conf, original)
+        box.run([FALCONCTL, "install"], timeout=120)  # tracing off: the drop-in removed
+        box.systemctl("restart", *units, timeout=150)
     serves_again(falcon, "with tracing off again")
 
 

@@ -9,7 +9,7 @@ worth of gRPC traffic takes more processes behind HAProxy, each on its own bind.
 Lifecycle: the server listens on ``grpc.bind`` (h2c), and tells systemd ``READY=1``
 once a ``ServerLive`` call to itself is answered. Under a systemd watchdog the main
 loop sends ``WATCHDOG=1`` only while such a call is answered (a wedged server is
-killed and restarted). SIGTERM or SIGINT only records the signal (STYLE 14); the main
+killed and restarted). SIGTERM or SIGINT only records the signal (docs/conventions.md, 16); the main
 loop then reports not-ready (``ServerReady`` false, HAProxy's check header false, so
 it takes the process out) for ``edge.drain_s``, stops accepting and lets in-flight
 calls finish for up to ``edge.graceful_timeout_s``.

@@ -435,7 +435,9 @@ with tempfile.TemporaryDirectory() as tmp:
     greenlets = [gevent.spawn(work, 0)]
     gevent.sleep(0.005)              # 0 leads a sync that covers its record only
     greenlets += [gevent.spawn(work, i) for i in range(1, 10)]
-    gevent.sleep(0.002)              # 1..9 appended and wait, 1 first in the queue
+    deadline = time.monotonic() + 5  # 1..9 append and wait, 1 first in the queue (polled:
+    while w._commit.waiting < 9 and time.monotonic() < deadline:  # a loaded machine is slow)
+        gevent.sleep(0.001)
     queued = w._commit.waiting
     killed = (0, 1, 5)               # the leader, the waiter due to lead next, another
     for i in killed:

@@ -17,13 +17,14 @@ import io
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import psycopg2
 
+import shm
 from audit.pg import EmbeddedPostgres
 from falconctl.keys import haproxy_command
 from tests.httpx_lite import post_json
@@ -118,6 +119,21 @@ def start_host(stack: NetStack) -> None:
     stack.start_shipper()  # first: a returning host ships its WAL tail while the rest starts
     stack.start_daemon()
     stack.start_edge()
+
+
+def stop_all(front: NetStack, hosts: Iterable[NetStack]) -> list[str]:
+    """Stop the front and every host (in a test's ``finally``); the shared-memory
+    segments they left behind, unlinked: the caller asserts the list is empty
+    once its own assertions passed."""
+    hosts = list(hosts)
+    front.stop()
+    for stack in hosts:
+        stack.stop()
+    leaked = [name for stack in hosts
+              for name in shm.list_segments(stack.env["FALCON_DAEMON_SHM_PREFIX"])]
+    for name in leaked:
+        shm.unlink(name)
+    return leaked
 
 
 def server_status(front: NetStack) -> dict[str, str]:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-import shm
 from tests.httpx_lite import post_json
 from tests.loadgen import LoadGen, Outcome
 from tests.multihost import (
@@ -33,6 +32,7 @@ from tests.multihost import (
     predict,
     server_status,
     start_host,
+    stop_all,
     wait_rows,
     wait_status,
 )
@@ -153,11 +153,5 @@ def test_a_host_killed_under_load_costs_at_most_its_in_flight_requests_and_its_w
               f"{to_up:.2f} s; rows a/b: {sum(h == 'host-a' for h in host_of.values())}/"
               f"{sum(h == 'host-b' for h in host_of.values())}")
     finally:
-        front.stop()
-        for stack in hosts.values():
-            stack.stop()
-        leaked = [name for stack in hosts.values()
-                  for name in shm.list_segments(stack.env["FALCON_DAEMON_SHM_PREFIX"])]
-        for name in leaked:
-            shm.unlink(name)
+        leaked = stop_all(front, hosts.values())
     assert leaked == [], "shared-memory segments left behind"

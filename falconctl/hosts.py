@@ -223,7 +223,8 @@ def cmd_reconcile(s: Settings, args: argparse.Namespace) -> int:
             "(`falconctl models`); nothing to reconcile")
         notify("READY=1\nSTATUS=fleet.dsn is empty: nothing to reconcile")
         return 0
-    return serve(s.host_id, s.fleet.dsn, s.fleet.interval_s, SocketDaemon(s.daemon_socket))
+    daemon = SocketDaemon(s.daemon_socket)
+    return serve(s.host_id, s.fleet.dsn, s.fleet.interval_s, daemon, daemon.timeout_s)
 
 
 def fleet_command(func: Any) -> Any:
@@ -235,7 +236,8 @@ def fleet_command(func: Any) -> Any:
 
         if getattr(args, "weights", None):
             args.split = parse_split(args.weights)
-        args.expected = [name for name, _ in parse_hosts(s.haproxy.hosts)]
+        # the hosts that must report: the front's, or this one (one host, no haproxy.hosts)
+        args.expected = [name for name, _ in parse_hosts(s.haproxy.hosts)] or [s.host_id]
         return cli.run(func, s, args)
     return command
 

@@ -15,11 +15,18 @@ hosts converge by themselves. ``--wait S`` waits up to S seconds for every
 host to report it; ``--if-revision N`` writes only if the head is still N
 (two operators at once: the second is told, nothing is written).
 
-Exit statuses: 0 done (status: every host converged to the head revision);
-1 a refused change, or (status, ``--wait``) some host not converged — behind,
-failing a step, silent for three re-read intervals, or never reported; 2 a
-configuration error; 3 the ``--if-revision`` precondition failed; 4
-PostgreSQL unreachable.
+Exit statuses (fleet/errors.py): 0 done (status, ``--wait``: every expected
+host converged to the head revision); 1 refused (nothing written: a bad or
+unsafe change named by field, or PostgreSQL refused, e.g. a missing privilege
+or a read-only standby); 2 a configuration error; 3 the ``--if-revision``
+precondition failed; 4 PostgreSQL unreachable; 5 not converged (status, or a
+write's ``--wait``: written, but some host is behind, failing a step, silent
+for three re-read intervals, or never reported — the hosts of ``haproxy.hosts``,
+or this host's ``host.id`` when that is empty).
+
+Every command checks the schema is current with reads only, and migrates
+only when it is behind (``CREATE SCHEMA IF NOT EXISTS`` needs CREATE on the
+database even when the schema exists): least-privilege roles work.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from typing import Any
 
 from fleet.errors import (
     NOT_CONVERGED_EXIT,
+    REFUSED_EXIT,
     STALE_EXIT,
     UNREACHABLE_EXIT,
     FleetError,
@@ -56,18 +64,24 @@ def actor() -> str:
 
 
 def open_store(s: Settings) -> FleetStore:
+    """A store on ``fleet.dsn`` whose schema is current (checked; migrated only
+    when behind: a role without CREATE works once it is current)."""
     if not s.fleet.dsn:
         raise ConfigError("fleet.dsn is empty: set it ($FALCON_FLEET_DSN) to the database "
                           "holding the fleet state")
     store = FleetStore(s.fleet.dsn)
-    store.migrate()
+    try:
+        store.ensure_schema()
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
 def run(func: Any, s: Settings, args: argparse.Namespace) -> int:
     """``func(store, s, args)`` with the fleet's errors as one line and an exit status.
-    ``args.expected``: the hosts that must report (``haproxy.hosts`` on the front);
-    ``args.split``: a split's ``{version: weight}``."""
+    ``args.expected``: the hosts that must report (``haproxy.hosts`` on the front,
+    else this host); ``args.split``: a split's ``{version: weight}``."""
     from audit.migrate import MigrationError
 
     try:
@@ -77,13 +91,13 @@ def run(func: Any, s: Settings, args: argparse.Namespace) -> int:
         finally:
             store.close()
     except MigrationError as exc:  # e.g. a released migration edited: say which
-        return _fail(args, exc, 1)
+        return _fail(args, exc, REFUSED_EXIT)
     except StaleRevision as exc:
         return _fail(args, exc, STALE_EXIT)
     except FleetUnavailable as exc:
         return _fail(args, exc, UNREACHABLE_EXIT)
-    except FleetError as exc:
-        return _fail(args, exc, 1)
+    except FleetError as exc:  # refused, PostgreSQL refused (DatabaseError), schema not current
+        return _fail(args, exc, REFUSED_EXIT)
 
 
 def _fail(args: argparse.Namespace, exc: Exception, code: int) -> int:
@@ -117,7 +131,8 @@ def wait_converged(store: FleetStore, names: list[str], seconds: float) -> int:
     deadline = time.monotonic() + seconds
     while True:
         desired, rows = store.desired(), store.hosts()
-        behind = [h for h, ok in verdicts(desired, rows, names).items() if not ok]
+        verdict = verdicts(desired, rows, names)
+        behind = [h for h, ok in verdict.items() if not ok] or (["no host"] if not verdict else [])
         if not behind:
             print(f"every host converged to revision {desired.revision}")
             return 0
@@ -128,6 +143,8 @@ def wait_converged(store: FleetStore, names: list[str], seconds: float) -> int:
 
 
 def verdicts(desired: Desired, rows: list[HostRow], names: list[str]) -> dict[str, bool]:
+    """``{host: converged}`` over the hosts that reported and the ``names`` that
+    must (never reported: False). Empty means nothing converged anywhere."""
     out = {r.host: r.converged == desired.revision and not r.error and not r.stale
            for r in rows}
     for name in names:
@@ -172,6 +189,10 @@ def status(store: FleetStore, s: Settings, args: argparse.Namespace) -> int:
                 mark = "=" if got is not None and got.to_json() == st.to_json() else "≠"
                 print(f"  {mark} actual {model:<16} {_state(got.to_json() if got else None)}")
     behind = [h for h, ok in verdict.items() if not ok]
+    if not verdict:
+        print("falconctl hosts status: no host has reported and none is expected: not "
+              "converged", file=sys.stderr if args.json else sys.stdout)
+        return NOT_CONVERGED_EXIT
     if behind:
         print(f"falconctl hosts status: {len(verdict) - len(behind)} of {len(verdict)} hosts "
               f"converged to revision {desired.revision} (not: {', '.join(sorted(behind))})",
@@ -185,7 +206,7 @@ def status_doc(desired: Desired, by_host: dict[str, HostRow],
     return {
         "revision": desired.revision,
         "desired": {m: st.to_json() for m, st in desired.models.items()},
-        "converged": all(verdict.values()),
+        "converged": bool(verdict) and all(verdict.values()),
         "hosts": {h: {"converged": ok,
                       "state": _host_state(desired, by_host.get(h)),
                       "converged_revision": by_host[h].converged if h in by_host else None,
@@ -231,9 +252,11 @@ def add_arguments(hs: Any, wrap: Any) -> None:
         c.add_argument("--if-revision", type=int, metavar="N",
                        help="write only if the fleet state is still at revision N (else exit 3)")
         c.add_argument("--wait", type=float, default=0.0, metavar="S",
-                       help="wait up to S seconds for every host to converge (exit 1 if not)")
+                       help="wait up to S seconds for every host to converge (exit 5 if "
+                            "not; 1 refused, 3 stale --if-revision, 4 no database)")
         c.set_defaults(func=wrap(change))
-    c = hs.add_parser("status", help="desired vs actual per host (exit 0 converged, 1 not)")
+    c = hs.add_parser("status", help="desired vs actual per host (exit 0 every expected host "
+                                     "converged, 5 not, 4 no database)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=wrap(status))
     c = hs.add_parser("history", help="the fleet state's revisions: who, when, old -> new")

@@ -1,8 +1,8 @@
 """The fleet's errors: one root, :class:`FleetError`, a subclass per cause.
 
-``falconctl hosts`` prints them as one line (exit status 1, or
-:data:`STALE_EXIT` for a failed revision precondition); the reconciler logs
-them and tries again.
+``falconctl hosts`` prints them as one line with its exit status (the
+``*_EXIT`` constants below, docs/several-hosts.md); the reconciler logs each
+kind once and tries again.
 """
 
 from __future__ import annotations
@@ -51,6 +51,33 @@ class FleetUnavailable(FleetError):
     their last state."""
 
 
+class DatabaseError(FleetError):
+    """PostgreSQL answered with an error that is not a lost connection: a
+    missing privilege, a read-only transaction (a standby, e.g. after a
+    failover), a constraint. ``pgcode`` is PostgreSQL's SQLSTATE (or "");
+    nothing was written."""
+
+    def __init__(self, message: str, pgcode: str = "") -> None:
+        super().__init__(message)
+        self.pgcode = pgcode
+
+
+class SchemaNotCurrent(FleetError):
+    """The database lacks migrations this code needs (audit/migrations) and
+    this role may not apply them (no CREATE: a least-privilege role). Run any
+    ``falconctl hosts`` command (or the shipper) once with a role that may."""
+
+
+class SplitDisagreement(InvalidChange):
+    """A model joining the fleet whose hosts route it differently (different
+    splits, or no split and different highest versions): seeding one split
+    would move traffic on some host. Set one explicitly first
+    (``falconctl hosts split``); nothing was written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "split")
+
+
 class DaemonUnavailable(FleetError):
     """The local daemon's socket does not answer (stopped, restarting). The
     reconciler reports it and tries again."""
@@ -61,7 +88,8 @@ class DaemonRefused(FleetError):
     host's repository); the message is the daemon's."""
 
 
-# ``falconctl hosts`` exit statuses (docs/several-hosts.md)
-NOT_CONVERGED_EXIT = 1
-STALE_EXIT = 3
-UNREACHABLE_EXIT = 4
+# ``falconctl hosts`` exit statuses (docs/several-hosts.md); 2 is a configuration error
+REFUSED_EXIT = 1        # nothing written: the change was refused, or a database error
+STALE_EXIT = 3          # the --if-revision precondition failed; nothing written
+UNREACHABLE_EXIT = 4    # PostgreSQL unreachable
+NOT_CONVERGED_EXIT = 5  # status, or a write's --wait: some host has not converged (yet)

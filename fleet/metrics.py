@@ -22,3 +22,7 @@ NOT_CONVERGED = Counter("falcon_fleet_failed_passes_total",
 POSTGRES_DOWN = Counter("falcon_fleet_postgres_unavailable_total",
                         "Reconciler passes that could not reach PostgreSQL (the host kept "
                         "its last state).")
+ERRORS = Counter("falcon_fleet_errors_total",
+                 "Reconciler passes that failed on an error other than PostgreSQL being "
+                 "unreachable (PostgreSQL refused, schema not current, a bug), by kind; "
+                 "the reconciler backs off and retries.", ["kind"])

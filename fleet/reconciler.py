@@ -17,13 +17,24 @@ A pass runs when ``NOTIFY fleet_changed`` arrives and every ``interval_s``
 (a missed notification, a daemon restarted, a host back from the dead), or
 sooner (1 s) while the daemon is unreachable or refused a step.
 
-PostgreSQL down: nothing already running changes. The reconciler keeps
-converging the daemon to the last desired state it read (a daemon restarted
-meanwhile gets its split and versions back), logs the outage once, retries
-with back-off up to ``interval_s``, and logs the recovery; the report of
-what changed meanwhile is written once it is back. Counted in
-``falcon_fleet_postgres_unavailable_total`` (fleet/metrics.py, merged into the
-host's scrape with the others).
+PostgreSQL down: nothing already running changes. A lost notification
+connection means "poll now"; a pass that cannot read the desired state still
+converges the daemon to the last desired state it read (a daemon restarted
+meanwhile is trimmed and re-split at once, not when PostgreSQL returns), logs
+the outage once, retries with back-off up to ``interval_s``, and logs the
+recovery; the report of what changed meanwhile is written once it is back.
+Counted in ``falcon_fleet_postgres_unavailable_total`` (fleet/metrics.py,
+merged into the host's scrape with the others).
+
+Any other error (PostgreSQL refusing: a missing privilege, a read-only standby
+after a failover; the schema not migrated; a bug) is logged once per kind,
+counted in ``falcon_fleet_errors_total{kind}``, and retried with the same
+back-off, holding the last state: the reconciler never exits on it.
+
+Watchdog: ``on_pass`` is called at least once a second while the loop waits;
+``expect(s)`` before every daemon step (``s``: the step's bound, ``step_s``)
+and every database call (0), so that fleet/heartbeat.py pings systemd while
+a long load runs and stops when the loop is stuck beyond its bound.
 """
 
 from __future__ import annotations
@@ -35,7 +46,13 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fleet import metrics
-from fleet.errors import DaemonRefused, DaemonUnavailable, FleetUnavailable
+from fleet.errors import (
+    DaemonRefused,
+    DaemonUnavailable,
+    DatabaseError,
+    FleetError,
+    FleetUnavailable,
+)
 from fleet.plan import Actual, Step, converged, plan
 from fleet.store import Desired
 
@@ -74,9 +91,13 @@ class Reconciler:
     def __init__(self, host: str, store: StoreOps, daemon: DaemonOps, listener: ListenerOps,
                  *, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic,
                  on_pass: Callable[[], None] = lambda: None,
-                 pause: Callable[[threading.Event, float], bool] = threading.Event.wait) -> None:
-        """``on_pass`` is called at least once a second while the loop runs;
-        ``pause(stop, s)`` waits up to ``s`` seconds for ``stop`` (back-off)."""
+                 pause: Callable[[threading.Event, float], bool] = threading.Event.wait,
+                 expect: Callable[[float], None] = lambda s: None,
+                 step_s: float = 120.0) -> None:
+        """``on_pass`` is called at least once a second while the loop waits;
+        ``pause(stop, s)`` waits up to ``s`` seconds for ``stop`` (back-off);
+        ``expect(s)``: the next call may take ``s`` seconds (``step_s`` for a
+        daemon step, the daemon client's timeout)."""
         self.host = host
         self.store = store
         self.daemon = daemon
@@ -85,6 +106,10 @@ class Reconciler:
         self.clock = clock
         self.on_pass = on_pass
         self.pause = pause
+        self.expect = expect
+        self.step_s = step_s
+        self.listening = True  # the listener's connection works (as far as known)
+        self.failing: set[str] = set()  # error kinds logged since the last good pass
         self.last: Desired | None = None   # the last desired state read
         self.initial: dict[str, Actual] | None = None  # what ran before unreported steps
         self.outage_since: float | None = None
@@ -93,11 +118,13 @@ class Reconciler:
     # -- one pass ---------------------------------------------------------------
     def pass_once(self) -> bool:
         """One pass; True when the daemon runs the desired state. Raises
-        FleetUnavailable when the desired state could not be read (then the
-        last one read was applied) or the report could not be written."""
+        FleetUnavailable (or another FleetError: DatabaseError, SchemaNotCurrent)
+        when the desired state could not be read (then the last one read was
+        applied) or the report could not be written."""
         try:
+            self.expect(0.0)
             desired = self.store.desired()
-        except FleetUnavailable:
+        except FleetError:
             if self.last is not None:
                 self._converge(self.last)  # hold the line on the last known state
             raise
@@ -111,6 +138,7 @@ class Reconciler:
         metrics.CONVERGED.set(1 if ok else 0)
         if not ok:
             metrics.NOT_CONVERGED.inc()
+        self.expect(0.0)
         event = self.store.report(self.host, desired.revision, ok, actual, error,
                                   self.interval_s, steps, set(desired.models), initial)
         self.initial = None  # reported: the next change is measured from this report
@@ -122,6 +150,7 @@ class Reconciler:
     def _converge(self, desired: Desired) -> tuple[dict[str, Actual] | None, list[Any], str]:
         """Run the plan's steps; (actual after, steps done, error or "")."""
         try:
+            self.expect(self.step_s)
             actual = self.daemon.models()
         except DaemonUnavailable as exc:
             return None, [], f"daemon: {exc}"
@@ -132,6 +161,7 @@ class Reconciler:
         for model, want in sorted(desired.models.items()):
             for step in plan(want, actual.get(model)):
                 try:
+                    self.expect(self.step_s)  # a load parses, publishes and warms a model
                     self.daemon.apply(model, step)
                 except DaemonRefused as exc:
                     errors.append(f"{model}: {step[0]} {step[1]}: {exc}")
@@ -143,6 +173,7 @@ class Reconciler:
                 metrics.STEPS.labels(step[0]).inc()
         if done:
             try:
+                self.expect(self.step_s)
                 actual = self.daemon.models()
             except DaemonUnavailable as exc:
                 return None, done, f"daemon: {exc}"
@@ -157,6 +188,7 @@ class Reconciler:
 
     # -- the loop ---------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        """Until ``stop`` is set; never returns early on an error (see the module doc)."""
         backoff = FIRST_BACKOFF_S
         wait = 0.0
         while not stop.is_set():
@@ -169,25 +201,52 @@ class Reconciler:
                 backoff = FIRST_BACKOFF_S
                 wait = self.interval_s if ok or not self.last_error else DAEMON_RETRY_S
                 wait = min(wait, self.interval_s)
+                continue
             except FleetUnavailable as exc:
                 self._outage(exc)
-                end = self.clock() + backoff
-                while not self.pause(stop, max(0.0, min(1.0, end - self.clock()))) \
-                        and self.clock() < end:
-                    self.on_pass()
-                backoff = min(backoff * 2, max(self.interval_s, FIRST_BACKOFF_S))
-                wait = 0.0
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL refused, a bug: retry, hold
+                self._failed(exc)
+            end = self.clock() + backoff
+            while not self.pause(stop, max(0.0, min(1.0, end - self.clock()))) \
+                    and self.clock() < end:
+                self.on_pass()
+            backoff = min(backoff * 2, max(self.interval_s, FIRST_BACKOFF_S))
+            wait = 0.0
 
     def _wait(self, seconds: float, stop: threading.Event) -> None:
         """Until a change is notified, ``seconds`` pass or ``stop`` is set (a
-        stop is noticed within a second)."""
+        stop is noticed within a second). A listener that fails returns at once
+        the first time (poll now: the pass notices an outage and holds the last
+        state); while it stays down, its reconnects are tried once a second."""
         end = self.clock() + seconds
         while not stop.is_set():
             self.on_pass()  # a heartbeat per second (the systemd watchdog)
-            if self.listener.wait(max(0.0, min(1.0, end - self.clock()))):
-                return
+            try:
+                woke = self.listener.wait(max(0.0, min(1.0, end - self.clock())))
+                self.listening = True
+                if woke:
+                    return
+            except FleetError:
+                if self.listening:
+                    self.listening = False
+                    return
+                self.pause(stop, max(0.0, min(1.0, end - self.clock())))
             if self.clock() >= end:
                 return
+
+    def _failed(self, exc: Exception) -> None:
+        kind = type(exc).__name__
+        if isinstance(exc, DatabaseError) and exc.pgcode:
+            kind = f"{kind}:{exc.pgcode}"
+        metrics.ERRORS.labels(type(exc).__name__).inc()
+        if kind not in self.failing:
+            self.failing.add(kind)
+            if isinstance(exc, FleetError):
+                log.error("%s; this host keeps its last state and serves; retrying with "
+                          "back-off up to %.0f s", exc, self.interval_s)
+            else:
+                log.exception("reconciler pass failed (%s); retrying with back-off up to "
+                              "%.0f s", kind, self.interval_s)
 
     def _outage(self, exc: Exception) -> None:
         metrics.POSTGRES_DOWN.inc()
@@ -199,17 +258,22 @@ class Reconciler:
 
     def _recovered(self) -> None:
         metrics.POSTGRES_UP.set(1)
+        if self.failing:
+            log.info("a pass succeeded again after %s", ", ".join(sorted(self.failing)))
+            self.failing.clear()
         if self.outage_since is not None:
             log.info("PostgreSQL reachable again after %.1f s", self.clock() - self.outage_since)
             self.outage_since = None
 
 
-def serve(host: str, dsn: str, interval_s: float, daemon: DaemonOps) -> int:
+def serve(host: str, dsn: str, interval_s: float, daemon: DaemonOps, step_s: float) -> int:
     """The ``falconctl reconcile`` process: READY=1 once its loop runs (PostgreSQL
-    may be down: the host serves regardless), WATCHDOG=1 after every pass,
-    SIGTERM/SIGINT stop it (the handlers only set an event)."""
+    may be down: the host serves regardless), WATCHDOG=1 every second from
+    fleet/heartbeat.py while the loop is alive (``step_s``: the longest a daemon
+    step may take), SIGTERM/SIGINT stop it (the handlers only set an event)."""
     import signal
 
+    from fleet.heartbeat import Heartbeat
     from fleet.store import FleetStore, Listener
     from service.sdnotify import notify, watchdog_interval
 
@@ -218,17 +282,16 @@ def serve(host: str, dsn: str, interval_s: float, daemon: DaemonOps) -> int:
         signal.signal(sig, lambda n, f: stop.set())
     store, listener = FleetStore(dsn), Listener(dsn)
     watchdog = watchdog_interval() is not None
-
-    def ping() -> None:
-        if watchdog:
-            notify("WATCHDOG=1")
-
-    rec = Reconciler(host, store, daemon, listener, interval_s=interval_s, on_pass=ping)
+    heartbeat = Heartbeat(lambda: notify("WATCHDOG=1") if watchdog else None)
+    rec = Reconciler(host, store, daemon, listener, interval_s=interval_s,
+                     on_pass=heartbeat.beat, expect=heartbeat.expect, step_s=step_s)
     notify("READY=1\nSTATUS=reconciling")
     log.info("reconciling host %s every %.1f s and on notification", host, interval_s)
+    heartbeat.start()
     try:
         rec.run(stop)
     finally:
+        heartbeat.stop()
         notify("STOPPING=1")
         listener.close()
         store.close()

@@ -91,19 +91,36 @@ def check_split(split: Any, versions: tuple[str, ...]) -> dict[str, int]:
 
 
 def seeded(actual_versions: list[tuple[str, ...]], actual_splits: list[dict[str, int]],
-           revision: int) -> ModelState | None:
+           revision: int, hosts: list[str] | None = None,
+           explicit_split: bool = False) -> ModelState | None:
     """The state a model not managed yet starts from: the versions any host
-    reports loaded, and the split they all report (when they agree and it is
-    not empty). None when no host reports the model."""
+    reports loaded, and the routing they all have (a host's split, or, with
+    none, its highest version: what its daemon answers with). None when no host
+    reports the model. When the hosts route it differently no split is right
+    for all of them: :class:`SplitDisagreement` naming them, unless the change
+    sets the split itself (``explicit_split``: the seed's split is then empty).
+    ``hosts`` names the reports, for that message."""
     versions = by_number(v for vs in actual_versions for v in vs)
     if not versions:
         return None
-    splits = {tuple(sorted(s.items())) for s in actual_splits}
-    split = dict(splits.pop()) if len(splits) == 1 else {}
-    split = {v: w for v, w in split.items() if v in versions}
-    if sum(split.values()) <= 0:
-        split = {versions[-1]: 100}  # what a daemon with no split answers with
-    return ModelState(versions, split, revision)
+    names = hosts or [f"host {i + 1}" for i in range(len(actual_versions))]
+    routes: dict[tuple[tuple[str, int], ...], list[str]] = {}
+    for name, vs, split in zip(names, actual_versions, actual_splits, strict=True):
+        route = dict(split) if sum(split.values()) > 0 else {}
+        if not route and vs:
+            route = {by_number(vs)[-1]: 100}
+        routes.setdefault(tuple(sorted(route.items())), []).append(name)
+    if len(routes) == 1:
+        return ModelState(versions, dict(next(iter(routes))), revision)
+    if explicit_split:
+        return ModelState(versions, {}, revision)
+    from fleet.errors import SplitDisagreement
+
+    seen = "; ".join(f"{', '.join(sorted(h))} route {dict(r) or 'nothing'}"
+                     for r, h in sorted(routes.items(), key=lambda kv: sorted(kv[1])))
+    raise SplitDisagreement(f"the hosts route this model differently ({seen}): a first "
+                            "write would move traffic on some of them; set one split first "
+                            "(`falconctl hosts split MODEL VERSION=WEIGHT ...`)")
 
 
 def with_version(state: ModelState | None, version: str, revision: int) -> ModelState:

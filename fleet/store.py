@@ -3,6 +3,7 @@ its revision history, and what each host reports running.
 
     store = FleetStore(dsn)
     store.migrate()                                   # audit/migrations, 0007 makes fleet.*
+    store.ensure_schema()                             # check; migrate only when behind
     change = store.change("load", "digits", actor, version="2")
     change = store.change("split", "digits", actor, split={"1": 90, "2": 10},
                           if_revision=change.revision)  # StaleRevision if someone wrote first
@@ -24,8 +25,11 @@ together too: the event names what differs from the host's previous report
 (managed models only), so each change a host applies is recorded once, even if
 its reconciler crashed between applying and reporting.
 
-Errors: :class:`~fleet.errors.FleetUnavailable` (connection lost: reconnects on
-the next call), :class:`~fleet.errors.StaleRevision`,
+Errors: :class:`~fleet.errors.FleetUnavailable` (connection lost, or a query
+past the statement timeout: reconnects on the next call),
+:class:`~fleet.errors.DatabaseError` (any other psycopg2 error: a privilege, a
+read-only standby; reconnects too), :class:`~fleet.errors.SchemaNotCurrent`,
+:class:`~fleet.errors.StaleRevision`,
 :class:`~fleet.errors.InvalidChange` and subclasses; every method leaves the
 connection outside a transaction. Not thread-safe: one store per thread.
 """
@@ -43,7 +47,15 @@ from typing import Any
 import psycopg2
 
 from fleet import state as st
-from fleet.errors import CarriesTraffic, FleetUnavailable, InvalidChange, StaleRevision
+from fleet.errors import (
+    CarriesTraffic,
+    DatabaseError,
+    FleetError,
+    FleetUnavailable,
+    InvalidChange,
+    SchemaNotCurrent,
+    StaleRevision,
+)
 from fleet.plan import Actual
 from fleet.state import ModelState
 
@@ -56,8 +68,36 @@ VALUES (now(), %s, %s, %s, %s, %s, 'fleet', %s, %s)
 """
 
 
-def connect(dsn: str) -> Any:
-    return psycopg2.connect(dsn, connect_timeout=5, application_name="falcon-fleet")
+STATEMENT_TIMEOUT_S = 30.0  # a query on a hung server fails (the reconciler's watchdog)
+
+
+def connect(dsn: str, statement_timeout_s: float = STATEMENT_TIMEOUT_S) -> Any:
+    """A connection that notices a dead server: TCP keepalives (about 25 s to
+    give up on a silent peer), a statement timeout (0: none), a connect timeout."""
+    return psycopg2.connect(dsn, connect_timeout=5, application_name="falcon-fleet",
+                            keepalives=1, keepalives_idle=10, keepalives_interval=5,
+                            keepalives_count=3,
+                            options=f"-c statement_timeout={int(statement_timeout_s * 1000)}")
+
+
+def database_error(exc: psycopg2.Error) -> FleetError:
+    """The fleet's error for a psycopg2 one: a lost or broken connection (or a
+    statement timeout) is FleetUnavailable, any other DatabaseError naming
+    PostgreSQL's message and SQLSTATE."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError)):
+        return FleetUnavailable(f"PostgreSQL unreachable: {text}")
+    code = getattr(exc, "pgcode", None) or ""
+    return DatabaseError(f"PostgreSQL refused: {text}" + (f" (SQLSTATE {code})" if code else ""),
+                         code)
+
+
+def close_quietly(conn: Any) -> None:
+    if conn is not None:
+        try:
+            conn.close()
+        except psycopg2.Error:
+            pass
 
 
 @dataclass(frozen=True)
@@ -105,7 +145,7 @@ class FleetStore:
         self._dsn = dsn
         self._connect = connect
         self._conn: Any = None
-        self._migrated = False
+        self._checked = False  # the schema is current (migrated or checked)
 
     # -- plumbing ---------------------------------------------------------------
     @contextmanager
@@ -124,35 +164,71 @@ class FleetStore:
                 if not conn.closed:
                     conn.rollback()
                 raise
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
-            raise FleetUnavailable(f"PostgreSQL unreachable: {str(exc).strip()}") from None
+        except psycopg2.Error as exc:
+            self.close()  # reconnect next time (after a failover: maybe to the new primary)
+            raise database_error(exc) from None
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg2.Error:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None
 
     def migrate(self) -> list[int]:
+        """Apply the pending migrations (audit/migrate.py): the write commands do,
+        with a role that may create the schema (CREATE on the database)."""
         from audit.migrate import migrate
 
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect(self._dsn)
+            with self._conn.cursor() as cur:  # a migration may outlast a query's timeout
+                cur.execute("SET statement_timeout = 0")
+            self._conn.commit()
             done = migrate(self._conn)
-            self._migrated = True
+            self._checked = True
             return done
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        except psycopg2.Error as exc:
             self.close()
-            raise FleetUnavailable(f"PostgreSQL unreachable: {str(exc).strip()}") from None
+            raise database_error(exc) from None
+
+    def check_schema(self) -> None:
+        """SchemaNotCurrent unless every migration this code knows is applied
+        (ChecksumMismatch if one differs), with reads only: ``migrate()`` runs
+        ``CREATE SCHEMA IF NOT EXISTS``, which needs CREATE on the database even
+        when the schema exists, a grant a least-privilege role lacks."""
+        from audit.migrate import load, verify
+
+        known = load()
+        with self._tx() as cur:
+            cur.execute("SELECT to_regclass('audit.schema_migrations') IS NOT NULL")
+            applied: dict[int, tuple[str, str]] = {}
+            if cur.fetchone()[0]:
+                cur.execute("SELECT version, name, checksum FROM audit.schema_migrations")
+                applied = {int(v): (n, c) for v, n, c in cur.fetchall()}
+        verify(applied, known)
+        missing = [m.filename for m in known if m.version not in applied]
+        if missing:
+            raise SchemaNotCurrent(
+                f"the fleet database lacks migration(s) {', '.join(missing)}: run any "
+                "`falconctl hosts` command (or the shipper) once with a role that may create "
+                "the schema")
+        self._checked = True
+
+    def ensure_schema(self) -> None:
+        """Check the schema is current; only when it is not, migrate (a fresh
+        database, a new release): a role without CREATE works once the schema
+        is current, and gets SchemaNotCurrent naming what is missing when not."""
+        try:
+            self.check_schema()
+        except SchemaNotCurrent as behind:
+            try:
+                self.migrate()
+            except DatabaseError as exc:
+                raise SchemaNotCurrent(f"{behind}; migrating it here failed: {exc}") from None
 
     # -- reads ------------------------------------------------------------------
     def desired(self) -> Desired:
-        if not self._migrated:  # a reconciler started while PostgreSQL was down
-            self.migrate()
+        if not self._checked:  # a reconciler started while PostgreSQL was down
+            self.ensure_schema()
         with self._tx() as cur:
             cur.execute("SELECT revision FROM fleet.head")
             revision = int(cur.fetchone()[0])
@@ -198,7 +274,7 @@ class FleetStore:
             current = self._current(cur, model)
             joins = current is None and op != "rollback"
             if joins:  # a model new to the fleet starts as the hosts report running it
-                current = self._seed(cur, model, revision)
+                current = self._seed(cur, model, revision, explicit_split=op == "split")
             new, target = self._apply(cur, op, model, current, revision, version, split,
                                       to_revision)
             if not joins and current is not None and (new.versions, new.split) == (
@@ -258,11 +334,14 @@ class FleetStore:
                                      "): wait until the hosts converge (`falconctl hosts "
                                      "status`), then unload")
 
-    def _seed(self, cur: Any, model: str, revision: int) -> ModelState | None:
-        """A model new to the fleet starts as the hosts report running it."""
-        cur.execute("SELECT actual -> %s FROM fleet.hosts WHERE actual ? %s", (model, model))
-        reports = [Actual.from_json(doc) for (doc,) in cur.fetchall()]
-        return st.seeded([a.versions for a in reports], [a.split for a in reports], revision)
+    def _seed(self, cur: Any, model: str, revision: int, explicit_split: bool) -> ModelState | None:
+        """A model new to the fleet starts as the hosts report running it
+        (SplitDisagreement when they route it differently, unless a split is given)."""
+        cur.execute("SELECT host, actual -> %s FROM fleet.hosts WHERE actual ? %s ORDER BY host",
+                    (model, model))
+        reports = [(host, Actual.from_json(doc)) for host, doc in cur.fetchall()]
+        return st.seeded([a.versions for _, a in reports], [a.split for _, a in reports],
+                         revision, [h for h, _ in reports], explicit_split)
 
     def _write(self, cur: Any, revision: int, actor: str, op: str, model: str,
                old: ModelState | None, new: ModelState, target: int | None,
@@ -354,7 +433,7 @@ class Listener:
     ``wait(timeout)`` returns True when a change was notified (or the
     connection was just made: the caller must read the state anyway), False
     on timeout; raises FleetUnavailable when the connection is lost (the next
-    call reconnects)."""
+    call reconnects), DatabaseError when PostgreSQL refuses the LISTEN."""
 
     def __init__(self, dsn: str, *, connect: Callable[[str], Any] = connect) -> None:
         self._dsn = dsn
@@ -376,14 +455,13 @@ class Listener:
             woke = bool(conn.notifies)
             conn.notifies.clear()
             return woke
-        except (psycopg2.OperationalError, psycopg2.InterfaceError, OSError) as exc:
+        except OSError as exc:
             self.close()
             raise FleetUnavailable(f"PostgreSQL unreachable: {str(exc).strip()}") from None
+        except psycopg2.Error as exc:
+            self.close()
+            raise database_error(exc) from None
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except psycopg2.Error:
-                pass
-            self._conn = None
+        close_quietly(self._conn)
+        self._conn = None

@@ -87,11 +87,11 @@ def test_one_host_converges_refuses_and_recovers(fleet_stack: Stack) -> None:
     wait_for(lambda: loaded(stack, "mlp") == (["1"], {"1": 100}), 30, "unloaded again")
     wait_for(lambda: run(stack, "hosts", "status").returncode == 0, 30, "converged")
 
-    # a version whose files are not on the host: reported as failing, exit 1
+    # a version whose files are not on the host: reported as failing, exit 5 (not converged)
     out = run(stack, "hosts", "load", "mlp", "3", "--wait", "3")
-    assert out.returncode == 1 and "not converged" in out.stdout, out.stdout
+    assert out.returncode == 5 and "not converged" in out.stdout, out.stdout  # written
     status = run(stack, "hosts", "status")
-    assert status.returncode == 1 and "FAILING" in status.stdout and "no version '3'" in \
+    assert status.returncode == 5 and "FAILING" in status.stdout and "no version '3'" in \
         status.stdout, status.stdout
     out = run(stack, "hosts", "unload", "mlp", "3", "--wait", "15")
     assert out.returncode == 0, out.stdout + out.stderr

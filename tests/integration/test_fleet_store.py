@@ -11,9 +11,17 @@ from typing import Any
 import psycopg2
 import pytest
 
-from fleet.errors import CarriesTraffic, FleetUnavailable, InvalidChange, StaleRevision
+from fleet.errors import (
+    CarriesTraffic,
+    DatabaseError,
+    FleetUnavailable,
+    InvalidChange,
+    SchemaNotCurrent,
+    SplitDisagreement,
+    StaleRevision,
+)
 from fleet.plan import Actual
-from fleet.store import FleetStore, Listener
+from fleet.store import FleetStore, Listener, connect
 from tests.pg_fixture import fresh_database
 
 WHO = "falconctl:test (uid 0) on here"
@@ -171,6 +179,21 @@ def test_a_model_new_to_the_fleet_starts_from_what_hosts_report(store: FleetStor
     assert joins is True
 
 
+def test_a_joining_model_the_hosts_route_differently_needs_an_explicit_split(
+        store: FleetStore, dsn: str) -> None:
+    store.report("host-a", 0, True, {"m": Actual(("1", "2"), {"1": 100})}, "", 1.0, [], set())
+    store.report("host-b", 0, True, {"m": Actual(("1", "2"), {})}, "", 1.0, [], set())
+    with pytest.raises(SplitDisagreement) as err:  # before: {"2": 100} everywhere
+        store.change("load", "m", WHO, version="3")
+    assert "host-a route {'1': 100}; host-b route {'2': 100}" in str(err.value)
+    assert store.desired().revision == 0 and query(dsn, "SELECT 1 FROM audit.events") == []
+    done = store.change("split", "m", WHO, split={"1": 100})
+    assert done is not None and done.joins and done.new == {"versions": ["1", "2"],
+                                                           "split": {"1": 100}}
+    done = store.change("load", "m", WHO, version="3")
+    assert done is not None and done.new["split"] == {"1": 100}
+
+
 def test_a_host_report_records_each_change_on_it_once(store: FleetStore, dsn: str) -> None:
     store.change("load", "m", WHO, version="1")
     before = {"m": Actual(("1",), {}), "other": Actual(("3",), {})}
@@ -216,3 +239,111 @@ def test_an_unreachable_database_is_fleet_unavailable() -> None:
         FleetStore(dsn).desired()
     with pytest.raises(FleetUnavailable):
         Listener(dsn).wait(0.1)
+
+
+@pytest.fixture
+def reconciler_dsn(store: FleetStore, dsn: str) -> Any:
+    """A least-privilege reconciler role (docs/several-hosts.md): reads the fleet
+    state, writes only its host report and its audit events; no CREATE."""
+    import uuid
+
+    role = f"rec_{uuid.uuid4().hex[:8]}"
+    dbname = query(dsn, "SELECT current_database()")[0][0]
+    for sql in (f"CREATE ROLE {role} LOGIN PASSWORD 'pw'",
+                f"REVOKE CREATE, TEMPORARY ON DATABASE {dbname} FROM PUBLIC",
+                f"GRANT USAGE ON SCHEMA fleet, audit TO {role}",
+                f"GRANT SELECT ON ALL TABLES IN SCHEMA fleet TO {role}",
+                f"GRANT SELECT ON audit.schema_migrations TO {role}",
+                f"GRANT INSERT, UPDATE ON fleet.hosts TO {role}",
+                f"GRANT INSERT ON audit.events TO {role}",
+                f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA audit TO {role}"):
+        query(dsn, sql)
+    yield role, f"{dsn} user={role} password=pw"
+    query(dsn, f"DROP OWNED BY {role}")
+    query(dsn, f"DROP ROLE {role}")
+
+
+def test_the_reconciler_role_checks_the_schema_and_never_needs_create(
+        store: FleetStore, dsn: str, reconciler_dsn: tuple[str, str]) -> None:
+    role, rdsn = reconciler_dsn
+    store.change("load", "m", WHO, version="1")
+    rec = FleetStore(rdsn)
+    try:
+        # before: desired() migrated first, and CREATE SCHEMA IF NOT EXISTS needs CREATE on
+        # the database even when the schema exists: InsufficientPrivilege escaped
+        assert rec.desired().models["m"].versions == ("1",)
+        assert rec.report("host-a", 1, True, {"m": Actual(("1",), {"1": 100})}, "", 1.0,
+                          [], {"m"}, initial={"m": Actual(("1",), {})}) is not None
+        with pytest.raises(DatabaseError) as err:
+            rec.migrate()
+        assert err.value.pgcode == "42501" and "permission denied" in str(err.value)
+        with pytest.raises(DatabaseError) as err:  # a write it has no grant for
+            rec.change("split", "m", WHO, split={"1": 100})
+        assert err.value.pgcode == "42501"
+        assert rec.desired().revision == 1  # the connection is usable again
+    finally:
+        rec.close()
+
+
+def test_a_read_only_database_is_a_database_error_naming_it(
+        store: FleetStore, dsn: str, reconciler_dsn: tuple[str, str]) -> None:
+    role, rdsn = reconciler_dsn
+    query(dsn, f"ALTER ROLE {role} SET default_transaction_read_only = on")  # a standby
+    rec = FleetStore(rdsn)
+    try:
+        assert rec.desired().revision == 0  # reads work
+        with pytest.raises(DatabaseError) as err:
+            rec.report("host-a", 0, True, {}, "", 1.0, [], set())
+        assert err.value.pgcode == "25006" and "read-only transaction" in str(err.value)
+        with pytest.raises(DatabaseError, match="read-only"):
+            rec.forget("host-a")
+    finally:
+        rec.close()
+
+
+def test_an_unmigrated_database_is_schema_not_current_for_a_role_without_create(
+        pg_cluster: Any) -> None:
+    import uuid
+
+    empty = fresh_database(pg_cluster, "unmigrated")
+    role = f"rec_{uuid.uuid4().hex[:8]}"
+    dbname = query(empty, "SELECT current_database()")[0][0]
+    query(empty, f"CREATE ROLE {role} LOGIN PASSWORD 'pw'")
+    query(empty, f"REVOKE CREATE, TEMPORARY ON DATABASE {dbname} FROM PUBLIC")
+    reader = FleetStore(f"{empty} user={role} password=pw")
+    try:
+        with pytest.raises(SchemaNotCurrent, match="0001_audit_schema.sql.*permission denied"):
+            reader.desired()
+        assert query(empty, "SELECT to_regnamespace('fleet')") == [(None,)]  # nothing made
+    finally:
+        reader.close()
+        query(empty, f"DROP ROLE {role}")
+    owner = FleetStore(empty)  # a role that may: the first pass migrates a fresh database
+    try:
+        assert owner.desired().revision == 0
+    finally:
+        owner.close()
+
+
+def test_a_query_on_a_hung_server_times_out_and_the_connection_has_keepalives(
+        dsn: str) -> None:
+    import time
+
+    short = FleetStore(dsn, connect=lambda d: connect(d, statement_timeout_s=0.5))
+    try:
+        started = time.monotonic()
+        with pytest.raises(FleetUnavailable, match="statement timeout"):
+            with short._tx() as cur:
+                cur.execute("SELECT pg_sleep(10)")
+        assert time.monotonic() - started < 5
+    finally:
+        short.close()
+    conn = connect(dsn)
+    try:
+        params = conn.get_dsn_parameters()
+        assert (params["keepalives"], params["keepalives_idle"]) == ("1", "10")
+        with conn.cursor() as cur:
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone()[0] == "30s"
+    finally:
+        conn.close()

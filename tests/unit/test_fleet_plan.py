@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import CarriesTraffic, InvalidChange, NothingToRollBack
+from fleet.errors import CarriesTraffic, InvalidChange, NothingToRollBack, SplitDisagreement
 from fleet.plan import Actual, converged, plan
 from fleet.state import (
     ModelState,
@@ -52,12 +52,29 @@ def test_unloading_a_version_with_weight_is_refused() -> None:
 
 
 def test_a_model_new_to_the_fleet_starts_as_the_hosts_run_it() -> None:
-    # the hosts agree on a split: kept; they differ or run none: the highest version (the
-    # daemon's default) is pinned, so that a version loaded next takes no traffic
+    # the hosts agree on a split: kept; they run none: their highest version (the daemon's
+    # default) is pinned, so that a version loaded next takes no traffic
     assert seeded([("1", "2"), ("1", "2")], [{"1": 50, "2": 50}] * 2, 7) == \
         ModelState(("1", "2"), {"1": 50, "2": 50}, 7)
-    assert seeded([("1",), ("1", "2")], [{}, {"1": 100}], 7).split == {"2": 100}
+    assert seeded([("1", "2"), ("1", "2")], [{}, {}], 7) == ModelState(("1", "2"), {"2": 100}, 7)
+    # one runs no split and answers with 1, the other pins 1: they agree on {1: 100}
+    assert seeded([("1",), ("1", "2")], [{}, {"1": 100}], 7).split == {"1": 100}
     assert seeded([], [], 7) is None
+
+
+def test_hosts_routing_a_joining_model_differently_refuse_a_seeded_split() -> None:
+    # before: {highest: 100} was seeded, moving host-a's traffic from 1 to 2
+    with pytest.raises(SplitDisagreement) as err:
+        seeded([("1", "2"), ("1", "2")], [{"1": 100}, {}], 7, ["host-a", "host-b"])
+    assert err.value.field == "split"
+    assert "host-a route {'1': 100}; host-b route {'2': 100}" in str(err.value)
+    assert "hosts split" in str(err.value)
+    # no split and different highest versions disagree too
+    with pytest.raises(SplitDisagreement):
+        seeded([("1",), ("1", "2")], [{}, {}], 7, ["host-a", "host-b"])
+    # a change that sets the split itself may seed from them (with no split of its own)
+    assert seeded([("1",), ("1", "2")], [{}, {}], 7, explicit_split=True) == \
+        ModelState(("1", "2"), {}, 7)
 
 
 def test_rollback_steps_back_one_split_write_at_a_time() -> None:

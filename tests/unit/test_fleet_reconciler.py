@@ -151,3 +151,136 @@ def test_postgresql_down_holds_the_last_state_and_is_logged_once(
     assert sum("PostgreSQL unreachable" in m for m in messages) == 1, messages
     assert sum("reachable again" in m for m in messages) == 1, messages
     assert store.reports[-1][3]["m"] == Actual(("1",), {"1": 100})  # reported once back
+
+
+class DownWithTheStore:
+    """A listener on the same database as ``store``: it raises while the store is
+    down (its reconnect fails too), as fleet.store.Listener does."""
+
+    def __init__(self, store: FakeStore) -> None:
+        self.store = store
+
+    def wait(self, timeout: float) -> bool:
+        if self.store.down:
+            raise FleetUnavailable("PostgreSQL unreachable: connection refused")
+        return False
+
+
+def test_a_daemon_restarted_during_an_outage_is_trimmed_before_postgresql_returns() -> None:
+    # before the fix the failing listener sent every loop straight to back-off: no pass
+    # ran, and the fallback to the last desired state was unreachable
+    daemon = FakeDaemon({"m": Actual(("1",), {})})
+    store = FakeStore(desired(1, m=ModelState(("1",), {"1": 100})))
+    clock = [0.0]
+    stop = threading.Event()
+    ticks = [0]
+    applied_while_down: list[tuple[str, str, Any]] = []
+    apply = daemon.apply
+
+    def recording_apply(model: str, step: tuple[str, Any]) -> None:
+        apply(model, step)
+        if store.down:
+            applied_while_down.append(daemon.steps[-1])
+
+    daemon.apply = recording_apply  # type: ignore[method-assign]
+
+    def tick() -> None:
+        clock[0] += 1.0
+        ticks[0] += 1
+        if ticks[0] == 3:
+            store.down = True
+            # the daemon restarts: its whole repository loaded, its persisted split lost
+            daemon.state["m"] = ({"1", "9"}, {})
+        if ticks[0] == 60:
+            stop.set()  # PostgreSQL never returned
+
+    def pause(ev: threading.Event, seconds: float) -> bool:
+        clock[0] += seconds
+        return ev.is_set()
+
+    rec = Reconciler("h", store, daemon, DownWithTheStore(store), interval_s=5.0,
+                     clock=lambda: clock[0], on_pass=tick, pause=pause)
+    rec.run(stop)
+    assert store.down
+    assert ("m", "split", {"1": 100}) in applied_while_down, daemon.steps
+    assert ("m", "unload", "9") in applied_while_down, daemon.steps
+    assert daemon.state["m"] == ({"1"}, {"1": 100})
+
+
+def test_a_database_refusal_or_a_bug_is_logged_once_and_retried_never_fatal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from fleet.errors import DatabaseError
+
+    daemon = FakeDaemon({"m": Actual(("1",), {"1": 100})})
+    store = FakeStore(desired(1, m=ModelState(("1",), {"1": 100})))
+    failures: list[Exception] = [
+        *[DatabaseError("PostgreSQL refused: cannot execute INSERT in a read-only "
+                        "transaction", "25006")] * 4,
+        *[RuntimeError("a bug")] * 3]
+    real_report = store.report
+
+    def report(*args: Any) -> None:
+        if failures:
+            raise failures.pop(0)
+        real_report(*args)
+
+    store.report = report  # type: ignore[method-assign]
+    clock = [0.0]
+    stop = threading.Event()
+
+    def tick() -> None:
+        clock[0] += 1.0
+        if clock[0] > 200:
+            stop.set()
+
+    def pause(ev: threading.Event, seconds: float) -> bool:
+        clock[0] += seconds
+        if not failures and store.reports:
+            ev.set()
+        return ev.is_set()
+
+    rec = Reconciler("h", store, daemon, Quiet(), interval_s=2.0, clock=lambda: clock[0],
+                     on_pass=tick, pause=pause)
+    with caplog.at_level(logging.INFO, "fleet.reconciler"):
+        rec.run(stop)  # before the fix: DatabaseError escaped run() and the process exited
+    assert failures == [] and store.reports  # every failure retried, then a report
+    messages = [r.message for r in caplog.records]
+    assert sum("read-only transaction" in m for m in messages) == 1, messages
+    assert sum("pass failed (RuntimeError)" in m for m in messages) == 1, messages
+    assert sum("succeeded again" in m for m in messages) == 1, messages
+    assert REGISTRY.get_sample_value("falcon_fleet_errors_total",
+                                     {"kind": "DatabaseError"}) >= 4
+
+
+def test_steps_and_database_calls_announce_their_bound_to_the_watchdog() -> None:
+    daemon = FakeDaemon({"m": Actual(("1", "9"), {})})
+    store = FakeStore(desired(1, m=ModelState(("1",), {"1": 100})))
+    bounds: list[float] = []
+    rec = Reconciler("h", store, daemon, Quiet(), expect=bounds.append, step_s=120.0)
+    assert rec.pass_once() is True
+    # desired(), models(), split, unload, models(), report()
+    assert bounds == [0.0, 120.0, 120.0, 120.0, 120.0, 0.0]
+
+
+def test_the_heartbeat_pings_through_a_long_step_and_stops_when_the_loop_is_stuck() -> None:
+    import time
+
+    from fleet.heartbeat import Heartbeat
+
+    pings: list[float] = []
+    hb = Heartbeat(lambda: pings.append(time.monotonic()), every_s=0.05, idle_s=0.3)
+    hb.start()
+    try:
+        hb.expect(0.6)  # a step that may take 0.6 s: pings go on past idle_s
+        time.sleep(0.6)
+        assert hb.alive() and len(pings) >= 8
+        time.sleep(0.5)  # no beat: the loop is stuck beyond its bound
+        assert not hb.alive()
+        stuck = len(pings)
+        time.sleep(0.3)
+        assert len(pings) == stuck  # systemd's WatchdogSec restarts it
+        hb.beat()
+        time.sleep(0.2)
+        assert len(pings) > stuck
+    finally:
+        hb.stop()

@@ -13,7 +13,7 @@
     falconctl install           systemd units, /etc/falcon, the falcon user
     falconctl keys create|list|revoke   API keys (shown once, stored as hashes)
     falconctl hosts list|drain|maint|ready|traffic   serving hosts behind HAProxy (runtime API)
-    falconctl hosts load|unload|split|rollback|status|history   the fleet's desired models
+    falconctl hosts load|unload|split|rollback|status|history|forget   the fleet's desired models
     falconctl reconcile         this host's fleet reconciler (foreground)
 """
 

@@ -248,7 +248,7 @@ _guarded = guarded("hosts", lambda: (HostsError, ConfigError))
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("hosts", help="serving hosts behind HAProxy: list, drain, maint, ready, "
                                      "traffic; the fleet's models: load, unload, split, "
-                                     "rollback, status, history")
+                                     "rollback, status, history, forget")
     hs = p.add_subparsers(dest="hosts_command", required=True)
     hs.add_parser("list", help="each server's state and load").set_defaults(
         func=_guarded(cmd_list))

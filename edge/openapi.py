@@ -90,12 +90,12 @@ REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False,
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
     "Tensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-        "name": {"type": "string"}, "datatype": {"type": "string", "enum": DATATYPES},
+        "name": {"type": "string", "minLength": 1}, "datatype": {"type": "string", "enum": DATATYPES},
         "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "parameters": {"type": "object"}, "data": {"type": "array", "items": {}}}},
     "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"}, "parameters": {"type": "object"},
-        "inputs": {"type": "array", "items": _ref("Tensor")},
+        "inputs": {"type": "array", "minItems": 1, "items": _ref("Tensor")},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
                     "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
     "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {

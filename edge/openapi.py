@@ -140,6 +140,35 @@ SCHEMAS: dict[str, Any] = {
                               "description": "Keyed by class label"}}}}}},
     "ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
         "name": {"type": "string"}, "ready": {"type": "boolean"}}},
+    "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
+    "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"],
+                       "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                      "extensions": {"type": "array",
+                                                     "items": {"type": "string"}}}},
+    "Statistics": {"type": "object", "required": ["model_stats"], "properties": {
+        "model_stats": {"type": "array", "items": {"type": "object", "required": ["name", "version"],
+                        "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+                                       "inference_count": {"type": "integer"},
+                                       "execution_count": {"type": "integer"},
+                                       "inference_stats": {"type": "object"}}}}}},
+    "RepositoryIndex": {"type": "array", "items": {
+        "type": "object", "required": ["name", "version", "state"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "state": {"type": "string", "enum": ["READY", "UNAVAILABLE"]},
+            "reason": {"type": "string"}}}},
+    "Loaded": {"type": "object", "required": ["model", "loaded"], "properties": {
+        "model": {"type": "string"}, "loaded": {"type": "array", "items": {"type": "string"}}}},
+    "Unloaded": {"type": "object", "required": ["model", "unloaded"], "properties": {
+        "model": {"type": "string"}, "unloaded": {"type": "array", "items": {"type": "string"}}}},
+    "Traffic": {"type": "object", "required": ["model", "versions", "split", "default_version"],
+                "properties": {"model": {"type": "string"},
+                               "versions": {"type": "array", "items": {"type": "string"}},
+                               "split": _ref("Split"), "default_version": {"type": "string"}}},
+    "SplitChange": {"type": "object", "required": ["model", "old", "new"], "properties": {
+        "model": {"type": "string"}, "old": _ref("Split"), "new": _ref("Split")}},
+    "Split": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0},
+              "description": "Version -> weight (empty: none; the default version answers)"},
     "RepositoryRequest": {"type": "object", "properties": {"parameters": {
         "type": "object", "properties": {"version": {"oneOf": [
             {"type": "string"}, {"type": "integer"}]}}}},
@@ -201,9 +230,9 @@ def _predict(params: list[dict[str, Any]]) -> dict[str, Any]:
                    body=_body("PredictRequest"))
 
 
-def _load(what: str) -> dict[str, Any]:
+def _load(what: str, answer: str) -> dict[str, Any]:
     return _daemon(f"{what} a model's versions (all, or the body's parameters.version)",
-                   [MODEL], 404, 413, body=_body("RepositoryRequest", required=False))
+                   [MODEL], 404, 413, ok=answer, body=_body("RepositoryRequest", required=False))
 
 
 def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
@@ -239,31 +268,35 @@ def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
 def _paths() -> dict[str, Any]:
     mv = [MODEL, VERSION]
     return {
-        "/v2/health/live": {"get": _op("Liveness", [], ())},
+        "/v2/health/live": {"get": _op("Liveness", [], (), ok="Live")},
         "/v2/health/ready": {"get": _op("Readiness: 503 when the daemon is unavailable or "
-                                        "serves no model, or this edge is stopping", [], (503,))},
-        "/v2": {"get": _op("Server metadata", [], ())},
+                                        "serves no model, or this edge is stopping", [], (503,),
+                                        ok="Ready")},
+        "/v2": {"get": _op("Server metadata", [], (), ok="ServerMetadata")},
         "/v2/models/{model}": {"get": _daemon("Model metadata", [MODEL], 404, ok="ModelMetadata")},
         "/v2/models/{model}/versions/{version}": {
             "get": _daemon("Model version metadata", mv, 404, ok="ModelMetadata")},
         "/v2/models/{model}/ready": {"get": _ready([MODEL])},
         "/v2/models/{model}/versions/{version}/ready": {"get": _ready(mv)},
         "/v2/models/stats": {"get": _daemon("Inference statistics of every loaded version "
-                                            "(Triton's statistics extension; 404: none)", [], 404)},
+                                            "(Triton's statistics extension; 404: none)", [], 404,
+                                            ok="Statistics")},
         "/v2/models/{model}/stats": {"get": _daemon("A model's inference statistics",
-                                                    [MODEL], 404)},
+                                                    [MODEL], 404, ok="Statistics")},
         "/v2/models/{model}/versions/{version}/stats": {
-            "get": _daemon("A version's inference statistics", mv, 404)},
+            "get": _daemon("A version's inference statistics", mv, 404, ok="Statistics")},
         "/v2/models/{model}/infer": {"post": _infer([MODEL])},
         "/v2/models/{model}/versions/{version}/infer": {"post": _infer(mv)},
         "/v2/repository/index": {"post": _daemon("Every version in the repository and its state",
-                                                 [])},
-        "/v2/repository/models/{model}/load": {"post": _load("Load")},
-        "/v2/repository/models/{model}/unload": {"post": _load("Unload")},
+                                                 [], ok="RepositoryIndex")},
+        "/v2/repository/models/{model}/load": {"post": _load("Load", "Loaded")},
+        "/v2/repository/models/{model}/unload": {"post": _load("Unload", "Unloaded")},
         "/v1/models/{model}/traffic": {
-            "get": _daemon("Versions and traffic split", [MODEL], 404),
-            "put": _daemon("Set the split", [MODEL], 404, 413, body=_body("SplitRequest"))},
-        "/v1/models/{model}/rollback": {"post": _daemon("Back to the previous split", [MODEL], 404)},
+            "get": _daemon("Versions and traffic split", [MODEL], 404, ok="Traffic"),
+            "put": _daemon("Set the split", [MODEL], 404, 413, ok="SplitChange",
+                           body=_body("SplitRequest"))},
+        "/v1/models/{model}/rollback": {"post": _daemon("Back to the previous split", [MODEL], 404,
+                                                        ok="SplitChange")},
         "/v1/models/{model}/predict": {"post": _predict([MODEL])},
         "/v1/models/{model}/versions/{version}/predict": {"post": _predict(mv)},
         "/openapi.json": {"get": _op("This document", [], (), ok=_json({"type": "object"}))},

@@ -176,6 +176,7 @@ class Tracing:
         self._sampler = RatioSampler(sample_ratio)
         self._ids: _DecidedIds | None = None
         self._api: Any = None  # opentelemetry.trace, once started
+        self._context: Any = None  # opentelemetry.context.Context, once started
 
     @classmethod
     def from_settings(cls, settings: Any, component: str) -> Tracing:
@@ -194,6 +195,7 @@ class Tracing:
         if not self.enabled or self._pid == os.getpid():
             return
         from opentelemetry import trace as api
+        from opentelemetry.context import Context
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -222,7 +224,7 @@ class Tracing:
             schedule_delay_millis=SCHEDULE_DELAY_MS,
             max_export_batch_size=min(MAX_EXPORT_BATCH, self.max_queue_spans),
             export_timeout_millis=self.export_timeout_s * 1000))
-        self._provider, self._pid, self._api = provider, os.getpid(), api
+        self._provider, self._pid, self._api, self._context = provider, os.getpid(), api, Context
         self.tracer = provider.get_tracer("falcon")
         log.info("tracing on: %s to %s, sampling %.3g of new traces", self.service,
                  self.endpoint or type(exporter).__name__, self.sample_ratio)
@@ -294,8 +296,7 @@ class Tracing:
         sampled = [r for r in requests if r[0] is not None and r[0].sampled]
         if not sampled:
             return
-        from opentelemetry.trace import Link
-
+        Link = self._api.Link  # noqa: N806 - the API's class
         for parent, enqueued_ns, started_ns in sampled:
             span = self.tracer.start_span("daemon queue", context=self._parent(parent),
                                           attributes=attributes, start_time=enqueued_ns)
@@ -315,19 +316,16 @@ class Tracing:
         return lambda t: int(t * 1e9) + offset
 
     # -- parents --------------------------------------------------------------------
-    @staticmethod
-    def _remote(tp: w3c.TraceParent) -> Any:
-        from opentelemetry.trace import SpanContext, TraceFlags
-
-        return SpanContext(int(tp.trace_id, 16), int(tp.span_id or w3c.ZERO_SPAN, 16),
-                           is_remote=True, trace_flags=TraceFlags(1 if tp.sampled else 0))
+    def _remote(self, tp: w3c.TraceParent) -> Any:
+        api = self._api
+        return api.SpanContext(int(tp.trace_id, 16), int(tp.span_id or w3c.ZERO_SPAN, 16),
+                               is_remote=True,
+                               trace_flags=api.TraceFlags(1 if tp.sampled else 0))
 
     def _parent(self, tp: w3c.TraceParent | None) -> Any:
         """The OpenTelemetry context whose current span is ``tp`` (an empty context,
         a new root, without one: never the ambient context)."""
-        from opentelemetry import trace
-        from opentelemetry.context import Context
-
         if tp is None or tp.span_id is None:
-            return Context()
-        return trace.set_span_in_context(trace.NonRecordingSpan(self._remote(tp)), Context())
+            return self._context()
+        return self._api.set_span_in_context(self._api.NonRecordingSpan(self._remote(tp)),
+                                             self._context())

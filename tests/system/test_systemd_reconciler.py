@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import re
 import signal
+import time
 
 from fleet.store import FleetStore
-from tests.system.systemd_falcon import Falcon
+from tests.system.systemd_falcon import ROOT, Falcon
 from tests.system.systemd_sandbox import wait_until
 
 UNIT = "falcon-reconciler.service"
 OK_THRESHOLD = 49  # exposure x 10, as tests/system/test_systemd_units.py
+DROPIN = f"/etc/systemd/system/{UNIT}.d/test.conf"
 
 
 def test_the_reconciler_unit_converges_the_host_and_survives_a_kill(falcon: Falcon) -> None:
@@ -24,6 +26,9 @@ def test_the_reconciler_unit_converges_the_host_and_survives_a_kill(falcon: Falc
     assert box.run(["stat", "-c", "%a", "/etc/falcon/reconciler.env"]).stdout.strip() == "600"
     box.write("/etc/falcon/reconciler.env",
               f"FALCON_FLEET_DSN={falcon.dsn}\nFALCON_FLEET_INTERVAL_S=1\n", mode="0600")
+    # a short watchdog (the unit's is 60 s): only fleet/heartbeat.py's thread feeds it
+    box.write(DROPIN, f"[Service]\nEnvironment=PYTHONPATH={ROOT.resolve()}\nWatchdogSec=3s\n")
+    box.systemctl("daemon-reload")
     done = box.systemctl("start", "falcon.target", check=False, timeout=150)
     assert done.returncode == 0 and box.show(UNIT, "ActiveState") == "active", \
         done.stderr + box.journal(UNIT)
@@ -47,8 +52,16 @@ def test_the_reconciler_unit_converges_the_host_and_survives_a_kill(falcon: Falc
         store.change("split", "digits", "test", split={"1": 50})  # same routing, new revision
         head = store.desired().revision
         wait_until(lambda: store.hosts()[0].converged == head, 30, "converged after restart")
+        # fed while it idles between passes: not killed by its 3 s watchdog
+        assert box.show(UNIT, "WatchdogUSec") == "3s"
+        pid, restarts = box.show(UNIT, "MainPID"), box.show(UNIT, "NRestarts")
+        time.sleep(8)
+        assert (box.show(UNIT, "MainPID"), box.show(UNIT, "NRestarts")) == (pid, restarts)
+        assert "watchdog timeout" not in box.journal(UNIT, 200).lower()
     finally:
         store.close()
+        box.run(["rm", "-f", DROPIN])
+        box.systemctl("daemon-reload")
     security = box.run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
                         f"--threshold={OK_THRESHOLD}", f"/etc/systemd/system/{UNIT}"],
                        check=False, timeout=120)

@@ -8,6 +8,7 @@ operator's side of the fleet state (falconctl/hosts.py wires the arguments).
     falconctl hosts unload MODEL VERSION    refused while it has weight (desired, or on a live host)
     falconctl hosts status [--json]         desired vs actual per host
     falconctl hosts history [MODEL]         revisions: who, when, old -> new
+    falconctl hosts forget HOST              drop a host's report (a host gone for good)
 
 A write prints the revision it made (or "unchanged": the state already is
 what was asked, so re-running a command is harmless) and returns at once; the

@@ -118,13 +118,13 @@ class Reconciler:
     # -- one pass ---------------------------------------------------------------
     def pass_once(self) -> bool:
         """One pass; True when the daemon runs the desired state. Raises
-        FleetUnavailable (or another FleetError: DatabaseError, SchemaNotCurrent)
-        when the desired state could not be read (then the last one read was
-        applied) or the report could not be written."""
+        FleetUnavailable (or any other error: DatabaseError, SchemaNotCurrent,
+        a ChecksumMismatch) when the desired state could not be read (then the
+        last one read was applied) or the report could not be written."""
         try:
             self.expect(0.0)
             desired = self.store.desired()
-        except FleetError:
+        except Exception:  # unreachable, refused, a released migration edited: hold the line
             if self.last is not None:
                 self._converge(self.last)  # hold the line on the last known state
             raise

@@ -284,3 +284,21 @@ def test_the_heartbeat_pings_through_a_long_step_and_stops_when_the_loop_is_stuc
         assert len(pings) > stuck
     finally:
         hb.stop()
+
+
+def test_any_failure_to_read_the_desired_state_still_holds_the_last_one() -> None:
+    from audit.migrate import ChecksumMismatch
+
+    daemon = FakeDaemon({"m": Actual(("1",), {"1": 100})})
+    store = FakeStore(desired(1, m=ModelState(("1",), {"1": 100})))
+    rec = Reconciler("h", store, daemon, Quiet())
+    assert rec.pass_once() is True
+    daemon.state["m"] = ({"1", "9"}, {})  # the daemon restarted
+
+    def edited() -> Desired:
+        raise ChecksumMismatch("0007_fleet_state.sql changed after it was applied")
+
+    store.desired = edited  # type: ignore[method-assign]
+    with pytest.raises(ChecksumMismatch):
+        rec.pass_once()
+    assert daemon.state["m"] == ({"1"}, {"1": 100})

@@ -84,6 +84,10 @@ VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type":
 TIMEOUT = {"name": "X-Request-Timeout-Ms", "in": "header", "required": False,
            "schema": {"type": "integer", "minimum": 1},
            "description": "Lower the request deadline (never above the server default)."}
+HEADER_LENGTH = {"name": "Inference-Header-Content-Length", "in": "header", "required": False,
+                 "schema": {"type": "integer", "minimum": 0},
+                 "description": "The binary tensor data extension: the body's first this many "
+                                "bytes are the JSON header, the tensors' raw bytes follow"}
 REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False,
               "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"}}
 
@@ -217,7 +221,7 @@ def _body(schema: str, required: bool = True) -> dict[str, Any]:
 def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
     return _daemon("Run inference (JSON, or the binary tensor data extension with the "
                    "Inference-Header-Content-Length header)",
-                   params + [REQUEST_ID], 404, 413, ok="InferResponse",
+                   params + [REQUEST_ID, HEADER_LENGTH], 404, 413, ok="InferResponse",
                    body={"required": True, "content": {
                        **_json(_ref("InferRequest")),
                        "application/octet-stream": {"schema": {"type": "string",

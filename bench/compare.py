@@ -197,6 +197,8 @@ class Bench:
             "FALCON_EDGE_THREADS": str(self.threads),
             "FALCON_HAPROXY_BIND": f"127.0.0.1:{free_port()}",
             "FALCON_HAPROXY_STATS_BIND": f"127.0.0.1:{free_port()}",
+            # HAProxy's gRPC frontend too: the default 8081 may be another stack's
+            "FALCON_GRPC_PUBLIC_BIND": f"127.0.0.1:{free_port()}",
         })
         env.update(self.env)
         stack = Stack(env, tmp / "logs", python=PYTHON)

@@ -92,8 +92,7 @@ def spans(edge: str) -> dict[str, float]:
 def run_mode(mode: str, bench: Bench, repo: Path, body: Path, load: Load, sink: Sink,
              args: argparse.Namespace) -> tuple[Run, dict[str, float]]:
     ratio = MODES[mode]
-    # (a port of its own for HAProxy's gRPC frontend: the default 8081 may be another stack's)
-    bench.env = {"FALCON_GRPC_PUBLIC_BIND": f"127.0.0.1:{free_port()}"}
+    bench.env = {}
     if ratio is not None:
         bench.env |= {"FALCON_TRACING_ENDPOINT": sink.url,
                       "FALCON_TRACING_SAMPLE_RATIO": str(ratio)}

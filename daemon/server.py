@@ -45,7 +45,8 @@ import numpy as np
 
 from daemon import metrics
 from daemon.admission import Admission
-from daemon.batcher import Answer, Batcher, BatchError, batch_policy
+from daemon.batcher import Answer, Batcher, BatchError
+from daemon.batchpolicy import batch_policy
 from daemon.lifecycle import Lifecycle, LifecycleError, UnknownModel
 from daemon.loader import LoadedVersion
 from daemon.registry import InvalidFeeds, NotFound, Registry, check_feeds

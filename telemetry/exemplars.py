@@ -38,6 +38,8 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Exemplar
 from prometheus_client.utils import floatToGoString
 
+from shm.names import pid_alive
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "exemplars_"
 WRITE_EVERY_S = 0.2
@@ -100,6 +102,9 @@ class Exemplars:
             return
         path = directory / f"{PREFIX}{os.getpid()}.json"
         tmp = path.with_suffix(".tmp")
+        # NOTE: a plain rename, not service.durable.write_atomically: the file is rewritten
+        # every WRITE_EVERY_S on the request path and worthless after a crash (the scrape
+        # drops a dead process's files, .tmp included), so no fsync is paid for it.
         try:
             tmp.write_text(json.dumps(list(self._latest.values())))
             os.replace(tmp, path)
@@ -108,23 +113,13 @@ class Exemplars:
             pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read(directory: Path) -> dict[tuple[str, tuple[tuple[str, str], ...], str], Exemplar]:
     """The newest exemplar per (metric, labels, le) of every live process's file;
     the files of dead processes (and their half-written ``.tmp``) are removed."""
     found: dict[tuple[str, tuple[tuple[str, str], ...], str], Exemplar] = {}
     for path in directory.glob(f"{PREFIX}*"):
         pid = path.stem[len(PREFIX):]
-        if not pid.isdigit() or not _alive(int(pid)):  # (a .tmp too: a write cut short)
+        if not pid.isdigit() or not pid_alive(int(pid)):  # (a .tmp too: a write cut short)
             path.unlink(missing_ok=True)
             continue
         if path.suffix != ".json":

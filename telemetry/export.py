@@ -8,8 +8,8 @@ Usage (what :meth:`telemetry.tracing.Tracing.start` does)::
 
 - :class:`CountingBatchSpanProcessor` is the SDK's ``BatchSpanProcessor`` (a bounded
   queue and one export thread; ending a span appends it and returns), counting the
-  spans its full queue drops (``falcon_trace_spans_dropped_total{reason="queue_full"}``;
-  the SDK only logs them).
+  spans its full queue drops (``falcon_trace_spans_dropped_total{reason="queue_full"}``)
+  and logging the first; the SDK's own log line per dropped span is filtered out.
 - :class:`HashedResource`: the process's resource with its hash computed once (the
   OTLP encoder groups a batch's spans by resource, hashing it per span).
 - :class:`CountingExporter` wraps the OTLP/HTTP exporter and counts the spans of
@@ -20,6 +20,7 @@ Usage (what :meth:`telemetry.tracing.Tracing.start` does)::
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,22 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from telemetry.metrics import SPANS_DROPPED, SPANS_EXPORTED
+
+log = logging.getLogger(__name__)
+SDK_QUEUE_LOGGER = "opentelemetry.sdk._shared_internal"  # logs every span a full queue drops
+
+
+class _QueueFullFilter(logging.Filter):
+    """Drops the SDK's "Queue full, dropping span" record: it is logged in ``span.end()``,
+    on the request path, once per dropped span (a collector down at 100 % sampling: several
+    blocking log writes per request); :class:`CountingBatchSpanProcessor` counts the drops
+    and logs the first one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Queue full")
+
+
+logging.getLogger(SDK_QUEUE_LOGGER).addFilter(_QueueFullFilter())
 
 
 class HashedResource(Resource):
@@ -86,9 +103,15 @@ class CountingBatchSpanProcessor(BatchSpanProcessor):
         # on append); without it (another SDK version) drops are only logged by the SDK.
         self._queue: Any = getattr(getattr(self, "_batch_processor", None), "_queue", None)
         self._full = SPANS_DROPPED.labels("queue_full")
+        self._warned = False
 
     def on_end(self, span: ReadableSpan) -> None:
         if self._queue is not None and len(self._queue) >= self._max and \
                 span.context is not None and span.context.trace_flags.sampled:
             self._full.inc()
+            if not self._warned:
+                self._warned = True
+                log.warning("the span queue is full (%d spans): dropping spans, counted in "
+                            "falcon_trace_spans_dropped_total{reason=\"queue_full\"}; logged "
+                            "once per process", self._max)
         super().on_end(span)

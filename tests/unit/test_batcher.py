@@ -23,12 +23,11 @@ from daemon.batcher import (
     Answer,
     Batcher,
     BatchError,
-    BatchPolicy,
     DeadlineExceeded,
     InferenceFailed,
     QueueFull,
-    batch_policy,
 )
+from daemon.batchpolicy import BatchPolicy, batch_policy
 from daemon.repository import BatchingConfig, ModelConfig, RepositoryError, parse_config
 from wire import messages
 

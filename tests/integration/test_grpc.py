@@ -8,9 +8,11 @@ test_serving.py does for REST; typed ``contents`` requests are built with the pr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -336,10 +338,10 @@ def test_zipmap_probabilities_are_a_tensor_matching_onnxruntime(client, served):
     np.testing.assert_array_equal(result.as_numpy(label), ref[label])
 
 
-def test_haproxy_graceful_reload_loses_no_call(served, target):
-    client = tg.InferenceServerClient(target)
-    inp = tg.InferInput("input", [4, 64], "FP32")
-    inp.set_data_from_numpy(DIGITS["X"][:4])
+@contextlib.contextmanager
+def calls_in_a_loop(client: tg.InferenceServerClient, inp: tg.InferInput) -> Iterator[list[str]]:
+    """digits called back to back from a thread while the block runs; each call's outcome
+    ("OK" or "<status>: <message>") in the list yielded."""
     stop, results = threading.Event(), []
 
     def load() -> None:
@@ -353,12 +355,20 @@ def test_haproxy_graceful_reload_loses_no_call(served, target):
     worker = threading.Thread(target=load)
     worker.start()
     try:
-        time.sleep(0.5)
-        served[0].reload_haproxy()
-        time.sleep(3)
+        yield results
     finally:
         stop.set()
         worker.join(20)
+
+
+def test_haproxy_graceful_reload_loses_no_call(served, target):
+    client = tg.InferenceServerClient(target)
+    inp = tg.InferInput("input", [4, 64], "FP32")
+    inp.set_data_from_numpy(DIGITS["X"][:4])
+    with calls_in_a_loop(client, inp) as results:
+        time.sleep(0.5)
+        served[0].reload_haproxy()
+        time.sleep(3)
     failed = [r for r in results if r != "OK"]
     assert len(results) > 20 and not failed, failed[:5]
 
@@ -376,27 +386,12 @@ def test_restarting_one_of_two_grpc_processes_loses_no_call(make_stack):
     client = tg.InferenceServerClient(target)
     inp = tg.InferInput("input", [2, 64], "FP32")
     inp.set_data_from_numpy(DIGITS["X"][:2])
-    stop, results = threading.Event(), []
-
-    def load() -> None:
-        while not stop.is_set():
-            try:
-                client.infer("digits", [inp], client_timeout=10)
-                results.append("OK")
-            except InferenceServerException as exc:
-                results.append(f"{exc.status()}: {exc.message()}")
-
-    worker = threading.Thread(target=load)
-    worker.start()
-    try:
+    with calls_in_a_loop(client, inp) as results:
         time.sleep(0.5)
         stack.procs["grpc"].stop(signal.SIGTERM)
         time.sleep(0.5)
         stack.start_grpc()
         time.sleep(2.0)
-    finally:
-        stop.set()
-        worker.join(20)
     failed = [r for r in results if r != "OK"]
     assert len(results) > 20 and not failed, failed[:5]
 

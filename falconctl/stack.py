@@ -118,7 +118,7 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_HAPROXY_MAX_BODY_BYTES": str(s.haproxy.max_body_bytes),
         "FALCON_HAPROXY_EDGE_MAXCONN": str(s.edge.workers * s.edge.threads),
         "FALCON_HAPROXY_SERVER_TIMEOUT": f"{s.edge.deadline_ms + 5000}ms",
-        "FALCON_HAPROXY_QUEUE_TIMEOUT": f"{s.edge.deadline_ms}ms",
+        "FALCON_HAPROXY_QUEUE_TIMEOUT": f"{queue_timeout_ms(s)}ms",
         "FALCON_HAPROXY_RATE_WINDOW": f"{s.haproxy.rate_window_s}s",
         "FALCON_HAPROXY_RETRY_AFTER": str(s.haproxy.rate_window_s),
         "FALCON_HAPROXY_RATE_PER_IP": str(s.haproxy.rate_per_ip),
@@ -129,6 +129,11 @@ def haproxy_env(s: Settings) -> dict[str, str]:
         "FALCON_GRPC_ADDR": s.grpc.bind,
         "FALCON_GRPC2_ADDR": s.grpc.bind2 or s.grpc.bind,
     }
+
+
+def queue_timeout_ms(s: Settings) -> int:
+    """HAProxy's ``timeout queue``: ``haproxy.queue_timeout_ms``, else half the deadline."""
+    return s.haproxy.queue_timeout_ms or max(1, s.edge.deadline_ms // 2)
 
 
 def free_port() -> int:

@@ -149,6 +149,13 @@ class HAProxySettings:
                            "(it runs as its own user, falcon-haproxy).")
     max_body_bytes: int = key(16 << 20, "Body limit HAProxy enforces (413 beyond).",
                               min=1024, max=1 << 30)
+    queue_timeout_ms: int = key(0, "How long a request may wait in HAProxy's queue for a free "
+                                   "edge slot before it is refused (503 with Retry-After); 0 "
+                                   "means half of edge.deadline_ms. The rest of the deadline is "
+                                   "left for the work: a request that queued for all of it would "
+                                   "reach the daemon with no time left, cost a model run and "
+                                   "fail anyway (504), so under overload fewer would succeed.",
+                                min=0, max=3_600_000)
     edge2: str = key("", "A second edge behind HAProxy (host:port); empty: the first edge only.")
     hosts: str = key("", "Several serving hosts behind this HAProxy, 'name=address:port,...' "
                          "(their edges' binds); empty: this host's own edge. See README "

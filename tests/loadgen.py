@@ -91,36 +91,64 @@ class LoadGen:
         return {o.request_id: o for o in self.outcomes if o.status == 200}
 
 
-def open_loop(addr: str, rows: np.ndarray, *, rate: float, seconds: float, model: str,
-              rows_per_request: int = 1, timeout: float = 10.0) -> list[Outcome]:
+@dataclass
+class OpenLoopRun:
+    """What :func:`open_loop` offered and got back."""
+    outcomes: list[Outcome]
+    offered_rate: float  # requests/s it was asked for
+    late_s: float        # how far behind schedule the last request was sent
+
+    def served_rate(self, seconds: float) -> float:
+        return sum(o.status == 200 for o in self.outcomes) / seconds
+
+
+def encode_bodies(rows: np.ndarray, *, rows_per_request: int, count: int,
+                  seed: int) -> list[bytes]:
+    """``count`` distinct ``/v1`` predict bodies of ``rows_per_request`` rows drawn
+    from ``rows``, encoded once, so a load loop spends nothing on JSON."""
+    rng = np.random.default_rng(seed)
+    return [json.dumps({"instances": rows[rng.integers(0, len(rows), size=rows_per_request)]
+                        .tolist()}).encode() for _ in range(count)]
+
+
+def open_loop(addr: str, bodies: list[bytes], *, rate: float, seconds: float, model: str,
+              timeout: float = 10.0, max_in_flight: int = 1024) -> OpenLoopRun:
     """Fire requests at a fixed ``rate`` whatever the answers (an open-loop
-    load: it does not slow down when the server does), each on its own thread."""
+    load: it does not slow down when the server does), each on its own thread,
+    cycling through the pre-encoded ``bodies`` (:func:`encode_bodies`).
+
+    A generator that cannot keep its schedule turns into a closed loop and measures
+    nothing: ``late_s`` says how late the last request left, for the caller to check.
+    Bodies repeat once the list is exhausted: run it against a stack without the
+    prediction cache, or pass as many bodies as requests."""
     from concurrent.futures import ThreadPoolExecutor
 
-    rng = np.random.default_rng(7)
     outcomes: list[Outcome] = []
     lock = threading.Lock()
+    late = 0.0
 
-    def one(batch: list[list[float]]) -> None:
+    def one(body: bytes, due: float) -> None:
+        nonlocal late
         rid, started = uuid.uuid4().hex, time.monotonic()
+        with lock:
+            late = max(late, started - due)
         try:
-            ans = request(addr, "POST", f"/v1/models/{model}/predict",
-                          json.dumps({"instances": batch}), {"X-Request-Id": rid},
+            ans = request(addr, "POST", f"/v1/models/{model}/predict", body,
+                          {"X-Request-Id": rid, "Content-Type": "application/json"},
                           timeout=timeout)
             outcome = Outcome(rid, ans.status)
         except (OSError, ValueError, http.client.HTTPException):  # no HTTP answer
             outcome = Outcome(rid, 0)
-        outcome.seconds = time.monotonic() - started
+        outcome.seconds, outcome.started = time.monotonic() - started, started
         with lock:
             outcomes.append(outcome)
 
-    with ThreadPoolExecutor(max_workers=256) as pool:
+    with ThreadPoolExecutor(max_workers=max_in_flight) as pool:
         start = time.monotonic()
-        n = int(rate * seconds)
-        for i in range(n):
-            delay = start + i / rate - time.monotonic()
+        for i in range(int(rate * seconds)):
+            due = start + i / rate
+            delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            idx = rng.integers(0, len(rows), size=rows_per_request)
-            pool.submit(one, rows[idx].tolist())
-    return outcomes
+            pool.submit(one, bodies[i % len(bodies)], due)
+    return OpenLoopRun(outcomes, rate, late)

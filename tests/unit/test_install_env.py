@@ -1,4 +1,5 @@
-"""falconctl.install.fresh_env: HAProxy's environment file never feeds itself; and
+"""falconctl.install.fresh_env: HAProxy's environment file never feeds itself; its queue
+timeout leaves part of the deadline for the work; and
 falconctl.tracing_dropin: the daemon's drop-in for a trace collector off this host."""
 
 from __future__ import annotations
@@ -119,3 +120,16 @@ def test_install_writes_refreshes_and_removes_the_dropin(tmp_path: Path):
     assert not path.parent.exists()  # its directory too, once empty
     with pytest.raises(DropinError, match="tracing.sample_ratio"):
         install('[tracing]\nsample_ratio = 2\n')
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ({"FALCON_EDGE_DEADLINE_MS": "3000"}, "1500ms"),  # default: half the deadline
+    ({"FALCON_EDGE_DEADLINE_MS": "3000", "FALCON_HAPROXY_QUEUE_TIMEOUT_MS": "200"}, "200ms"),
+])
+def test_haproxy_queues_a_request_for_part_of_its_deadline(tmp_path: Path, extra, expected):
+    from falconctl.stack import haproxy_env
+
+    (tmp_path / "none.toml").write_text("")
+    s = load(env={"FALCON_PATHS_RUN_DIR": str(tmp_path), "FALCON_PATHS_STATE_DIR": str(tmp_path),
+                  "FALCON_CONFIG": str(tmp_path / "none.toml"), **extra})
+    assert haproxy_env(s)["FALCON_HAPROXY_QUEUE_TIMEOUT"] == expected

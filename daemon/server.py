@@ -118,6 +118,7 @@ class DaemonServer:
         self.max_frame = max_frame
         self.clock = clock
         self.tracing = tracing  # started by the caller (daemon.main) after start()
+        self.inference_threads = inference_threads
         self.pool = ThreadPoolExecutor(inference_threads, thread_name_prefix="infer")
         self._batchers: dict[int, Batcher] = {}  # by id(LoadedVersion); each holds its version
         self._observers: dict[tuple[str, str], _Observer] = {}
@@ -268,7 +269,10 @@ class DaemonServer:
 
     async def _metadata(self, op: ops.Metadata, _: int | None) -> ops.MetadataAnswer:
         lv = self._lookup(op.model, op.version)
-        return ops.MetadataAnswer(**lv.metadata(), batching=self.batcher(lv).to_wire())
+        batching = self.batcher(lv).to_wire()
+        # runs of this version at once: its batches' limit, or the pool's threads
+        batching["instances"] = min(batching["max_running"], self.inference_threads)
+        return ops.MetadataAnswer(**lv.metadata(), batching=batching)
 
     async def _index(self, op: ops.Index, _: int | None) -> ops.IndexAnswer:
         with _lifecycle_errors():

@@ -11,7 +11,18 @@ from typing import Any
 import falcon
 
 from audit.wal import WalWriter
-from edge import admin, auth, http_errors, metrics, openapi, proxyauth, resources, stats, tracing
+from edge import (
+    admin,
+    auth,
+    http_errors,
+    metrics,
+    modelconfig,
+    openapi,
+    proxyauth,
+    resources,
+    stats,
+    tracing,
+)
 from edge.audit import Auditor
 from edge.breaker import Breaker
 from edge.cache import PredictionCache, parse_servers
@@ -59,6 +70,7 @@ def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None 
     app.req_options.strip_url_path_trailing_slash = True
     http_errors.install(app)
     routes = ROUTES + admin.ROUTES + stats.ROUTES
+    routes += modelconfig.ROUTES
     for path, cls in routes:
         app.add_route(path, cls(core, max_body, host_id))
     app.add_route("/openapi.json", openapi.OpenAPI(routes + SERVICE_ROUTES))

@@ -38,7 +38,7 @@ from wire.messages import MessageError, RemoteError
 
 SERVER_NAME = "falcon-inference"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration")
 LISTING_TTL_S = 0.5
 
 _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {

@@ -121,6 +121,38 @@ SCHEMAS: dict[str, Any] = {
         "outputs": {"type": "array", "items": _ref("TensorMetadata")},
         "parameters": {"allOf": [_ref("ClassLabels")], "properties": {
             "probabilities_output": {"type": "string"}}}}},
+    "ConfigTensor": {"type": "object", "required": ["name", "data_type", "dims"], "properties": {
+        "name": {"type": "string"},
+        "data_type": {"type": "string", "enum": [f"TYPE_{t}" for t in DATATYPES
+                                                 if t != "BYTES"] + ["TYPE_STRING"]},
+        "dims": {"type": "array", "items": {"type": "integer"},
+                 "description": "-1 marks a dynamic dimension; without the batch dimension "
+                                "when max_batch_size > 0"},
+        "reshape": {"type": "object", "properties": {"shape": {
+            "type": "array", "items": {"type": "integer"}}}}}},
+    "ModelConfig": {"type": "object", "required": ["name", "platform", "max_batch_size",
+                                                   "input", "output"], "properties": {
+        "name": {"type": "string"}, "platform": {"type": "string"},
+        "backend": {"type": "string"},
+        "version_policy": {"type": "object", "properties": {"specific": {
+            "type": "object", "properties": {"versions": {
+                "type": "array", "items": {"type": "integer"}}}}}},
+        "max_batch_size": {"type": "integer", "minimum": 0,
+                           "description": "0: the version does not batch"},
+        "input": {"type": "array", "items": _ref("ConfigTensor")},
+        "output": {"type": "array", "items": _ref("ConfigTensor")},
+        "dynamic_batching": {"type": "object", "properties": {
+            "max_queue_delay_microseconds": {"type": "integer", "minimum": 0}}},
+        "instance_group": {"type": "array", "items": {"type": "object", "properties": {
+            "name": {"type": "string"}, "kind": {"type": "string"},
+            "count": {"type": "integer", "minimum": 1}}}},
+        "default_model_filename": {"type": "string"},
+        "response_cache": {"type": "object", "properties": {"enable": {"type": "boolean"}}},
+        "parameters": {"type": "object", "additionalProperties": {
+            "type": "object", "properties": {"string_value": {"type": "string"}}},
+            "description": "class_labels (a JSON list), probabilities_output, label_output, "
+                           "description, version (the version that answered)"}},
+        "description": "Triton's ModelConfig (model_config.proto) as JSON"},
     "PredictRequest": {"type": "object", "required": ["instances"], "additionalProperties": False,
                        "properties": {"instances": {"type": "array", "minItems": 1, "items": {
                            "oneOf": [
@@ -289,6 +321,11 @@ def _paths() -> dict[str, Any]:
                                                     [MODEL], 404, ok="Statistics")},
         "/v2/models/{model}/versions/{version}/stats": {
             "get": _daemon("A version's inference statistics", mv, 404, ok="Statistics")},
+        "/v2/models/{model}/config": {"get": _daemon(
+            "Model configuration (Triton's model configuration extension) of the version "
+            "metadata answers for", [MODEL], 404, ok="ModelConfig")},
+        "/v2/models/{model}/versions/{version}/config": {
+            "get": _daemon("Model version configuration", mv, 404, ok="ModelConfig")},
         "/v2/models/{model}/infer": {"post": _infer([MODEL])},
         "/v2/models/{model}/versions/{version}/infer": {"post": _infer(mv)},
         "/v2/repository/index": {"post": _daemon("Every version in the repository and its state",

@@ -52,6 +52,14 @@ class ModelMeta:
     cache_enabled: bool = False
     cache_ttl_s: int = 300
     content_digest: str = ""  # the version's weights and graph (SHA-256): the cache key's
+    description: str = ""  # the config's free text
+    # How the daemon runs it (its batching policy, daemon/batchpolicy.py): whether it
+    # coalesces requests, up to how many rows a run, how long a batch waits for more,
+    # and how many runs of the version happen at once.
+    batching: bool = False
+    batch_rows: int = 0
+    queue_delay_us: int = 0
+    instances: int = 1
 
     @classmethod
     def from_answer(cls, data: ops.MetadataAnswer, versions: tuple[str, ...]) -> ModelMeta:
@@ -60,7 +68,7 @@ class ModelMeta:
         def tensors(items: list[dict[str, Any]]) -> tuple[TensorMeta, ...]:
             return tuple(TensorMeta(t["name"], np.dtype(t["dtype"]), tuple(t["shape"]),
                                     tuple(t.get("class_labels", ()))) for t in items)
-        cfg = data.config
+        cfg, policy = data.config, data.batching
         return cls(name=data.name, version=data.version, versions=versions,
                    inputs=tensors(data.inputs), outputs=tensors(data.outputs),
                    max_batch_size=int(cfg.get("max_batch_size", 1)),
@@ -70,7 +78,12 @@ class ModelMeta:
                    platform=data.platform,
                    cache_enabled=bool(cfg.get("cache", {}).get("enabled", False)),
                    cache_ttl_s=int(cfg.get("cache", {}).get("ttl_s", 300)),
-                   content_digest=data.content_digest)
+                   content_digest=data.content_digest,
+                   description=str(cfg.get("description", "")),
+                   batching=bool(policy.get("enabled", False)),
+                   batch_rows=int(policy.get("max_batch_size", 0)),
+                   queue_delay_us=int(policy.get("max_queue_delay_us", 0)),
+                   instances=int(policy.get("instances", 1)))
 
 
 def dtype_name(dtype: np.dtype) -> str:

@@ -124,7 +124,8 @@ class ModelsAnswer(Answer):
 class MetadataAnswer(Answer):
     """A loaded version (daemon/loader.py ``metadata``): ``inputs``/``outputs`` are
     ``{name, dtype, shape, class_labels?}``, ``config`` the model's config
-    (daemon/repository.py), ``batching`` its batching policy (daemon/batcher.py)."""
+    (daemon/repository.py), ``batching`` its batching policy (daemon/batcher.py) with
+    ``instances``, the runs of the version that can happen at once (daemon/server.py)."""
     name: str
     version: str
     inputs: list[dict[str, Any]]

@@ -12,6 +12,7 @@ ServerReady              open       ``Core.ready``
 ServerMetadata           open       name, version, extensions
 ModelReady               predict    ``Core.model_ready``
 ModelMetadata            predict    ``Core.metadata``
+ModelConfig              predict    ``Core.metadata`` -> ``edge.modelconfig.model_config``
 ModelInfer               predict    ``Core.infer`` (audited, face ``grpc``)
 ModelStatistics          predict    ``Core.stats``
 RepositoryIndex          admin      ``Core.manage(ops.Index())``
@@ -19,8 +20,8 @@ RepositoryModelLoad      admin      ``Core.manage(ops.Load(...))`` (``parameters
 RepositoryModelUnload    admin      ``Core.manage(ops.Unload(...))``
 =======================  =========  ==================================================
 
-The other RPCs of the service (shared memory, trace and log settings, streaming,
-model config) answer ``UNIMPLEMENTED``, grpcio's default.
+The other RPCs of the service (shared memory, trace and log settings, streaming)
+answer ``UNIMPLEMENTED``, grpcio's default.
 
 Request metadata, as REST's headers: ``authorization: Bearer <key>`` (or
 ``x-api-key``), ``x-request-id``, ``traceparent``, ``x-routing-key``; from HAProxy
@@ -55,6 +56,7 @@ from edge.errors import Forbidden, InvalidInput
 from edge.grpcface import codec, status
 from edge.grpcface.proto import grpc_service_pb2 as pb
 from edge.grpcface.proto import grpc_service_pb2_grpc as pb_grpc
+from edge.modelconfig import model_config
 from edge.proxyauth import TRUSTED_HEADERS
 from edge.resources import REQUEST_ID_RE, TRACEPARENT_RE, model_metadata_body
 from telemetry import sampled_trace_id, trace_id_of, traceparent_of
@@ -205,6 +207,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return json_format.ParseDict(model_metadata_body(meta), pb.ModelMetadataResponse(),
                                          ignore_unknown_fields=True)
         return self._serve(context, "ModelMetadata", PREDICT, request.name, body)
+
+    def ModelConfig(self, request: Any, context: grpc.ServicerContext) -> Any:
+        def body(call: Call, _: str | None) -> Any:
+            meta = self.core.metadata(request.name, request.version or None, self._deadline(call))
+            return json_format.ParseDict({"config": model_config(meta, self.core.max_rows)},
+                                         pb.ModelConfigResponse())
+        return self._serve(context, "ModelConfig", PREDICT, request.name, body)
 
     # -- inference ---------------------------------------------------------------
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:

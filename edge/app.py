@@ -15,6 +15,7 @@ from edge import (
     admin,
     auth,
     http_errors,
+    kservev1,
     metrics,
     modelconfig,
     openapi,
@@ -71,6 +72,7 @@ def create_app(core: Core, *, max_body: int, authorizer: auth.Authorizer | None 
     http_errors.install(app)
     routes = ROUTES + admin.ROUTES + stats.ROUTES
     routes += modelconfig.ROUTES
+    routes += kservev1.ROUTES
     for path, cls in routes:
         app.add_route(path, cls(core, max_body, host_id))
     app.add_route("/openapi.json", openapi.OpenAPI(routes + SERVICE_ROUTES))

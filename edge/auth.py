@@ -49,6 +49,14 @@ def authorize(authorizer: Authorizer, credential: str | None, scope: str,
         raise Forbidden(str(exc)) from None
 
 
+def may_use(req: falcon.Request, model: str) -> bool:
+    """Whether the request's API key may use ``model``: what a route answering about
+    every model keeps (APPSEC: a key limited to some models sees only theirs). True
+    when auth is off (no key on the request)."""
+    key = req.context.get("api_key")
+    return key is None or key.allows_model(model)
+
+
 def credential(req: falcon.Request) -> str | None:
     """The key from ``Authorization: Bearer <key>`` or else ``X-API-Key``."""
     auth = req.get_header("Authorization")

@@ -203,6 +203,24 @@ class Core:
             return False
         return True
 
+    def model_state(self, model: str, version: str | None, deadline: float) -> bool:
+        """True when the model (version) is loaded, False when the repository has it
+        but it is not loaded; ModelNotFound when it is neither (only the repository
+        index tells a known model that is not loaded from an unknown one)."""
+        if self.model_ready(model, version, deadline):
+            return True
+        index = self._call(ops.Index(), deadline).models
+        if not any(e.name == model and version in (None, e.version) for e in index):
+            what = f"version {version!r} of model {model!r}" if version else f"model {model!r}"
+            raise errors.ModelNotFound(f"{what} is not in the repository")
+        return False
+
+    def model_names(self, deadline: float) -> list[str]:
+        """Every model the repository holds or the daemon serves, sorted, once each
+        (loaded or not: :meth:`model_state` says which)."""
+        names = {e.name for e in self._call(ops.Index(), deadline).models}
+        return sorted(names.union(self._listing(deadline)))
+
     # -- inference ---------------------------------------------------------
     def infer(self, ctx: RequestContext, model: str, version: str | None,
               inputs: list[tuple[str, np.ndarray]], outputs: list[str] | None,

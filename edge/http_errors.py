@@ -53,8 +53,9 @@ def handle_edge_error(req: falcon.Request, resp: falcon.Response, exc: errors.Ed
     if status.startswith("5"):  # server-side failures, with the ids that follow them across processes
         log.info("%s %s -> %s request_id=%s trace=%s: %s", req.method, req.path, status[:3],
                  req.context.get("request_id"), req.context.get("trace_id"), exc)
-    if isinstance(exc, errors.Unavailable):
-        resp.set_header("Retry-After", str(max(1, math.ceil(exc.retry_after))))
+    if status == falcon.HTTP_503:  # every 503 says when to come back (ModelNotReady: 1 s)
+        retry_after = exc.retry_after if isinstance(exc, errors.Unavailable) else 1.0
+        resp.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
     elif isinstance(exc, errors.Unauthorized):  # RFC 6750 section 3
         resp.set_header("WWW-Authenticate", 'Bearer realm="falcon"' +
                         (', error="invalid_token"' if exc.invalid else ""))

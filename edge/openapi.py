@@ -176,6 +176,10 @@ SCHEMAS: dict[str, Any] = {
                               "description": "Keyed by class label"}}}}}},
     "ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
         "name": {"type": "string"}, "ready": {"type": "boolean"}}},
+    "ModelList": {"type": "object", "required": ["models"], "properties": {"models": {
+        "type": "array", "items": {"type": "string"},
+        "description": "Model names, sorted: in the repository or loaded, and allowed to "
+                       "the API key"}}},
     "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
     "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
     "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"],
@@ -246,6 +250,16 @@ def _ready(params: list[dict[str, Any]]) -> dict[str, Any]:
     return op
 
 
+def _v1_ready() -> dict[str, Any]:
+    op = _daemon("KServe V1 model readiness: 200 {\"ready\": true} when loaded, 503 when in "
+                 "the repository but not loaded, 404 when not in the repository",
+                 [MODEL], 404, ok="ModelReady")
+    op["responses"]["503"] = {"description": "In the repository but not loaded; or " +
+                              ERRORS[503][0].lower() + ERRORS[503][1:],
+                              "content": _json(_ref("Error"))}
+    return op
+
+
 def _body(schema: str, required: bool = True) -> dict[str, Any]:
     return {"required": required, "content": _json(_ref(schema))}
 
@@ -294,7 +308,8 @@ def spec(routes: Sequence[tuple[str, Any]] = ()) -> dict[str, Any]:
         paths = {p: _complete(item, None) for p, item in described.items()}
     return {"openapi": "3.0.3",
             "info": {"title": SERVER_NAME, "version": SERVER_VERSION,
-                     "description": "Open Inference Protocol (KServe V2) and a simple JSON face."},
+                     "description": "Open Inference Protocol (KServe V2), KServe's V1 "
+                                    "protocol and a simple JSON face."},
             "paths": paths,
             "components": {"schemas": SCHEMAS, "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -339,6 +354,11 @@ def _paths() -> dict[str, Any]:
         "/v1/models/{model}/rollback": {"post": _daemon("Back to the previous split", [MODEL], 404,
                                                         ok="SplitChange")},
         "/v1/models/{model}/predict": {"post": _predict([MODEL])},
+        # KServe's V1 protocol (edge/kservev1.py); :predict is the route above
+        "/v1/models": {"get": _daemon("KServe V1: the models this API key may use",
+                                      [], ok="ModelList")},
+        "/v1/models/{model}": {"get": _v1_ready()},
+        "/v1/models/{model}:predict": {"post": _predict([MODEL])},
         "/v1/models/{model}/versions/{version}/predict": {"post": _predict(mv)},
         "/openapi.json": {"get": _op("This document", [], (), ok=_json({"type": "object"}))},
         "/metrics": {"get": _metrics()},

@@ -3,7 +3,8 @@
 Two faces over one :class:`~edge.core.Core`:
 
 - the Open Inference Protocol (KServe V2) under ``/v2``;
-- the simple JSON face, ``POST /v1/models/{model}/predict``.
+- the simple JSON face, ``POST /v1/models/{model}/predict`` (:class:`Predict`, which
+  ``edge.kservev1`` also routes at KServe V1's ``/v1/models/{model}:predict``).
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ from edge import v2codec
 from edge.audit import RequestContext
 from edge.core import EXTENSIONS, SERVER_NAME, SERVER_VERSION, Core
 from edge.drain import draining
-from edge.errors import InvalidInput, ModelNotFound, PayloadTooLarge
+from edge.errors import InvalidInput, PayloadTooLarge
 from edge.validation import ModelMeta, TensorMeta
 from telemetry import trace_id_of, traceparent_of
-from wire import ops
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
@@ -232,13 +232,7 @@ class ModelReady(Resource):
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str,
                version: str | None = None) -> None:
-        deadline = self.deadline(req)
-        ready = self.core.model_ready(model, version, deadline)
-        if not ready:  # known but not loaded, or unknown: only the repository index tells
-            index = self.core.manage(ops.Index(), deadline).models
-            if not any(e.name == model and version in (None, e.version) for e in index):
-                what = f"version {version!r} of model {model!r}" if version else f"model {model!r}"
-                raise ModelNotFound(f"{what} is not in the repository")
+        ready = self.core.model_state(model, version, self.deadline(req))
         resp.status = falcon.HTTP_200 if ready else falcon.HTTP_400
         send_json(resp, {"name": model, "ready": ready})
 

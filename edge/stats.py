@@ -12,6 +12,7 @@ from __future__ import annotations
 import falcon
 
 from apikeys import PREDICT
+from edge.auth import may_use
 from edge.resources import Resource, send_json
 
 
@@ -21,10 +22,8 @@ class ModelStats(Resource):
     def on_get(self, req: falcon.Request, resp: falcon.Response, model: str | None = None,
                version: str | None = None) -> None:
         doc = self.core.stats(model, version, self.deadline(req)).to_wire()
-        key = req.context.get("api_key")
-        if key is not None:  # APPSEC: a key limited to some models sees only theirs
-            doc["model_stats"] = [s for s in doc.get("model_stats", [])
-                                  if key.allows_model(str(s.get("name")))]
+        doc["model_stats"] = [s for s in doc.get("model_stats", [])
+                              if may_use(req, str(s.get("name")))]
         send_json(resp, doc)
 
 

@@ -33,7 +33,7 @@ CHECKS = [status_code_conformance, content_type_conformance, response_schema_con
 # the model routes whose bodies and parameters reach validation when the model is real;
 # the management routes that change what is served are fuzzed with made-up names only
 REAL_MODEL_ROUTES = ("/ready", "/infer", "/predict", "/stats", "/versions/{version}",
-                     "/v2/models/{model}", "/config")
+                     "/v2/models/{model}", "/config", ":predict", "/v1/models/{model}")
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,8 @@ KNOWN_GOOD: list[tuple[str, str, dict[str, str], Any]] = [
      {"id": "x", "inputs": [TENSOR], "outputs": [{"name": "label"}]}),
     ("POST", "/v1/models/{model}/predict", DIGITS, {"instances": [ROW]}),
     ("POST", "/v1/models/{model}/versions/{version}/predict", V1, {"instances": [ROW, ROW]}),
+    ("GET", "/v1/models", {}, None), ("GET", "/v1/models/{model}", DIGITS, None),
+    ("POST", "/v1/models/{model}:predict", DIGITS, {"instances": [ROW]}),
     ("GET", "/v2/models/stats", {}, None), ("GET", "/v2/models/{model}/stats", DIGITS, None),
     ("GET", "/v2/models/{model}/versions/{version}/stats", V1, None),
     ("POST", "/v2/repository/index", {}, None),
@@ -125,7 +127,7 @@ def test_no_server_error_and_every_answer_documented(fuzzed):
         run(op, base, headers, GenerationMode.POSITIVE, 8, seen)
     real = [op for op in ops if op.method.upper() in ("GET", "POST")
             and op.path.endswith(REAL_MODEL_ROUTES) and "{model}" in op.path]
-    assert len(real) == 12, [op.path for op in real]
+    assert len(real) == 14, [op.path for op in real]
     for op in real:  # a real model: bodies and headers reach validation
         pinned = {"model": "digits"} | ({"version": "1"} if "{version}" in op.path else {})
         modes = [GenerationMode.POSITIVE] + [GenerationMode.NEGATIVE] * (op.method.upper() == "POST")

@@ -16,12 +16,13 @@ import pytest
 from falcon.routing import map_http_methods
 
 from apikeys import Authorizer, KeyStore
-from edge import admin, app, http_errors, modelconfig, openapi, resources, stats
+from edge import admin, app, http_errors, kservev1, modelconfig, openapi, resources, stats
 from edge.core import Core
 from edge.daemon_client import DaemonClient
 
 ROOT = Path(__file__).resolve().parents[2]
-TABLES = app.ROUTES + admin.ROUTES + stats.ROUTES + modelconfig.ROUTES + app.SERVICE_ROUTES
+TABLES = (app.ROUTES + admin.ROUTES + stats.ROUTES + modelconfig.ROUTES + kservev1.ROUTES
+          + app.SERVICE_ROUTES)
 
 
 def make_app(tmp_path: Path | None = None, max_body: int = 1 << 20) -> falcon.App:

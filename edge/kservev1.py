@@ -14,9 +14,8 @@ and no ``:predict`` beside a version, so neither is here (``/v1/models/{model}/v
 {version}/predict`` is the simple face's). ``:explain`` is KServe's too, for explainers;
 there is none here, so it is not routed either.
 
-The statuses are KServe's (``kserve/protocol/rest/v1_endpoints.py`` and ``kserve/errors.py``
-in its repository): a known model that is not ready is 503 (``ModelNotReady``; ours also
-says ``Retry-After``), an unknown one 404. A model name cannot hold a colon
+The statuses are those of KServe's own V1 server: a known model that is not ready is 503
+(:class:`~edge.errors.ModelNotReady`; ours also says ``Retry-After``), an unknown one 404. A model name cannot hold a colon
 (``daemon/repository.py``'s ``NAME_RE``), so ``{model}:predict`` never reads as a model
 named ``x:predict``: ``/v1/models/x:predict`` is always the predict of ``x``.
 """

@@ -1,5 +1,7 @@
 """KServe's V1 protocol (its "V1 data plane", TensorFlow Serving's REST shape) over the core.
 
+    GET  /                           {"status": "alive"}: KServe's server liveness (what its V1
+                                     client's ``is_server_live`` reads), open like /v2/health/live
     GET  /v1/models                  {"models": ["digits", ...]}: the models this API key may use
     GET  /v1/models/{model}          200 {"name": ..., "ready": true}; 503 when the repository
                                      has the model but it is not loaded; 404 when it has not
@@ -30,6 +32,14 @@ from edge.errors import ModelNotReady
 from edge.resources import Predict, Resource, send_json
 
 
+class ServerLive(Resource):
+    scope = None
+    traced = False  # a health check: no span (edge.tracing)
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        send_json(resp, {"status": "alive"})
+
+
 class ModelList(Resource):
     """The models in the repository or loaded, sorted; with auth on, only those the
     caller's key may use (its allow list)."""
@@ -55,6 +65,7 @@ class ModelStatus(Resource):
 
 
 ROUTES: list[tuple[str, type[Resource]]] = [
+    ("/", ServerLive),
     ("/v1/models", ModelList),
     ("/v1/models/{model}", ModelStatus),
     ("/v1/models/{model}:predict", Predict),

@@ -181,6 +181,8 @@ SCHEMAS: dict[str, Any] = {
         "description": "Model names, sorted: in the repository or loaded, and allowed to "
                        "the API key"}}},
     "Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+    "Alive": {"type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["alive"]}}},
     "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
     "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"],
                        "properties": {"name": {"type": "string"}, "version": {"type": "string"},
@@ -355,6 +357,8 @@ def _paths() -> dict[str, Any]:
                                                         ok="SplitChange")},
         "/v1/models/{model}/predict": {"post": _predict([MODEL])},
         # KServe's V1 protocol (edge/kservev1.py); :predict is the route above
+        "/": {"get": _op("KServe's liveness (its V1 client's is_server_live)", [], (),
+                         ok="Alive")},
         "/v1/models": {"get": _daemon("KServe V1: the models this API key may use",
                                       [], ok="ModelList")},
         "/v1/models/{model}": {"get": _v1_ready()},

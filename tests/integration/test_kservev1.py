@@ -1,5 +1,5 @@
 """KServe's V1 protocol through the whole stack (HAProxy -> gunicorn -> daemon), auth on:
-the model list a key may see, model ready (200, 503 known but not loaded, 404 unknown),
+KServe's liveness at ``/``, the model list a key may see, model ready (200, 503 known but not loaded, 404 unknown),
 and ``:predict`` answering exactly what ``/predict`` answers, bad input included, audited
 once per request, refused to a key limited to another model, counted against the same
 rate limit; and HAProxy re-sending a ``:predict`` (never a management call) whose edge
@@ -52,6 +52,8 @@ def test_the_list_names_the_models_the_key_may_use(kserve):
     limited = request(addr, "GET", "/v1/models", headers=key(keys["digits"]))
     assert limited.status == 200 and limited.json() == {"models": ["digits"]}
     assert request(addr, "GET", "/v1/models").status == 401
+    live = request(addr, "GET", "/")  # KServe's liveness: open, like /v2/health/live
+    assert live.status == 200 and live.json() == {"status": "alive"}
     assert request(addr, "GET", "/v1/models", headers=key(keys["adm"])).status == 403
 
 

@@ -90,6 +90,7 @@ KNOWN_GOOD: list[tuple[str, str, dict[str, str], Any]] = [
      {"id": "x", "inputs": [TENSOR], "outputs": [{"name": "label"}]}),
     ("POST", "/v1/models/{model}/predict", DIGITS, {"instances": [ROW]}),
     ("POST", "/v1/models/{model}/versions/{version}/predict", V1, {"instances": [ROW, ROW]}),
+    ("GET", "/", {}, None),
     ("GET", "/v1/models", {}, None), ("GET", "/v1/models/{model}", DIGITS, None),
     ("POST", "/v1/models/{model}:predict", DIGITS, {"instances": [ROW]}),
     ("GET", "/v2/models/stats", {}, None), ("GET", "/v2/models/{model}/stats", DIGITS, None),

@@ -10,6 +10,7 @@ import falcon
 import falcon.testing
 import pytest
 
+from apikeys import Authorizer, KeyStore
 from daemon.repository import NAME_RE
 from edge import app, http_errors, kservev1, resources
 from edge.core import Core
@@ -31,6 +32,7 @@ def route(web: falcon.App, path: str) -> tuple[Any, dict[str, str]] | None:
 
 
 @pytest.mark.parametrize("path, cls, params", [
+    ("/", kservev1.ServerLive, {}),
     ("/v1/models", kservev1.ModelList, {}),
     ("/v1/models/digits", kservev1.ModelStatus, {"model": "digits"}),
     ("/v1/models/digits:predict", resources.Predict, {"model": "digits"}),
@@ -80,3 +82,16 @@ def test_a_model_not_ready_is_503_with_retry_after_and_the_error_shape():
     ans = falcon.testing.TestClient(web).simulate_get("/x")
     assert ans.status_code == 503 and ans.headers["Retry-After"] == "1"
     assert ans.json == {"error": "model 'm' is not ready"}
+
+
+def test_liveness_is_open_and_the_rest_needs_a_key(tmp_path):
+    """KServe's V1 client reads ``GET /`` for liveness, with no key; the list, ready and
+    predict need the ``predict`` scope."""
+    web = app.create_app(Core(DaemonClient("/nonexistent/daemon.sock")), max_body=1 << 20,
+                         authorizer=Authorizer(KeyStore(tmp_path / "keys.json")))
+    client = falcon.testing.TestClient(web)
+    ans = client.simulate_get("/")
+    assert ans.status_code == 200 and ans.json == {"status": "alive"}
+    for method, path in (("GET", "/v1/models"), ("GET", "/v1/models/m"),
+                         ("POST", "/v1/models/m:predict")):
+        assert client.simulate_request(method, path).status_code == 401, path

@@ -205,8 +205,9 @@ class Auditor:
 
     def record(self, ctx: RequestContext, *, model: str, version: str, canon: Canonical,
                outputs: list[tuple[str, np.ndarray]], labels: list[Any] | None,
-               cached: bool) -> AuditRecord:
-        """``canon``: :func:`canonical` of the request's inputs."""
+               cached: bool, extra: dict[str, Any] | None = None) -> AuditRecord:
+        """``canon``: :func:`canonical` of the request's inputs; ``extra``: the record's
+        ``extra`` (how the outputs were served, e.g. ``{"classification": {name: K}}``)."""
         data, meta = canon
         rec = AuditRecord(
             request_id=ctx.request_id, ts=ctx.accepted or time.time(), host=self.host,
@@ -214,7 +215,8 @@ class Auditor:
             outputs=outputs_doc(outputs), labels=labels, cached=cached,
             latency_ms=(time.monotonic() - ctx.started) * 1000.0,
             inputs=data if len(data) <= self.max_input_bytes else None,
-            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, request_key=ctx.request_key)
+            api_key_id=ctx.api_key_id, trace_id=ctx.trace_id, request_key=ctx.request_key,
+            extra=extra or {})
         self._append(rec)
         return rec
 

@@ -2,6 +2,7 @@
 
 Pipeline: (parse, done by the transport) -> model metadata (which version
 answers) -> validate -> cache lookup -> daemon call (behind a breaker) ->
+classification (an output asked for as its top K classes, edge/classification.py) ->
 audit (the WAL append, before any response leaves) -> result. Both HTTP faces (``edge.resources``) are thin adapters
 over :class:`Core`; so are the tests.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from edge import errors
+from edge import classification, errors
 from edge.audit import Auditor, Canonical, RequestContext, canonical, input_digest
 from edge.breaker import Breaker, Open
 from edge.cache import PredictionCache, cache_key
@@ -38,7 +39,8 @@ from wire.messages import MessageError, RemoteError
 
 SERVER_NAME = "falcon-inference"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration")
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "model_configuration",
+              "classification")
 LISTING_TTL_S = 0.5
 
 _REMOTE: dict[str, Callable[[str], errors.EdgeError]] = {
@@ -224,7 +226,13 @@ class Core:
     # -- inference ---------------------------------------------------------
     def infer(self, ctx: RequestContext, model: str, version: str | None,
               inputs: list[tuple[str, np.ndarray]], outputs: list[str] | None,
-              deadline: float) -> InferResult:
+              deadline: float, classes: dict[str, int] | None = None) -> InferResult:
+        """The requested ``outputs`` (None: all) of the model for ``inputs``.
+
+        ``classes`` (output name -> K, Triton's classification extension,
+        :mod:`edge.classification`): those outputs are served as their top K classes.
+        The cache holds, and the audit record keeps, the model's own outputs; the
+        record's ``extra["classification"]`` says which were served ranked, with K."""
         meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
         with self.tracing.child(ctx.span, "validate") as span:
             check_tensors(meta, inputs, self.max_rows)
@@ -234,12 +242,19 @@ class Core:
                     if name not in known:
                         raise errors.InvalidInput(f"outputs[{i}].name", f"model {model!r} has no "
                                                   f"output {name!r} (outputs: {', '.join(sorted(known))})")
+            if classes:
+                classification.check(meta, outputs or [], classes)
             if span is not None:
                 _rows(ctx, span, inputs)
         result, canon = self._answer(meta, inputs, deadline, ctx)
         if outputs is not None:
             result.outputs = [(n, a) for n, a in result.outputs if n in outputs]
-        self._audit(ctx, result, canon, None)
+        if not classes:
+            self._audit(ctx, result, canon, None)
+            return result
+        served = classification.render(meta, result.outputs, classes)  # (refused: no record)
+        self._audit(ctx, result, canon, None, {"classification": dict(classes)})
+        result.outputs = served
         return result
 
     def predict(self, ctx: RequestContext, model: str, version: str | None, instances: Any,
@@ -276,12 +291,13 @@ class Core:
         return result, canon
 
     def _audit(self, ctx: RequestContext, result: InferResult, canon: Canonical | None,
-               labels: list[Any] | None) -> None:
+               labels: list[Any] | None, extra: dict[str, Any] | None = None) -> None:
         """Append the audit record; raises Unavailable if the WAL refuses it."""
         if self.auditor is not None and canon is not None:
             with self.tracing.child(ctx.span, "wal append"):
                 self.auditor.record(ctx, model=result.model, version=result.version, canon=canon,
-                                    outputs=result.outputs, labels=labels, cached=result.cached)
+                                    outputs=result.outputs, labels=labels, cached=result.cached,
+                                    extra=extra)
 
     def _run(self, meta: ModelMeta, inputs: list[tuple[str, np.ndarray]],
              deadline: float, ctx: RequestContext) -> InferResult:

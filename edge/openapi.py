@@ -101,7 +101,16 @@ SCHEMAS: dict[str, Any] = {
         "id": {"type": "string"}, "parameters": {"type": "object"},
         "inputs": {"type": "array", "minItems": 1, "items": _ref("Tensor")},
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"],
-                    "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
+                    "properties": {"name": {"type": "string"}, "parameters": {
+                        "type": "object", "properties": {
+                            "binary_data": {"type": "boolean"},
+                            "classification": {
+                                "type": "integer", "minimum": 1,
+                                "description": "Triton's classification extension: return "
+                                "this output as its top K classes, a BYTES tensor [rows, K] "
+                                "([K] without a batch dimension; K clamped to the classes) of "
+                                "\"value:index\" strings, \"value:index:label\" where the "
+                                "output has class_labels, highest value first"}}}}}}}},
     "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"},
         "id": {"type": "string"}, "outputs": {"type": "array", "items": _ref("Tensor")}}},

@@ -249,7 +249,8 @@ class Infer(Resource):
         parsed = v2codec.decode_infer_request(body, header_length,
                                               max_body_elements=self.max_body)
         outputs = [o.name for o in parsed.outputs] if parsed.outputs is not None else None
-        result = self.core.infer(ctx, model, version, parsed.inputs, outputs, deadline)
+        result = self.core.infer(ctx, model, version, parsed.inputs, outputs, deadline,
+                                 parsed.classes)
         label(req, result.model, result.version, result.cached)
         data, headers = v2codec.encode_infer_response(
             model_name=result.model, model_version=result.version,

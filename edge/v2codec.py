@@ -21,7 +21,9 @@ Which outputs come back binary: an output named in ``outputs`` is binary when it
 ``parameters.binary_data`` is true, or, when that is absent, when the request's
 ``parameters.binary_data_output`` is true. With no ``outputs`` (tritonclient's default,
 which then sets ``binary_data_output: true``) every model output is returned, binary iff
-``binary_data_output``.
+``binary_data_output``. An output whose ``parameters.classification`` is K (Triton's
+classification extension, edge/classification.py) comes back as its top K classes, a
+BYTES tensor, binary or JSON by the same rule.
 
 Decisions:
 
@@ -57,6 +59,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from edge import classification
 from edge.errors import InvalidInput, PayloadTooLarge
 from wire.messages import MessageError, pack_strings, unpack_strings
 
@@ -107,10 +110,13 @@ def numpy_to_v2(dtype: np.dtype | type) -> str:
 
 @dataclass(frozen=True)
 class RequestedOutput:
-    """One entry of the request's ``outputs``: its name and whether to return it binary."""
+    """One entry of the request's ``outputs``: its name, whether to return it binary, and
+    its top K classes instead of its values when ``classes`` (the classification
+    extension's K, edge/classification.py) is not 0."""
 
     name: str
     binary: bool
+    classes: int = 0
 
 
 @dataclass
@@ -124,6 +130,12 @@ class InferRequest:
     outputs: list[RequestedOutput] | None
     binary_output_default: bool
     parameters: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> dict[str, int]:
+        """Output name -> K of the outputs asked for as classifications (``Core.infer``'s
+        ``classes``)."""
+        return {o.name: o.classes for o in self.outputs or () if o.classes}
 
     def wants_binary(self, name: str) -> bool:
         """Whether output ``name`` goes back binary; usable as ``encode_infer_response``'s
@@ -439,13 +451,16 @@ def _requested_output(where: str, item: Any, binary_default: bool) -> RequestedO
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"{where}.name", "required: a non-empty string")
     params = _parameters(item.get("parameters"), f"{where}.parameters")
-    for unsupported in ("shared_memory_region", "classification"):
-        if unsupported in params:
-            raise InvalidInput(f"{where}.parameters.{unsupported}", "is not supported")
+    if "shared_memory_region" in params:
+        raise InvalidInput(f"{where}.parameters.shared_memory_region", "is not supported")
     binary = params.get("binary_data", binary_default)
     if not isinstance(binary, bool):
         raise InvalidInput(f"{where}.parameters.binary_data", "must be true or false")
-    return RequestedOutput(name, binary)
+    classes = 0
+    if classification.PARAMETER in params:
+        classes = classification.count(params[classification.PARAMETER],
+                                       f"{where}.parameters.{classification.PARAMETER}")
+    return RequestedOutput(name, binary, classes)
 
 
 def encode_infer_response(

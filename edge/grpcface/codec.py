@@ -3,6 +3,7 @@
 Usage::
 
     inputs, outputs = decode_infer_request(request, max_elements)  # -> Core.infer
+    classes = requested_classes(request)  # -> Core.infer's classes
     response = encode_infer_response(result, request_id)
 
 A request carries its input data either typed, in each ``inputs[i].contents``
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from edge import classification
 from edge.errors import InvalidInput, PayloadTooLarge
 from edge.grpcface.proto import grpc_service_pb2 as pb
 from edge.v2codec import V2_TO_NUMPY, numpy_to_v2
@@ -81,6 +83,24 @@ def decode_infer_request(req: pb.ModelInferRequest, max_elements: int,
         if not name:
             raise InvalidInput(f"outputs[{j}].name", "missing")
     return inputs, outputs
+
+
+def requested_classes(req: pb.ModelInferRequest) -> dict[str, int]:
+    """Output name -> K of the outputs the request asks for as their top K classes
+    (``parameters["classification"].int64_param``, what ``tritonclient.grpc``'s
+    ``InferRequestedOutput(name, class_count=K)`` sends; edge/classification.py)."""
+    classes: dict[str, int] = {}
+    for j, output in enumerate(req.outputs):
+        if classification.PARAMETER not in output.parameters:
+            continue
+        param = output.parameters[classification.PARAMETER]
+        where = classification.field(j)
+        if param.WhichOneof("parameter_choice") != "int64_param":
+            raise InvalidInput(where, "expected int64_param (the number of classes)")
+        if param.int64_param < 1:
+            raise InvalidInput(where, f"must be a positive integer, got {param.int64_param}")
+        classes[output.name] = int(param.int64_param)
+    return classes
 
 
 def _shape(tensor: Any, where: str) -> tuple[int, ...]:

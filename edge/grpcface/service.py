@@ -226,7 +226,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             deadline = self._deadline(call)
             inputs, outputs = codec.decode_infer_request(request, self.max_elements)
             result = self.core.infer(ctx, request.model_name, request.model_version or None,
-                                     inputs, outputs, deadline)
+                                     inputs, outputs, deadline, codec.requested_classes(request))
             labels[1:] = [result.version, "200", "true" if result.cached else "false"]
             return codec.encode_infer_response(result.model, result.version,
                                                request.id or ctx.request_id, result.outputs)

@@ -87,7 +87,8 @@ KNOWN_GOOD: list[tuple[str, str, dict[str, str], Any]] = [
     ("GET", "/v2/models/{model}/versions/{version}/config", V1, None),
     ("POST", "/v2/models/{model}/infer", DIGITS, {"inputs": [TENSOR]}),
     ("POST", "/v2/models/{model}/versions/{version}/infer", V1,
-     {"id": "x", "inputs": [TENSOR], "outputs": [{"name": "label"}]}),
+     {"id": "x", "inputs": [TENSOR], "outputs": [
+         {"name": "label"}, {"name": "probabilities", "parameters": {"classification": 3}}]}),
     ("POST", "/v1/models/{model}/predict", DIGITS, {"instances": [ROW]}),
     ("POST", "/v1/models/{model}/versions/{version}/predict", V1, {"instances": [ROW, ROW]}),
     ("GET", "/", {}, None),

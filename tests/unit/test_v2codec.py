@@ -310,8 +310,9 @@ def test_duplicate_input_and_output_names():
     ({**one_input(), "outputs": [{"name": "y", "parameters": {"binary_data": 1}}]},
      "outputs[0].parameters.binary_data"),
     ({**one_input(), "outputs": [{"parameters": {}}]}, "outputs[0].name"),
-    ({**one_input(), "outputs": [{"name": "y", "parameters": {"classification": 3}}]},
-     "outputs[0].parameters.classification"),
+    *[({**one_input(), "outputs": [{"name": "x"}, {"name": "y", "parameters": {
+        "classification": k}}]}, "outputs[1].parameters.classification")
+      for k in (0, -2, 2.5, 3.0, "3", True, None, [3], {"k": 3})],
 ])
 def test_bad_request_structure_names_the_field(doc, field):
     expect_invalid(field, decode_json, doc)

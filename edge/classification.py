@@ -1,0 +1,128 @@
+"""Triton's classification extension: an output returned as its top K classes.
+
+Usage: a client asks for it per requested output, ``tritonclient.http.InferRequestedOutput(
+"probabilities", class_count=3)`` (REST ``"outputs": [{"name": "probabilities", "parameters":
+{"classification": 3}}]``, parsed by edge/v2codec.py) or the same in ``tritonclient.grpc``
+(``parameters["classification"].int64_param``, edge/grpcface/codec.py). Both faces hand
+``Core.infer`` ``classes={"probabilities": 3}``; the core calls :func:`check` with the other
+validation (before the cache or the daemon) and :func:`render` on the outputs it serves::
+
+    check(meta, ["probabilities"], {"probabilities": 3})
+    served = render(meta, outputs, {"probabilities": 3})
+
+As Triton (server's src/classification.cc and grpc/infer_handler.h) does it:
+
+- the output comes back BYTES, shape ``[rows, K']`` for an output with a batch dimension,
+  else ``[K']``, where ``K' = min(K, classes per row)``: a K above the number of classes is
+  clamped, not refused;
+- each element is ``"<value>:<index>"``, or ``"<value>:<index>:<label>"`` when the output
+  has a label for that index; the K' highest values of the row, highest first, compared
+  in the output's own datatype; ``<index>`` is the position in the row (flattened, C order);
+- ``<value>`` as C++'s ``std::to_string`` writes it: ``%f`` (six decimals) for a float,
+  the plain decimal for an integer.
+
+The platform's choices where Triton leaves room:
+
+- the batch dimension is the output's dynamic first dimension (its rows: how
+  edge/validation.py counts a batch); an output without one is ranked whole, flattened;
+- ties keep the lower index first (Triton's ``std::sort`` leaves their order open); NaN
+  ranks below every number;
+- the labels are the output's own ``class_labels`` in the model metadata (a ZipMap
+  output's columns, daemon/tensortypes.py); an output without them has no label part;
+- every numeric datatype is accepted (Triton also refuses FP16); BOOL and BYTES are
+  refused, as is a row of more than ``MAX_ROW_ELEMENTS`` values (Triton's bound);
+- K must be a positive integer on both faces (Triton's REST reads 0 as "not asked").
+
+Errors are :class:`~edge.errors.InvalidInput` on ``outputs[i].parameters.classification``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from edge.errors import InvalidInput
+from edge.validation import ModelMeta, TensorMeta, dtype_name
+
+PARAMETER = "classification"
+MAX_ROW_ELEMENTS = 1_000_000  # Triton's kMaxClassificationElements
+
+
+def field(index: int) -> str:
+    """The request field of the ``index``-th requested output's classification."""
+    return f"outputs[{index}].parameters.{PARAMETER}"
+
+
+def count(value: Any, where: str) -> int:
+    """The class count K of a REST request (a JSON integer >= 1)."""
+    if type(value) is not int or value < 1:
+        raise InvalidInput(where, f"must be a positive integer (the number of classes to "
+                                  f"return), got {value!r}")
+    return value
+
+
+def check(meta: ModelMeta, outputs: list[str], classes: dict[str, int]) -> None:
+    """Refuse what cannot be classified, before any inference: an output that is not
+    numeric, a K below 1, an output that was not requested by name."""
+    specs = {t.name: t for t in meta.outputs}
+    for name, k in classes.items():
+        if name not in outputs:
+            raise InvalidInput("outputs", f"classification of {name!r}, which is not requested")
+        where = field(outputs.index(name))
+        if type(k) is not int or k < 1:
+            raise InvalidInput(where, f"must be a positive integer, got {k!r}")
+        spec = specs.get(name)
+        if spec is not None and spec.dtype.kind not in "iuf":
+            raise InvalidInput(where, f"output {name!r} is {dtype_name(spec.dtype)}; "
+                                      "classification needs a numeric output")
+
+
+def render(meta: ModelMeta, outputs: list[tuple[str, np.ndarray]],
+           classes: dict[str, int]) -> list[tuple[str, np.ndarray]]:
+    """``outputs`` with each output named in ``classes`` replaced by its top K (see the
+    module docstring); the others as they are."""
+    specs = {t.name: t for t in meta.outputs}
+    order = list(classes)
+    served = []
+    for name, arr in outputs:
+        k = classes.get(name)
+        if k is not None:
+            spec = specs.get(name, TensorMeta(name, arr.dtype, ()))
+            arr = _render_one(spec, arr, k, field(order.index(name)))
+        served.append((name, arr))
+    return served
+
+
+def _render_one(spec: TensorMeta, arr: np.ndarray, k: int, where: str) -> np.ndarray:
+    if arr.dtype.kind not in "iuf":
+        raise InvalidInput(where, f"output {spec.name!r} is {dtype_name(arr.dtype)}; "
+                                  "classification needs a numeric output")
+    batched = bool(spec.shape) and spec.shape[0] < 0 and arr.ndim > 0
+    per_row = int(np.prod(arr.shape[1:] if batched else arr.shape, dtype=np.int64))
+    if per_row > MAX_ROW_ELEMENTS:
+        raise InvalidInput(where, f"output {spec.name!r} has {per_row} values per row; "
+                                  f"classification ranks at most {MAX_ROW_ELEMENTS}")
+    labels = tuple("" if c is None else str(c) for c in spec.class_labels)
+    top = top_k(arr.reshape(arr.shape[0] if batched else 1, per_row), k, labels)
+    return top if batched else top.reshape(-1)
+
+
+def top_k(rows: np.ndarray, k: int, labels: tuple[str, ...] = ()) -> np.ndarray:
+    """The ``[len(rows), min(k, columns)]`` object array of ``"value:index[:label]"``
+    strings of a 2-D numeric array, each row's highest values first (ties: lower index
+    first). ``labels[j]``, when present and not empty, labels column ``j``."""
+    n, columns = rows.shape
+    take = min(k, columns)
+    if rows.dtype.kind == "f":  # negated, ascending: highest first, NaN last (numpy's order)
+        order = np.argsort(-rows, axis=1, kind="stable")[:, :take]
+    else:  # (negating would wrap) the reversed row sorted ascending, read backwards
+        order = (columns - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :take]
+    values = np.take_along_axis(rows, order, axis=1).tolist()
+    text = "{:f}".format if rows.dtype.kind == "f" else str
+    out = np.empty((n, take), dtype=object)
+    for i, (row_values, row_order) in enumerate(zip(values, order.tolist(), strict=True)):
+        for j, (value, index) in enumerate(zip(row_values, row_order, strict=True)):
+            label = labels[index] if index < len(labels) else ""
+            out[i, j] = f"{text(value)}:{index}:{label}" if label else f"{text(value)}:{index}"
+    return out

@@ -118,11 +118,15 @@ def top_k(rows: np.ndarray, k: int, labels: tuple[str, ...] = ()) -> np.ndarray:
         order = np.argsort(-rows, axis=1, kind="stable")[:, :take]
     else:  # (negating would wrap) the reversed row sorted ascending, read backwards
         order = (columns - 1 - np.argsort(rows[:, ::-1], axis=1, kind="stable"))[:, ::-1][:, :take]
-    values = np.take_along_axis(rows, order, axis=1).tolist()
-    text = "{:f}".format if rows.dtype.kind == "f" else str
-    out = np.empty((n, take), dtype=object)
-    for i, (row_values, row_order) in enumerate(zip(values, order.tolist(), strict=True)):
-        for j, (value, index) in enumerate(zip(row_values, row_order, strict=True)):
-            label = labels[index] if index < len(labels) else ""
-            out[i, j] = f"{text(value)}:{index}:{label}" if label else f"{text(value)}:{index}"
-    return out
+    values = np.take_along_axis(rows, order, axis=1).reshape(-1).tolist()
+    indices = order.reshape(-1).tolist()
+    # PERF: %-formatting; f"{value:f}" takes over twice as long per element
+    pattern = "%f:%d" if rows.dtype.kind == "f" else "%d:%d"
+    pairs = [pattern % pair for pair in zip(values, indices, strict=True)]
+    if any(labels):
+        named = [labels[index] if index < len(labels) else "" for index in indices]
+        pairs = [f"{pair}:{label}" if label else pair
+                 for pair, label in zip(pairs, named, strict=True)]
+    out = np.empty(n * take, dtype=object)
+    out[:] = pairs
+    return out.reshape(n, take)

@@ -9,11 +9,13 @@ outputs (K is applied to a hit) and the audit record keeps them too, with K in
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
+import psycopg2
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as th
@@ -223,3 +225,33 @@ def test_cache_hit_is_ranked_with_its_own_k_and_the_audit_keeps_the_outputs(http
         [(name, out)] = rec.outputs.items()  # the one requested output, as the model gave it
         assert name == probs_name and out["dtype"] == "<f4" and out["shape"] == list(probs.shape)
         np.testing.assert_allclose(out["data"], probs, rtol=0, atol=1e-6)
+
+
+def test_classified_answers_land_once_in_postgresql_with_k_and_the_outputs(make_stack, pg_dsn):
+    stack = make_stack(audit=True, FALCON_AUDIT_DSN=pg_dsn)
+    stack.start_grpc()
+    wait_grpc_ready(stack.settings.grpc.public_bind)
+    X = DIGITS[:2]
+    http = th.InferenceServerClient(stack.settings.haproxy.bind)
+    http.infer("digits", digits_http_inputs(True)[:1], headers={"X-Request-Id": "pgcls-http"},
+               outputs=[th.InferRequestedOutput("probabilities", class_count=2)])
+    grpc_inp = tg.InferInput("input", list(X.shape), "FP32")
+    grpc_inp.set_data_from_numpy(X)
+    tg.InferenceServerClient(stack.settings.grpc.public_bind).infer(
+        "digits", [grpc_inp], headers={"x-request-id": "pgcls-grpc"},
+        outputs=[tg.InferRequestedOutput("probabilities", class_count=4)])
+    deadline, rows = time.monotonic() + 60, []
+    while time.monotonic() < deadline and len(rows) < 2:
+        with psycopg2.connect(pg_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT request_id, face, extra, outputs FROM audit.predictions "
+                        "WHERE request_id LIKE 'pgcls-%' ORDER BY request_id")
+            rows = cur.fetchall()
+        conn.close()
+        time.sleep(0.25)
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("pgcls-grpc", "grpc", {"classification": {"probabilities": 4}}),
+        ("pgcls-http", "v2", {"classification": {"probabilities": 2}})]
+    for _, _, _, outputs in rows:
+        assert list(outputs) == ["probabilities"]
+        assert outputs["probabilities"]["dtype"] == "<f4"
+        assert len(outputs["probabilities"]["data"][0]) == 10  # every class, not the top K

@@ -147,3 +147,23 @@ def test_grpc_request_carries_k_as_int64_param():
         with pytest.raises(InvalidInput) as info:
             requested_classes(grpc_request(**bad))
         assert info.value.field == FIELD, bad
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8", "<f2", "u1", "<i8", "<u8", "<i2"])
+@pytest.mark.parametrize("columns", [5, 40, 1000])
+def test_order_is_a_stable_sort_by_value_whatever_the_width(dtype, columns):
+    """Narrow rows sort whole, wide ones partition first: both give the order of a plain
+    sort by (NaN last, value descending, index), with many ties and NaNs."""
+    rng = np.random.default_rng(columns)
+    rows = rng.integers(0, 6, size=(7, columns)).astype(dtype)  # few distinct values: ties
+    if rows.dtype.kind == "f":
+        rows[rng.random(rows.shape) < 0.2] = np.nan
+        rows[0] = np.nan  # a row of NaN only
+        rows[1, 1:] = np.nan  # one number, then NaN
+    for k in (1, 2, 3, columns // 3, columns, columns + 4):
+        got = [[int(s.split(":")[1]) for s in row] for row in top_k(rows, k).tolist()]
+        want = [sorted(range(columns), key=lambda j, r=row: (
+            bool(np.isnan(r[j])) if r.dtype.kind == "f" else False,
+            -float(r[j]) if not (r.dtype.kind == "f" and np.isnan(r[j])) else 0.0, j))[:k]
+            for row in rows]
+        assert got == want, (dtype, columns, k)

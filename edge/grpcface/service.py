@@ -13,7 +13,8 @@ ServerMetadata           open       name, version, extensions
 ModelReady               predict    ``Core.model_ready``
 ModelMetadata            predict    ``Core.metadata``
 ModelConfig              predict    ``Core.metadata`` -> ``edge.modelconfig.model_config``
-ModelInfer               predict    ``Core.infer`` (audited, face ``grpc``)
+ModelInfer               predict    ``Core.infer`` (audited, face ``grpc``; an output's
+                                    ``classification``: edge/classification.py)
 ModelStatistics          predict    ``Core.stats``
 RepositoryIndex          admin      ``Core.manage(ops.Index())``
 RepositoryModelLoad      admin      ``Core.manage(ops.Load(...))`` (``parameters["version"]``)

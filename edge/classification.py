@@ -28,7 +28,9 @@ The platform's choices where Triton leaves room:
 - ties keep the lower index first (Triton's ``std::sort`` leaves their order open); NaN
   ranks below every number;
 - the labels are the output's own ``class_labels`` in the model metadata (a ZipMap
-  output's columns, daemon/tensortypes.py); an output without them has no label part;
+  output's columns, daemon/tensortypes.py), else, for the model's
+  ``probabilities_output``, its config's ``labels`` (Triton's ``label_filename`` of that
+  output; what ``/config`` lists as ``class_labels``); any other output has no label part;
 - every numeric datatype is accepted (Triton also refuses FP16); BOOL and BYTES are
   refused, as is a row of more than ``MAX_ROW_ELEMENTS`` values (Triton's bound);
 - K must be a positive integer on both faces (Triton's REST reads 0 as "not asked").
@@ -89,12 +91,21 @@ def render(meta: ModelMeta, outputs: list[tuple[str, np.ndarray]],
         k = classes.get(name)
         if k is not None:
             spec = specs.get(name, TensorMeta(name, arr.dtype, ()))
-            arr = _render_one(spec, arr, k, field(order.index(name)))
+            arr = _render_one(spec, arr, k, field(order.index(name)), output_labels(meta, spec))
         served.append((name, arr))
     return served
 
 
-def _render_one(spec: TensorMeta, arr: np.ndarray, k: int, where: str) -> np.ndarray:
+def output_labels(meta: ModelMeta, spec: TensorMeta) -> tuple[str, ...]:
+    """The class labels of ``spec``'s columns ("" for a column without one), see the
+    module docstring."""
+    if spec.class_labels:
+        return tuple("" if c is None else str(c) for c in spec.class_labels)
+    return meta.labels if spec.name == meta.probabilities_output else ()
+
+
+def _render_one(spec: TensorMeta, arr: np.ndarray, k: int, where: str,
+                labels: tuple[str, ...]) -> np.ndarray:
     if arr.dtype.kind not in "iuf":
         raise InvalidInput(where, f"output {spec.name!r} is {dtype_name(arr.dtype)}; "
                                   "classification needs a numeric output")
@@ -103,7 +114,6 @@ def _render_one(spec: TensorMeta, arr: np.ndarray, k: int, where: str) -> np.nda
     if per_row > MAX_ROW_ELEMENTS:
         raise InvalidInput(where, f"output {spec.name!r} has {per_row} values per row; "
                                   f"classification ranks at most {MAX_ROW_ELEMENTS}")
-    labels = tuple("" if c is None else str(c) for c in spec.class_labels)
     top = top_k(arr.reshape(arr.shape[0] if batched else 1, per_row), k, labels)
     return top if batched else top.reshape(-1)
 

@@ -1,7 +1,8 @@
 """Triton's classification extension through HAProxy with the stock clients:
 ``InferRequestedOutput(name, class_count=K)`` of ``tritonclient.http`` (JSON and binary
-outputs) and ``tritonclient.grpc`` gets the output's top K classes, "value:index" for
-digits (no class labels in its metadata), "value:index:label" for ZipMap models, equal
+outputs) and ``tritonclient.grpc`` gets the output's top K classes, "value:index:label"
+for digits (its config's labels name its probabilities output's columns) and ZipMap
+models, "value:index" for an output without labels, equal
 to the argsort of in-process ONNX Runtime's probabilities. The cache keeps the model's
 outputs (K is applied to a hit) and the audit record keeps them too, with K in
 ``extra``."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from tests.stacks import Memcached, make_repo, wait_grpc_ready, wal_records
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = np.load(ROOT / "tests" / "data" / "digits_test.npz")["X"][:120]
+with open(ROOT / "models" / "digits" / "config.toml", "rb") as _f:
+    DIGIT_LABELS = tomllib.load(_f)["labels"]  # index-aligned with "probabilities"
 VALUE = re.compile(r"^-?\d+\.\d{6}$")  # std::to_string of a float: %f
 
 
@@ -118,14 +122,14 @@ def digits_http_inputs(binary: bool) -> list[th.InferInput]:
 
 
 @pytest.mark.parametrize("binary", [False, True])
-def test_http_digits_top_k_without_labels(http, digits_ref, binary):
+def test_http_digits_top_k_labelled_by_its_config(http, digits_ref, binary):
     outputs = [th.InferRequestedOutput("probabilities", binary_data=binary, class_count=3),
                th.InferRequestedOutput("label", binary_data=binary)]
     result = http.infer("digits", digits_http_inputs(binary), outputs=outputs)
     out = next(o for o in result.get_response()["outputs"] if o["name"] == "probabilities")
     assert out["datatype"] == "BYTES" and out["shape"] == [len(DIGITS), 3]
     assert ("data" in out) != binary
-    assert_top_k(result.as_numpy("probabilities"), digits_ref, 3)
+    assert_top_k(result.as_numpy("probabilities"), digits_ref, 3, DIGIT_LABELS)
     assert result.as_numpy("label").dtype == np.int64  # the other output as it is
     assert "classification" in http.get_server_metadata()["extensions"]
 
@@ -138,7 +142,7 @@ def test_grpc_digits_top_k_and_k_above_the_classes_is_clamped(grpc_client, digit
             tg.InferRequestedOutput("probabilities", class_count=k)])
         [out] = result.get_response().outputs
         assert out.datatype == "BYTES" and list(out.shape) == [len(DIGITS), min(k, 10)]
-        assert_top_k(result.as_numpy("probabilities"), digits_ref, k)
+        assert_top_k(result.as_numpy("probabilities"), digits_ref, k, DIGIT_LABELS)
     assert "classification" in grpc_client.get_server_metadata().extensions
 
 

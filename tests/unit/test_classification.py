@@ -3,6 +3,8 @@ validation, and both faces' parsing of the class count."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,20 @@ def test_order_is_a_stable_sort_by_value_whatever_the_width(dtype, columns):
             -float(r[j]) if not (r.dtype.kind == "f" and np.isnan(r[j])) else 0.0, j))[:k]
             for row in rows]
         assert got == want, (dtype, columns, k)
+
+
+def test_the_configs_labels_name_the_probabilities_outputs_columns_only():
+    """A model config's ``labels`` (index-aligned with its ``probabilities_output``, the
+    digits demo's) label that output as Triton's ``label_filename`` does; an output's own
+    ZipMap labels come first; any other output stays unlabelled."""
+    outputs = (TensorMeta("probabilities", np.dtype("<f4"), (-1, 3)),
+               TensorMeta("logits", np.dtype("<f4"), (-1, 3)),
+               TensorMeta("zip", np.dtype("<f4"), (-1, 3), ("a", "b", "c")))
+    m = dataclasses.replace(meta(*outputs), labels=("zero", "one", "two"),
+                            probabilities_output="probabilities")
+    row = np.array([[0.2, 0.5, 0.3]], dtype=np.float32)
+    served = dict(render(m, [("probabilities", row), ("logits", row), ("zip", row)],
+                         {"probabilities": 1, "logits": 1, "zip": 1}))
+    assert served["probabilities"].tolist() == [["0.500000:1:one"]]
+    assert served["logits"].tolist() == [["0.500000:1"]]
+    assert served["zip"].tolist() == [["0.500000:1:b"]]

@@ -140,11 +140,18 @@ def test_an_http2_body_without_length_is_held_to_the_limit(limited):
     padded = small[:-1] + b" " * (5 * LIMIT) + b"}"
 
     def post(body: bytes) -> tuple[int, bytes]:
-        done = subprocess.run(
-            ["curl", "-sS", "--http2-prior-knowledge", "-X", "POST", "-T", "-",
-             "-H", "Content-Type: application/json", "-w", "\n%{http_version} %{http_code}",
-             f"http://{limited.settings.haproxy.bind}/v1/models/digits/predict"],
-            input=body, capture_output=True, timeout=30, check=True)
+        for _ in range(5):
+            done = subprocess.run(
+                ["curl", "-sS", "--http2-prior-knowledge", "-X", "POST", "-T", "-",
+                 "-H", "Content-Type: application/json", "-w", "\n%{http_version} %{http_code}",
+                 f"http://{limited.settings.haproxy.bind}/v1/models/digits/predict"],
+                input=body, capture_output=True, timeout=30)
+            # 92: HAProxy answered 413 and reset the stream the client was still sending
+            # on, and curl, busy sending, read the reset first (a race on a busy machine):
+            # ask again until an answer is read whole.
+            if done.returncode != 92:
+                break
+        assert done.returncode == 0, (done.returncode, done.stderr)
         answer, _, tail = done.stdout.rpartition(b"\n")
         version, code = tail.split()
         assert version == b"2", tail  # it was HTTP/2

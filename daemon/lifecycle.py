@@ -124,9 +124,12 @@ class Lifecycle:
         return self.registry.listing(self.traffic.splits)
 
     def index(self) -> list[dict[str, Any]]:
-        """Every version in the repository and its state (the V2 repository index)."""
+        """Every version in the repository and its state (the V2 repository index); a
+        model whose config.toml is malformed is one UNAVAILABLE entry without a version,
+        the error its reason (the others are listed as ever)."""
+        broken: dict[str, str] = {}
         try:
-            entries = scan(self.repo)
+            entries = scan(self.repo, broken)
         except RepositoryError as exc:
             raise LifecycleError(str(exc), "repository") from None
         loaded = {(lv.model, lv.version) for lv in self.registry.versions()}
@@ -136,6 +139,9 @@ class Lifecycle:
             state = "READY" if (e.model, e.version) in loaded else "UNAVAILABLE"
             out.append({"name": e.model, "version": e.version, "state": state,
                         "reason": self.registry.failures.get(key, "")})
+        for model, why in sorted(broken.items()):
+            out.append({"name": model, "version": "", "state": "UNAVAILABLE",
+                        "reason": f"{CONFIG_FILE}: {why}"})
         return out
 
     def _entries(self, model: str, version: str | None) -> list[VersionEntry]:
@@ -143,10 +149,13 @@ class Lifecycle:
             raise LifecycleError(f"invalid name {model!r}")
         if not (self.repo / model).is_dir():
             raise UnknownModel(f"model {model!r} is not in the repository {self.repo}")
+        broken: dict[str, str] = {}
         try:
-            entries = [e for e in scan(self.repo) if e.model == model]
-        except RepositoryError as exc:  # e.g. a broken config.toml: refuse, change nothing
-            raise LifecycleError(f"{model}/{CONFIG_FILE}: {exc}") from None
+            entries = [e for e in scan(self.repo, broken) if e.model == model]
+        except RepositoryError as exc:
+            raise LifecycleError(f"{model}: {exc}") from None
+        if model in broken:  # its own config.toml is broken: refuse, change nothing
+            raise LifecycleError(f"{model}/{CONFIG_FILE}: {broken[model]}")
         if version is not None:
             entries = [e for e in entries if e.version == str(version)]
             if not entries:

@@ -101,13 +101,16 @@ def run(settings: Settings) -> int:
         log.warning("removed %s, left by a publisher that died mid-write", path)
     registry = Registry.from_settings(settings.daemon.shm_prefix, settings.paths.run_dir,
                                       settings.daemon.intra_op_threads)
+    broken: dict[str, str] = {}  # one model's bad config.toml never stops the others
     try:
-        entries = scan(Path(settings.daemon.model_repository))
+        entries = scan(Path(settings.daemon.model_repository), broken)
     except RepositoryError as exc:
         log.error("%s", exc)
         return 1
+    for model, why in sorted(broken.items()):
+        log.error("model %s not loaded: %s", model, why)
     registry.load_all(entries)
-    if entries and not len(registry):
+    if (entries or broken) and not len(registry):
         log.error("no model version could be loaded: %s", registry.failures)
         registry.close(unlink=False)
         return 1

@@ -158,11 +158,13 @@ class VersionEntry:
     config: ModelConfig
 
 
-def scan(repo: Path) -> list[VersionEntry]:
+def scan(repo: Path, broken: dict[str, str] | None = None) -> list[VersionEntry]:
     """Every loadable ``(model, version)`` in the repository, sorted.
 
-    Raises :class:`RepositoryError` if the repository is missing or a config is
-    malformed; a bad model name is skipped with a warning.
+    Raises :class:`RepositoryError` if the repository is missing, or if a config is
+    malformed and ``broken`` is None. With ``broken``, a model whose config is malformed
+    is left out and its error recorded there (model -> message), so one bad config never
+    hides or blocks the others. A bad model name is skipped with a warning.
     """
     if not repo.is_dir():
         raise RepositoryError(f"model repository {repo} is not a directory")
@@ -171,7 +173,13 @@ def scan(repo: Path) -> list[VersionEntry]:
         if not NAME_RE.match(model_dir.name):
             log.warning("skipping %s: not a valid model name", model_dir)
             continue
-        config = parse_config(model_dir / CONFIG_FILE)
+        try:
+            config = parse_config(model_dir / CONFIG_FILE)
+        except RepositoryError as exc:
+            if broken is None:
+                raise
+            broken[model_dir.name] = str(exc)
+            continue
         for vdir in sorted((p for p in model_dir.iterdir() if p.is_dir()), key=_version_key):
             if not vdir.name.isdigit() or int(vdir.name) < 1:
                 continue

@@ -72,8 +72,7 @@ def check(meta: ModelMeta, outputs: list[str], classes: dict[str, int]) -> None:
         if name not in outputs:
             raise InvalidInput("outputs", f"classification of {name!r}, which is not requested")
         where = field(outputs.index(name))
-        if type(k) is not int or k < 1:
-            raise InvalidInput(where, f"must be a positive integer, got {k!r}")
+        count(k, where)
         spec = specs.get(name)
         if spec is not None and spec.dtype.kind not in "iuf":
             raise InvalidInput(where, f"output {name!r} is {dtype_name(spec.dtype)}; "
@@ -81,11 +80,13 @@ def check(meta: ModelMeta, outputs: list[str], classes: dict[str, int]) -> None:
 
 
 def render(meta: ModelMeta, outputs: list[tuple[str, np.ndarray]],
-           classes: dict[str, int]) -> list[tuple[str, np.ndarray]]:
+           classes: dict[str, int], requested: list[str] | None = None,
+           ) -> list[tuple[str, np.ndarray]]:
     """``outputs`` with each output named in ``classes`` replaced by its top K (see the
-    module docstring); the others as they are."""
+    module docstring); the others as they are. ``requested``: the request's output names
+    in its order, so an error names the right ``outputs[i]`` (default: ``classes``' order)."""
     specs = {t.name: t for t in meta.outputs}
-    order = list(classes)
+    order = list(requested) if requested else list(classes)
     served = []
     for name, arr in outputs:
         k = classes.get(name)

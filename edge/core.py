@@ -252,7 +252,8 @@ class Core:
         if not classes:
             self._audit(ctx, result, canon, None)
             return result
-        served = classification.render(meta, result.outputs, classes)  # (refused: no record)
+        served = classification.render(meta, result.outputs, classes,  # (refused: no record)
+                                       requested=outputs)
         self._audit(ctx, result, canon, None, {"classification": dict(classes)})
         result.outputs = served
         return result

@@ -132,7 +132,13 @@ def haproxy_env(s: Settings) -> dict[str, str]:
 
 
 def queue_timeout_ms(s: Settings) -> int:
-    """HAProxy's ``timeout queue``: ``haproxy.queue_timeout_ms``, else half the deadline."""
+    """HAProxy's ``timeout queue``: ``haproxy.queue_timeout_ms``, else half the deadline.
+    Raises ConfigError for a queue timeout that leaves the request no time to be served."""
+    if s.haproxy.queue_timeout_ms >= s.edge.deadline_ms:
+        raise settings_mod.ConfigError(
+            f"haproxy.queue_timeout_ms: {s.haproxy.queue_timeout_ms} ms leaves nothing of "
+            f"edge.deadline_ms ({s.edge.deadline_ms} ms) to serve the request; set it "
+            f"below, or 0 for half of it")
     return s.haproxy.queue_timeout_ms or max(1, s.edge.deadline_ms // 2)
 
 

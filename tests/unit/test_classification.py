@@ -121,6 +121,12 @@ def test_a_row_over_tritons_bound_is_refused(monkeypatch):
     with pytest.raises(InvalidInput) as info:
         render(m, [("p", np.zeros((1, 6), dtype=np.float32))], {"p": 1})
     assert info.value.field == "outputs[0].parameters.classification"
+    # the field is the output's place in the request, other outputs listed first included
+    m = meta(TensorMeta("label", np.dtype("<i8"), (-1,)), TensorMeta("p", np.dtype("<f4"), (-1, 6)))
+    with pytest.raises(InvalidInput) as info:
+        render(m, [("label", np.zeros(1, dtype=np.int64)), ("p", np.zeros((1, 6), np.float32))],
+               {"p": 1}, requested=["label", "p"])
+    assert info.value.field == "outputs[1].parameters.classification"
 
 
 def test_rest_request_carries_k_per_output():

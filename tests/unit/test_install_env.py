@@ -133,3 +133,15 @@ def test_haproxy_queues_a_request_for_part_of_its_deadline(tmp_path: Path, extra
     s = load(env={"FALCON_PATHS_RUN_DIR": str(tmp_path), "FALCON_PATHS_STATE_DIR": str(tmp_path),
                   "FALCON_CONFIG": str(tmp_path / "none.toml"), **extra})
     assert haproxy_env(s)["FALCON_HAPROXY_QUEUE_TIMEOUT"] == expected
+
+
+def test_a_queue_timeout_that_leaves_no_time_is_refused_naming_the_key(tmp_path: Path):
+    from falconctl.stack import haproxy_env
+    from settings import ConfigError
+
+    (tmp_path / "none.toml").write_text("")
+    s = load(env={"FALCON_PATHS_RUN_DIR": str(tmp_path), "FALCON_PATHS_STATE_DIR": str(tmp_path),
+                  "FALCON_CONFIG": str(tmp_path / "none.toml"), "FALCON_EDGE_DEADLINE_MS": "1000",
+                  "FALCON_HAPROXY_QUEUE_TIMEOUT_MS": "1000"})
+    with pytest.raises(ConfigError, match="haproxy.queue_timeout_ms"):
+        haproxy_env(s)

@@ -24,15 +24,19 @@ As Triton (server's src/classification.cc and grpc/infer_handler.h) does it:
 The platform's choices where Triton leaves room:
 
 - the batch dimension is the output's dynamic first dimension (its rows: how
-  edge/validation.py counts a batch); an output without one is ranked whole, flattened;
+  edge/validation.py counts a batch); an output without one is ranked whole, flattened.
+  Triton goes by ``max_batch_size`` instead: for a version that does not batch but has a
+  dynamic first dimension, ``/config`` says ``max_batch_size: 0`` while its rows are
+  still ranked one by one here;
 - ties keep the lower index first (Triton's ``std::sort`` leaves their order open); NaN
   ranks below every number;
 - the labels are the output's own ``class_labels`` in the model metadata (a ZipMap
   output's columns, daemon/tensortypes.py), else, for the model's
   ``probabilities_output``, its config's ``labels`` (Triton's ``label_filename`` of that
   output; what ``/config`` lists as ``class_labels``); any other output has no label part;
-- every numeric datatype is accepted (Triton also refuses FP16); BOOL and BYTES are
-  refused, as is a row of more than ``MAX_ROW_ELEMENTS`` values (Triton's bound);
+- every numeric datatype is accepted, FP16 included (Triton refuses FP16 and BF16);
+  BOOL and BYTES are refused, as is a row of more than ``MAX_ROW_ELEMENTS`` values
+  (Triton's bound);
 - K must be a positive integer on both faces (Triton's REST reads 0 as "not asked").
 
 Errors are :class:`~edge.errors.InvalidInput` on ``outputs[i].parameters.classification``.
@@ -92,17 +96,10 @@ def render(meta: ModelMeta, outputs: list[tuple[str, np.ndarray]],
         k = classes.get(name)
         if k is not None:
             spec = specs.get(name, TensorMeta(name, arr.dtype, ()))
-            arr = _render_one(spec, arr, k, field(order.index(name)), output_labels(meta, spec))
+            labels = tuple("" if c is None else str(c) for c in meta.column_labels(spec))
+            arr = _render_one(spec, arr, k, field(order.index(name)), labels)
         served.append((name, arr))
     return served
-
-
-def output_labels(meta: ModelMeta, spec: TensorMeta) -> tuple[str, ...]:
-    """The class labels of ``spec``'s columns ("" for a column without one), see the
-    module docstring."""
-    if spec.class_labels:
-        return tuple("" if c is None else str(c) for c in spec.class_labels)
-    return meta.labels if spec.name == meta.probabilities_output else ()
 
 
 def _render_one(spec: TensorMeta, arr: np.ndarray, k: int, where: str,

@@ -226,13 +226,16 @@ class Core:
     # -- inference ---------------------------------------------------------
     def infer(self, ctx: RequestContext, model: str, version: str | None,
               inputs: list[tuple[str, np.ndarray]], outputs: list[str] | None,
-              deadline: float, classes: dict[str, int] | None = None) -> InferResult:
+              deadline: float, classes: dict[str, int] | None = None,
+              max_answer_bytes: int | None = None) -> InferResult:
         """The requested ``outputs`` (None: all) of the model for ``inputs``.
 
         ``classes`` (output name -> K, Triton's classification extension,
         :mod:`edge.classification`): those outputs are served as their top K classes.
         The cache holds, and the audit record keeps, the model's own outputs; the
-        record's ``extra["classification"]`` says which were served ranked, with K."""
+        record's ``extra["classification"]`` says which were served ranked, with K.
+        ``max_answer_bytes``: the most the face can send (gRPC's message limit); a larger
+        answer is ResultTooLarge before it is audited, never recorded as served."""
         meta = self.metadata(model, self.resolve(model, version, ctx.routing, deadline), deadline)
         with self.tracing.child(ctx.span, "validate") as span:
             check_tensors(meta, inputs, self.max_rows)
@@ -250,10 +253,12 @@ class Core:
         if outputs is not None:
             result.outputs = [(n, a) for n, a in result.outputs if n in outputs]
         if not classes:
+            _fits(result.outputs, max_answer_bytes)
             self._audit(ctx, result, canon, None)
             return result
         served = classification.render(meta, result.outputs, classes,  # (refused: no record)
                                        requested=outputs)
+        _fits(served, max_answer_bytes)
         self._audit(ctx, result, canon, None, {"classification": dict(classes)})
         result.outputs = served
         return result
@@ -351,7 +356,7 @@ def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:
     class label of the highest probability. A model without probabilities answers
     ``{"output": row}`` with its first output's row.
     """
-    spec = _probabilities_spec(meta)
+    spec = meta.probabilities_spec()
     probs = result.output(spec.name) if spec is not None else None
     if probs is None:
         probs = next((a for _, a in result.outputs
@@ -369,11 +374,25 @@ def classify(meta: ModelMeta, result: InferResult) -> list[dict[str, Any]]:
             for label, row in zip(labels, probs.astype(float).tolist(), strict=True)]
 
 
-def _probabilities_spec(meta: ModelMeta) -> Any:
-    """The TensorMeta of the probabilities output (config, else a ZipMap's), or None."""
-    wanted = meta.probabilities_output
-    return next((t for t in meta.outputs if (t.name == wanted if wanted else t.class_labels)),
-                None)
+def answer_bytes(outputs: list[tuple[str, np.ndarray]]) -> int:
+    """About what ``outputs`` take in an answer: a numeric tensor's raw bytes, a BYTES
+    element's UTF-8 length and its 4-byte length prefix, a little per tensor."""
+    total = 0
+    for name, arr in outputs:
+        total += len(name) + 16 * (arr.ndim + 1)
+        if arr.dtype.kind in "OSU":
+            total += 4 * arr.size + sum(
+                len(x if isinstance(x, bytes) else str(x).encode()) for x in arr.ravel().tolist())
+        else:
+            total += arr.nbytes
+    return total
+
+
+def _fits(outputs: list[tuple[str, np.ndarray]], limit: int | None) -> None:
+    if limit is not None and (size := answer_bytes(outputs)) > limit:
+        raise errors.ResultTooLarge(f"the answer would take about {size} bytes, over the "
+                                    f"{limit} this face can send; ask for fewer rows, "
+                                    f"outputs or classes")
 
 
 def _labels(meta: ModelMeta, result: InferResult, probs: np.ndarray,

@@ -58,7 +58,9 @@ class InferenceFailed(EdgeError):
 
 class ResultTooLarge(EdgeError):
     """The answer to this request would exceed the daemon's frame limit
-    (``daemon.max_frame_bytes``). Not retryable as it is: send fewer rows."""
+    (``daemon.max_frame_bytes``) or what the face can send (``grpc.max_message_bytes``;
+    checked before the audit, so it is never recorded as served). Not retryable as it
+    is: send fewer rows."""
 
 
 class Unauthorized(EdgeError):

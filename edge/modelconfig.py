@@ -74,9 +74,9 @@ def _tensor(t: TensorMeta, batched: bool) -> dict[str, Any]:
 
 
 def _parameters(meta: ModelMeta) -> dict[str, dict[str, str]]:
-    zipmap = next((t for t in meta.outputs if t.class_labels), None)
-    labels = zipmap.class_labels if zipmap is not None else meta.labels
-    probabilities = meta.probabilities_output or (zipmap.name if zipmap is not None else "")
+    spec = meta.probabilities_spec()  # its labels are classification's (ModelMeta.column_labels)
+    labels = meta.column_labels(spec) if spec is not None else meta.labels
+    probabilities = spec.name if spec is not None else meta.probabilities_output
     params = {"version": meta.version, "probabilities_output": probabilities,
               "label_output": meta.label_output, "description": meta.description,
               "class_labels": orjson.dumps(list(labels)).decode() if labels else ""}

@@ -61,6 +61,22 @@ class ModelMeta:
     queue_delay_us: int = 0
     instances: int = 1
 
+    def probabilities_spec(self) -> TensorMeta | None:
+        """The probabilities output: the config's ``probabilities_output``, else a
+        ZipMap's (the output with ``class_labels``), else None."""
+        wanted = self.probabilities_output
+        return next((t for t in self.outputs if (t.name == wanted if wanted else t.class_labels)),
+                    None)
+
+    def column_labels(self, spec: TensorMeta) -> tuple[int | str, ...]:
+        """The class labels of ``spec``'s columns, as the model gives them (int or str):
+        its own (a ZipMap's), else the config's ``labels`` when it is the probabilities
+        output, else none. The one rule /config and classification share."""
+        if spec.class_labels:
+            return spec.class_labels
+        probs = self.probabilities_spec()
+        return self.labels if probs is not None and probs.name == spec.name else ()
+
     @classmethod
     def from_answer(cls, data: ops.MetadataAnswer, versions: tuple[str, ...]) -> ModelMeta:
         """From the daemon's answer to the metadata op; ``versions``: the model's loaded

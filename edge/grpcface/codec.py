@@ -78,11 +78,13 @@ def decode_infer_request(req: pb.ModelInferRequest, max_elements: int,
         else:
             arr = _from_contents(tensor, shape, where)
         inputs.append((tensor.name, arr))
-    outputs = [o.name for o in req.outputs] or None
-    for j, name in enumerate(outputs or ()):
+    names = [o.name for o in req.outputs]
+    for j, name in enumerate(names):
         if not name:
             raise InvalidInput(f"outputs[{j}].name", "missing")
-    return inputs, outputs
+        if name in names[:j]:  # as the REST face (edge/v2codec.py) refuses it
+            raise InvalidInput(f"outputs[{j}].name", f"duplicate output name {name!r}")
+    return inputs, names or None
 
 
 def requested_classes(req: pb.ModelInferRequest) -> dict[str, int]:
@@ -97,9 +99,7 @@ def requested_classes(req: pb.ModelInferRequest) -> dict[str, int]:
         where = classification.field(j)
         if param.WhichOneof("parameter_choice") != "int64_param":
             raise InvalidInput(where, "expected int64_param (the number of classes)")
-        if param.int64_param < 1:
-            raise InvalidInput(where, f"must be a positive integer, got {param.int64_param}")
-        classes[output.name] = int(param.int64_param)
+        classes[output.name] = classification.count(int(param.int64_param), where)
     return classes
 
 

@@ -57,6 +57,7 @@ def build(settings: Settings, stopping: threading.Event,
                                authorizer=auth.from_settings(settings),
                                proxy_secret=secret, host_id=settings.host_id,
                                max_elements=settings.edge.max_body_bytes,
+                               max_message=settings.grpc.max_message_bytes,
                                ready=lambda: not stopping.is_set())
     server = grpc.server(futures.ThreadPoolExecutor(settings.grpc.threads,
                                                     thread_name_prefix="grpc"),

@@ -76,6 +76,8 @@ HTTP_EQUIVALENT = {grpc.StatusCode.INVALID_ARGUMENT: "400", grpc.StatusCode.UNAU
 LOAD_DEADLINE_S = 120.0  # loading parses and publishes a model: more than a prediction's
 
 
+ANSWER_ENVELOPE = 1024  # bytes of a ModelInferResponse beyond its tensors' contents (ample)
+
 class Call:
     """One call's metadata, read once: credential, ids, trust, deadline."""
 
@@ -148,13 +150,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, core: Core, *, authorizer: Authorizer | None = None,
                  proxy_secret: str | None = None, host_id: str = "grpc",
-                 max_elements: int = 16 << 20,
+                 max_elements: int = 16 << 20, max_message: int | None = None,
                  ready: Callable[[], bool] = lambda: True) -> None:
         self.core = core
         self.authorizer = authorizer
         self.proxy_secret = proxy_secret
         self.host_id = host_id
         self.max_elements = max_elements
+        # An answer grpcio could not send must be refused before the audit records it as
+        # served: its tensors' bytes, less room for the message's own fields.
+        self.max_answer = (None if max_message is None
+                           else max_message - min(ANSWER_ENVELOPE, max_message // 4))
         self.serving = ready  # False while draining
 
     # -- the steps every RPC shares ------------------------------------------
@@ -227,7 +233,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             deadline = self._deadline(call)
             inputs, outputs = codec.decode_infer_request(request, self.max_elements)
             result = self.core.infer(ctx, request.model_name, request.model_version or None,
-                                     inputs, outputs, deadline, codec.requested_classes(request))
+                                     inputs, outputs, deadline, codec.requested_classes(request),
+                                     max_answer_bytes=self.max_answer)
             labels[1:] = [result.version, "200", "true" if result.cached else "false"]
             return codec.encode_infer_response(result.model, result.version,
                                                request.id or ctx.request_id, result.outputs)

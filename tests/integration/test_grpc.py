@@ -423,6 +423,32 @@ def test_every_served_call_lands_once_in_postgresql(make_stack, pg_dsn):
     assert all(r[4].startswith(f"{stack.settings.host_id}-") for r in rows)  # HAProxy's key
 
 
+def test_an_answer_over_the_size_limit_is_refused_before_it_is_audited(make_stack, tmp_path):
+    """A small request whose answer grpcio could not send (500 classes a row, ranked as
+    strings by the classification extension: ~9 kB a row) is RESOURCE_EXHAUSTED and
+    leaves no audit record; it used to be recorded as served, then never delivered."""
+    from tests.modelfactory import write_mlp_model
+
+    repo = make_repo(tmp_path / "models")
+    write_mlp_model(repo, "wide", input_dim=2, hidden=8, layers=1, classes=500, seed=0)
+    stack = make_stack(repo=repo, FALCON_GRPC_MAX_MESSAGE_BYTES=str(64 << 10))
+    stack.start_grpc()
+    wait_grpc_ready(stack.settings.grpc.public_bind)
+    client = tg.InferenceServerClient(stack.settings.grpc.public_bind)
+    [inp_name] = [i.name for i in client.get_model_metadata("wide").inputs]
+    inp = tg.InferInput(inp_name, [16, 2], "FP32")
+    inp.set_data_from_numpy(np.ones((16, 2), dtype=np.float32))
+    raw = client.infer("wide", [inp], outputs=[tg.InferRequestedOutput("probabilities")],
+                       headers={"x-request-id": "wide-raw"})  # 32 kB of floats: fits
+    assert raw.as_numpy("probabilities").shape == (16, 500)
+    code, message = status_of(lambda: client.infer(
+        "wide", [inp], outputs=[tg.InferRequestedOutput("probabilities", class_count=500)],
+        headers={"x-request-id": "wide-ranked"}))
+    assert code == "StatusCode.RESOURCE_EXHAUSTED" and "bytes" in message, message
+    ids = {r.request_id for r in wal_records(stack)}
+    assert "wide-raw" in ids and "wide-ranked" not in ids
+
+
 def test_a_message_over_the_size_limit_is_resource_exhausted(make_stack):
     stack = make_stack(FALCON_GRPC_MAX_MESSAGE_BYTES="4096")
     stack.start_grpc()

@@ -62,6 +62,8 @@ def test_typed_and_raw_give_the_same_arrays():
                 r.raw_input_contents.append(b"\0" * 4)), "inputs[0].contents"),
     (lambda r: (r.inputs.add(name="x", datatype="FP32", shape=[0]),
                 r.inputs.add(name="x", datatype="FP32", shape=[0])), "inputs[1].name"),
+    (lambda r: (r.inputs.add(name="x", datatype="FP32", shape=[0]),
+                r.outputs.add(name="p"), r.outputs.add(name="p")), "outputs[1].name"),
 ])
 def test_refusals_name_the_field(build, field):
     req = pb.ModelInferRequest(model_name="m")

@@ -132,3 +132,24 @@ def test_every_v2_datatype_has_its_model_config_name(v2):
     name = data_type(TensorMeta("t", SERVED[v2], (-1,)))
     assert name in mc.DataType.keys()
     assert name == ("TYPE_STRING" if v2 == "BYTES" else f"TYPE_{v2}")
+
+
+def test_config_and_classification_agree_on_the_probabilities_outputs_labels():
+    """A model with a ZipMap output whose config names another output as its
+    probabilities: /config's class_labels are the labels classification writes for that
+    output (ModelMeta.column_labels), not the ZipMap's."""
+    import numpy as np
+
+    from edge.classification import render
+
+    m = meta([{"name": "x", "dtype": "<f4", "shape": [-1, 2]}],
+             [{"name": "zip", "dtype": "<f4", "shape": [-1, 2], "class_labels": ["a", "b"]},
+              {"name": "scores", "dtype": "<f4", "shape": [-1, 2]}],
+             config={"labels": ["no", "yes"], "probabilities_output": "scores"})
+    params = model_config(m, max_rows=1024)["parameters"]
+    assert params["probabilities_output"] == {"string_value": "scores"}
+    assert params["class_labels"] == {"string_value": '["no","yes"]'}
+    row = np.array([[0.25, 0.75]], dtype=np.float32)
+    served = dict(render(m, [("zip", row), ("scores", row)], {"zip": 1, "scores": 1}))
+    assert served["scores"].tolist() == [["0.750000:1:yes"]]
+    assert served["zip"].tolist() == [["0.750000:1:b"]]
